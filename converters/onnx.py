@@ -1,0 +1,102 @@
+"""ONNX target: the dynamo exporter from the captured program; the TorchScript exporter only as a fallback.
+
+Precisions: fp32; fp16 (weights and compute in fp16, fp32 inputs/outputs kept); int8 (static QDQ
+quantization with ONNX Runtime's quantizer and the shared calibration data).
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+from edge.converters.base import ConversionJob, ConversionResult, Converter
+from edge.errors import ConversionError
+
+
+class OnnxConverter(Converter):
+    name = "onnx"
+    format = "onnx"
+    runtime = "onnxruntime"
+    extra = "onnx"
+    requires = ("onnx", "onnxruntime", "onnxscript")
+    precisions = ("fp32", "fp16", "int8")
+    needs_calibration = ("int8",)
+    options = {"opset": (18, 17, 19, 20, 21, 23)}
+
+    def convert(self, job: ConversionJob) -> ConversionResult:
+        self.require()
+        import onnx
+        path = job.out_dir / "model.onnx"
+        details: dict[str, Any] = {}
+        export_to(path, job, details)
+        model = onnx.load(str(path))
+        if job.precision == "fp16":
+            from onnxruntime.transformers.float16 import convert_float_to_float16
+            model = convert_float_to_float16(model, keep_io_types=True)
+            onnx.save(model, str(path))
+        elif job.precision == "int8":
+            quantize_int8(path, job, details)
+            model = onnx.load(str(path))
+        ops: dict[str, int] = {}
+        for node in model.graph.node:
+            ops[node.op_type] = ops.get(node.op_type, 0) + 1
+        details["op_histogram"] = dict(sorted(ops.items(), key=lambda kv: -kv[1]))
+        details["opset"] = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+        files = ["model.onnx"] + sorted(p.name for p in job.out_dir.iterdir() if p.name != "model.onnx"
+                                        and p.name != "manifest.json" and not p.name.startswith("."))
+        return ConversionResult(files=files, details=details)
+
+
+def export_to(path, job: ConversionJob, details: dict[str, Any]) -> None:
+    """Export ``job``'s program with the dynamo exporter; fall back to TorchScript (recorded in ``details``)."""
+    import torch
+    in_names = [t.name for t in job.inputs]
+    out_names = [t.name for t in job.outputs]
+    opset = job.options.get("opset", 18)
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)   # "torchvision is not installed" noise
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            prog = torch.onnx.export(job.program, (), input_names=in_names, output_names=out_names,
+                                     dynamo=True, opset_version=opset, verbose=False, optimize=True)
+        prog.save(str(path), external_data=False)
+        details["exporter"] = "dynamo"
+        return
+    except Exception as e:  # the exporter raises many types; keep the reason and fall back
+        details["dynamo_export_error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:500]
+    dynamic_axes = {n: {0: "batch"} for n in in_names + out_names} if job.dynamic_batch else None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(job.module, tuple(job.example_inputs), str(path), dynamo=False,
+                              opset_version=min(opset, 17), input_names=in_names, output_names=out_names,
+                              dynamic_axes=dynamic_axes)
+    except Exception as e:
+        raise ConversionError(f"ONNX export failed with both exporters: dynamo: {details['dynamo_export_error']}; "
+                              f"torchscript: {type(e).__name__}: {str(e).strip().splitlines()[0]}") from e
+    details["exporter"] = "torchscript (fallback: the dynamo exporter failed)"
+
+
+def quantize_int8(path, job: ConversionJob, details: dict[str, Any]) -> None:
+    """Static QDQ int8 with ONNX Runtime's quantizer: per-channel symmetric weights, calibration from the job."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    names = [t.name for t in job.inputs]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(job.calibration.samples)
+
+        def get_next(self):
+            s = next(self._it, None)
+            return None if s is None else dict(zip(names, s))
+
+    pre = path.with_name("pre.onnx")
+    quant_pre_process(str(path), str(pre), skip_symbolic_shape=True)
+    quantize_static(str(pre), str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+    pre.unlink()
+    details["quantization"] = {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
+                               "weights": "int8 per-channel symmetric", "activations": "uint8 per-tensor"}

@@ -1,0 +1,248 @@
+"""OpenVINO target: ``openvino.convert_model`` -> IR (model.xml + model.bin), quantized with NNCF.
+
+Source graph. ``convert_model`` takes the captured ExportedProgram or the eager module (traced by
+OpenVINO's TorchScript frontend). They differ on recurrent layers: from an ExportedProgram an
+``nn.GRU``/``nn.LSTM``/``nn.RNN`` is unrolled (196 steps -> ~200 MatMuls, 7x slower), from the
+module it stays one ``GRUSequence``/``LSTMSequence`` op. ``source="auto"`` therefore converts from
+the module when it still holds a recurrent layer and from the program otherwise (the shared,
+already-checked capture), and falls back to the other path if the first one fails. Which path was
+used, and why, is recorded in ``details["source"]``.
+
+Precisions:
+    fp32          weights and compute in fp32 (IR saved with ``compress_to_fp16=False``: the
+                  default fp16 compression alone costs ~1e-4 relative error).
+    fp16          fp16-compressed weights (decompressed on load; compute follows the runtime's hint).
+    int8          static post-training quantization, ``nncf.quantize`` on the job's calibration data;
+                  ``ModelType.TRANSFORMER`` when the graph has attention (Softmax/SDPA), fast bias
+                  correction, the ``ignored_scope`` option for layers that must stay float.
+    int8-weights  ``nncf.compress_weights`` INT8_ASYM (weights only; activations float).
+    int4-weights  ``nncf.compress_weights`` INT4_SYM, group-wise; layers whose input channels do not
+                  split into groups get a smaller group (ADJUST), the first/last layers and layers
+                  outside ``ratio`` keep the INT8_ASYM backup. The per-layer outcome is recorded.
+"""
+from __future__ import annotations
+
+import re
+import warnings
+from collections import Counter
+from typing import Any
+
+from edge.converters.base import ConversionJob, ConversionResult, Converter
+from edge.errors import ConversionError, UsageError
+
+RECURRENT_MODULES = ("GRU", "LSTM", "RNN")
+ATTENTION_OPS = ("Softmax", "ScaledDotProductAttention")
+WEIGHT_OPS = ("MatMul", "Convolution", "GroupConvolution", "Gather")
+
+
+class OpenVinoConverter(Converter):
+    name = "openvino"
+    format = "openvino-ir"
+    runtime = "openvino"
+    extra = "openvino"
+    requires = ("openvino", "nncf")
+    precisions = ("fp32", "fp16", "int8", "int8-weights", "int4-weights")
+    needs_calibration = ("int8",)
+    options = {
+        "source": ("auto", "program", "module"),       # which graph convert_model gets
+        "int4_group_size": (64, 32, 128),
+        "int4_ratio": (1.0, 0.8, 0.6),                  # share of weight layers put in int4 (rest int8)
+        "int8_model_type": ("auto", "transformer", "cnn"),
+        "ignored_scope": (),                           # regex(es) of node names kept float in int8
+    }
+
+    def resolve_options(self, given: dict[str, Any]) -> dict[str, Any]:
+        out = super().resolve_options({k: v for k, v in given.items() if k != "ignored_scope"})
+        scope = given.get("ignored_scope")
+        if isinstance(scope, str):
+            scope = [scope]
+        for pattern in scope or []:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise UsageError(f"openvino option ignored_scope {pattern!r} is not a valid regex ({e}); "
+                                 f"pass patterns of node names, e.g. '.*head.*'") from None
+        out["ignored_scope"] = list(scope or [])
+        return out
+
+    def convert(self, job: ConversionJob) -> ConversionResult:
+        self.require()
+        import openvino as ov
+        details: dict[str, Any] = {}
+        model = to_openvino(job, details)
+        if job.precision == "int8":
+            model = quantize_int8(model, job, details)
+        elif job.precision == "int8-weights":
+            model = compress_weights(model, job, details, bits=8)
+        elif job.precision == "int4-weights":
+            model = compress_weights(model, job, details, bits=4)
+        xml = job.out_dir / "model.xml"
+        compress = job.precision == "fp16"
+        ov.save_model(model, str(xml), compress_to_fp16=compress)
+        details["weights_saved_as"] = "fp16" if compress else ("fp32 (plus compressed weights)"
+                                                               if "weights" in job.precision else "fp32")
+        details["op_histogram"] = op_histogram(model)
+        details["constants"] = constant_types(model)
+        return ConversionResult(files=["model.xml", "model.bin"], details=details)
+
+
+def _has_recurrent(module: Any) -> list[str]:
+    return sorted({type(m).__name__ for m in module.modules() if type(m).__name__ in RECURRENT_MODULES
+                   and type(m).__module__.startswith("torch.nn")})
+
+
+def _from_program(job: ConversionJob):
+    import openvino as ov
+    return ov.convert_model(job.program)
+
+
+def _from_module(job: ConversionJob):
+    import openvino as ov
+    import torch
+    inputs = None
+    if job.dynamic_batch:   # the traced module gets static shapes unless told which dims are dynamic
+        inputs = [(ov.PartialShape([-1 if isinstance(d, str) else d for d in t.shape]),
+                   ov.Type.f32 if t.dtype == "float32" else ov.Type(t.dtype)) for t in job.inputs]
+    with torch.no_grad():
+        return ov.convert_model(job.module.eval(), example_input=tuple(job.example_inputs), input=inputs)
+
+
+def to_openvino(job: ConversionJob, details: dict[str, Any]):
+    """The ov.Model of ``job`` from the program or the module (see the module docstring)."""
+    choice = job.options.get("source", "auto")
+    recurrent = _has_recurrent(job.module)
+    if choice == "auto":
+        if job.program is None or recurrent:
+            order, why = ["module", "program"], (f"the module holds {', '.join(recurrent)} (kept as one "
+                                                 f"*Sequence op from the module, unrolled from the program)"
+                                                 if recurrent else "no captured program")
+        else:
+            order, why = ["program", "module"], "no recurrent layers: the shared captured program converts directly"
+    else:
+        order, why = [choice], "option source=" + choice
+    errors = []
+    for src in order:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model = _from_program(job) if src == "program" else _from_module(job)
+        except Exception as e:  # the frontends raise many types: keep each reason, try the next path
+            errors.append(f"from the {src}: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}")
+            continue
+        details["source"] = {"converted_from": "ExportedProgram" if src == "program" else "module (TorchScript trace)",
+                             "reason": why if not errors else f"fallback after: {'; '.join(errors)}"}
+        for out, spec in zip(model.outputs, job.outputs):
+            out.get_tensor().set_names({spec.name})
+        for inp, spec in zip(model.inputs, job.inputs):
+            inp.get_tensor().set_names({spec.name})
+        return model
+    raise ConversionError("openvino.convert_model failed " + "; ".join(errors) +
+                          "; try the other path with options={'source': 'module'|'program'} or report the op")
+
+
+def op_histogram(model: Any) -> dict[str, int]:
+    ops = Counter(op.get_type_name() for op in model.get_ops())
+    return dict(sorted(ops.items(), key=lambda kv: -kv[1]))
+
+
+def constant_types(model: Any) -> dict[str, int]:
+    """Element types of the Constant nodes (shows how many weights are i8/u8/i4/u4 after compression)."""
+    c = Counter(op.get_output_element_type(0).get_type_name() for op in model.get_ops() if op.get_type_name() == "Constant"
+                and op.get_output_partial_shape(0).rank.get_length() >= 1)
+    return dict(sorted(c.items()))
+
+
+def has_attention(model: Any) -> bool:
+    return any(op.get_type_name() in ATTENTION_OPS for op in model.get_ops())
+
+
+def quantize_int8(model: Any, job: ConversionJob, details: dict[str, Any]):
+    """Static int8 PTQ with NNCF on the job's calibration data."""
+    import nncf
+    if job.calibration is None or len(job.calibration) == 0:
+        raise ConversionError("int8 for openvino needs calibration data; pass calib=... (--calib)")
+    names = [t.name for t in job.inputs]
+    samples = list(job.calibration.samples)
+    dataset = nncf.Dataset(samples, lambda s: dict(zip(names, s)))
+    kind = job.options.get("int8_model_type", "auto")
+    attention = has_attention(model)
+    transformer = kind == "transformer" or (kind == "auto" and attention)
+    scope = job.options.get("ignored_scope") or []
+    ignored = nncf.IgnoredScope(patterns=list(scope), validate=False) if scope else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            q = nncf.quantize(model, dataset, subset_size=len(samples), fast_bias_correction=True,
+                              model_type=nncf.ModelType.TRANSFORMER if transformer else None,
+                              preset=nncf.QuantizationPreset.MIXED if transformer else None,
+                              ignored_scope=ignored)
+        except Exception as e:
+            raise ConversionError(f"nncf.quantize failed: {type(e).__name__}: {e}") from e
+    fq = sum(op.get_type_name() == "FakeQuantize" for op in q.get_ops())
+    details["quantization"] = {
+        "tool": "nncf.quantize", "nncf_version": nncf.__version__,
+        "model_type": "TRANSFORMER" if transformer else "default",
+        "model_type_reason": f"option {kind}" if kind != "auto" else
+        ("graph has attention (Softmax/SDPA)" if attention else "no attention ops in the graph"),
+        "preset": "MIXED" if transformer else "PERFORMANCE", "fast_bias_correction": True,
+        "subset_size": len(samples), "ignored_scope": list(scope), "fake_quantize_ops": fq,
+        "weights": "int8 per-channel symmetric", "activations": "int8 per-tensor (asymmetric where MIXED)"}
+    if fq == 0:
+        raise ConversionError("nncf.quantize inserted no quantizers: the model has no quantizable layers "
+                              "(or the ignored_scope covers them all); use int8-weights or fp16")
+    return q
+
+
+def compress_weights(model: Any, job: ConversionJob, details: dict[str, Any], *, bits: int):
+    """Weight-only compression; for int4 record which layers ended in int4 and which in the int8 backup."""
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
+    before = _weight_layers(model)
+    kw: dict[str, Any] = {}
+    if bits == 8:
+        kw["mode"] = nncf.CompressWeightsMode.INT8_ASYM
+    else:
+        kw.update(mode=nncf.CompressWeightsMode.INT4_SYM, group_size=int(job.options.get("int4_group_size", 64)),
+                  ratio=float(job.options.get("int4_ratio", 1.0)), backup_mode=nncf.BackupMode.INT8_ASYM,
+                  advanced_parameters=AdvancedCompressionParameters(
+                      group_size_fallback_mode=GroupSizeFallbackMode.ADJUST, min_adjusted_group_size=16))
+    scope = job.options.get("ignored_scope") or []
+    if scope:
+        kw["ignored_scope"] = nncf.IgnoredScope(patterns=list(scope), validate=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            c = nncf.compress_weights(model, **kw)
+        except Exception as e:
+            raise ConversionError(f"nncf.compress_weights ({kw['mode'].value}) failed: {type(e).__name__}: {e}") from e
+    layers = _compressed_layers(c)
+    by_type = Counter(layers.values())
+    rec: dict[str, Any] = {"tool": "nncf.compress_weights", "nncf_version": nncf.__version__,
+                           "mode": kw["mode"].value, "weight_layers": before, "compressed": dict(by_type)}
+    if bits == 4:
+        rec.update(group_size=kw["group_size"], ratio=kw["ratio"], backup_mode="int8_asym",
+                   group_size_fallback="adjust (smaller group when channels do not divide; min 16)",
+                   int4_layers=sorted(n for n, t in layers.items() if t in ("i4", "u4")),
+                   backup_layers=sorted(n for n, t in layers.items() if t in ("i8", "u8")))
+        if not any(t in ("i4", "u4") for t in layers.values()):
+            raise ConversionError("int4-weights: NNCF left no layer in int4 (all fell back to int8); "
+                                  "use int8-weights or a smaller int4_group_size")
+    details["quantization"] = rec
+    return c
+
+
+def _weight_layers(model: Any) -> int:
+    return sum(1 for op in model.get_ops() if op.get_type_name() in ("MatMul", "Convolution")
+               and any(i.get_source_output().get_node().get_type_name() in ("Constant", "Convert", "Multiply")
+                       for i in op.inputs()[1:]))
+
+
+def _compressed_layers(model: Any) -> dict[str, str]:
+    """Friendly names of the low-bit weight constants -> element type (i4/u4/i8/u8)."""
+    out = {}
+    for op in model.get_ops():
+        if op.get_type_name() == "Constant":
+            t = op.get_output_element_type(0).get_type_name()
+            if t in ("i4", "u4", "i8", "u8") and op.get_output_partial_shape(0).rank.get_length() >= 2:
+                out[op.get_friendly_name()] = t
+    return out

@@ -1,0 +1,287 @@
+"""The public SDK: convert, load, verify, benchmark. The CLI calls these same functions."""
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from edge import __version__
+from edge.artifact import (STATUS_CHECKED_SPEC, STATUS_FAILED, STATUS_UNVERIFIED, STATUS_VERIFIED, Artifact,
+                           Manifest, now_iso, sha256_path, staging_dir)
+from edge.converters.base import ConversionJob
+from edge.capture import capture, flatten_outputs, input_specs, output_specs
+from edge.errors import ArtifactError, UsageError, VerificationError
+from edge.progress import step
+from edge.sources import ModelSpec, resolve
+
+
+@dataclass
+class Prepared:
+    """A resolved model with its optimized copies and captured programs, cached per pass profile."""
+
+    spec: ModelSpec
+    dynamic_batch: bool
+    optimize: bool
+    disable: tuple[str, ...]
+    pass_options: dict[str, Any]
+    _cache: dict[tuple, tuple[torch.nn.Module, Any]]
+
+    def program_for(self, target: str) -> tuple[torch.nn.Module, Any, list[dict]]:
+        """(optimized module, ExportedProgram, pass record) for ``target``; captured once per distinct form."""
+        from edge import passes as opt
+        if self.spec.program is not None:   # a saved .pt2 is used as it is
+            return self.spec.module, self.spec.program, []
+        key = opt.profile_key(target, disable=self.disable, options=self.pass_options) if self.optimize else ()
+        if key not in self._cache:
+            module = self.spec.module
+            if self.optimize:
+                with step(f"optimize passes for {target}"):
+                    module = opt.optimize(module, target=target, example_inputs=self.spec.example_inputs,
+                                          disable=self.disable, **self.pass_options)
+            with step("capture with torch.export"):
+                program = capture(module, self.spec.example_inputs, dynamic_batch=self.dynamic_batch)
+            self._cache[key] = (module, program)
+        module, program = self._cache[key]
+        return module, program, list(getattr(module, "edge_passes", []))
+
+
+def prepare(model: Any, *, example_inputs: Sequence[torch.Tensor] | None = None,
+            input_shapes: list[tuple[int, ...]] | None = None, weights: str | Path | None = None,
+            trust_weights: bool = False, dynamic_batch: bool = False, optimize: bool = True,
+            disable_passes: Sequence[str] = (), keep_tokens: float | None = None) -> Prepared:
+    spec = resolve(model, example_inputs=example_inputs, input_shapes=input_shapes, weights=weights,
+                   trust_weights=trust_weights)
+    pass_options = {"keep_tokens": keep_tokens} if keep_tokens is not None else {}
+    if keep_tokens is not None and not 0 < keep_tokens <= 1:
+        raise UsageError(f"--keep-tokens {keep_tokens} must be in (0, 1], e.g. 0.5 keeps half the patch tokens")
+    return Prepared(spec, dynamic_batch, optimize, tuple(disable_passes), pass_options, {})
+
+
+def convert(model: Any, *, target: str = "onnx", precision: str = "fp32", out: str | Path,
+            example_inputs: Sequence[torch.Tensor] | None = None, **kwargs: Any) -> Artifact:
+    """Convert ``model`` for one target, verify it against PyTorch, and write the artifact folder ``out``.
+
+    Args:
+        model: an ``nn.Module``, a zoo name, ``"file.py:factory"``, ``"pkg.module:factory"`` or a ``.pt2`` path.
+        target: a registered target (``edge.list_targets()``).
+        precision: one of the target's precisions (fp32, fp16, int8, ...).
+        out: the artifact folder to create (replaced only if it already holds an edge artifact).
+        example_inputs: example input tensors (or ``input_shapes=[(1, 3, 224, 224)]``).
+        **kwargs: ``weights``, ``trust_weights``, ``input_shapes``, ``dynamic_batch``, ``optimize``,
+            ``disable_passes``, ``keep_tokens``, ``calib``, ``verify``, ``options`` (target options).
+
+    Returns:
+        The verified :class:`Artifact`.
+
+    Raises:
+        VerificationError: the artifact failed its parity check (it is written, marked failed).
+
+    Example:
+        >>> art = edge.convert(model, example_inputs=(x,), target="onnx", out="out/m")
+    """
+    return convert_all(model, targets=[target], precisions=[precision], out=out,
+                       example_inputs=example_inputs, _single=True, **kwargs)[0]
+
+
+def convert_all(model: Any, *, targets: Sequence[str], precisions: Sequence[str] = ("fp32",), out: str | Path,
+                example_inputs: Sequence[torch.Tensor] | None = None, input_shapes: list[tuple[int, ...]] | None = None,
+                weights: str | Path | None = None, trust_weights: bool = False, dynamic_batch: bool = False,
+                optimize: bool = True, disable_passes: Sequence[str] = (), keep_tokens: float | None = None,
+                calib: Any = None, verify: bool = True, options: dict[str, Any] | None = None,
+                prepared: Prepared | None = None, _single: bool = False) -> list[Artifact]:
+    """Convert one model for several targets and precisions, capturing it once.
+
+    Artifacts go to ``out/<target>`` (one precision) or ``out/<target>-<precision>``.
+    Every artifact is written and verified before a VerificationError is raised for the first failure.
+    """
+    from edge.converters import get_converter
+    converters = [(get_converter(t), p) for t in targets for p in precisions]
+    for conv, p in converters:   # all bad input is reported before any work starts
+        conv.check_precision(p)
+        conv.require()
+        conv.resolve_options(options or {})
+    prep = prepared or prepare(model, example_inputs=example_inputs, input_shapes=input_shapes, weights=weights,
+                               trust_weights=trust_weights, dynamic_batch=dynamic_batch, optimize=optimize,
+                               disable_passes=disable_passes, keep_tokens=keep_tokens)
+    spec = prep.spec
+    with torch.no_grad():
+        ref_out = spec.module(*spec.example_inputs)
+    ins, outs = input_specs(spec.example_inputs, dynamic_batch), output_specs(ref_out, dynamic_batch)
+    calibration = None
+    if any(p in conv.needs_calibration for conv, p in converters):
+        from edge.calibration import load_calibration
+        with step("load calibration data"):
+            calibration = load_calibration(calib, ins, preprocessing=spec.info.get("preprocessing"),
+                                           test_set=spec.entry.test_set if spec.entry else None)
+    artifacts, failures = [], []
+    for conv, precision in converters:
+        dest = Path(out) if _single else Path(out) / (conv.name if len(precisions) == 1 else f"{conv.name}-{precision}")
+        module, program, passes = prep.program_for(conv.name)
+        with staging_dir(dest) as stage:
+            job = ConversionJob(program=program, module=module, example_inputs=spec.example_inputs, inputs=ins,
+                                outputs=outs, precision=precision, out_dir=stage,
+                                options=conv.resolve_options(options or {}),
+                                calibration=calibration if precision in conv.needs_calibration else None,
+                                model_info=spec.info, dynamic_batch=dynamic_batch)
+            with step(f"convert to {conv.name} ({precision})"):
+                result = conv.convert(job)
+            manifest = Manifest(
+                target=conv.name, format=result.format or conv.format, runtime=result.runtime or conv.runtime,
+                precision=precision, files={f: sha256_path(stage / f) for f in result.files},
+                inputs=ins, outputs=outs, source=spec.source, options=job.options,
+                details={**result.details, "optimize_passes": passes, "dynamic_batch": dynamic_batch},
+                model=spec.info, created=now_iso(),
+                versions={"edge": __version__, "torch": torch.__version__, "python": platform.python_version(),
+                          **conv.backend_version()})
+            if job.calibration is not None:
+                manifest.details["calibration"] = job.calibration.record()
+            art = Artifact(stage, manifest)
+            art.write_manifest()
+            if verify:
+                try:
+                    verify_artifact(art, spec, converter=conv)
+                except VerificationError as e:
+                    failures.append(e)
+            else:
+                manifest.status = STATUS_UNVERIFIED
+                art.write_manifest()
+        art.path = dest.absolute()
+        artifacts.append(art)
+    if failures:
+        raise failures[0]
+    return artifacts
+
+
+def _test_split(spec: ModelSpec) -> tuple[np.ndarray, np.ndarray] | None:
+    """The unseen half of a zoo model's test set (the first half may calibrate)."""
+    if spec.entry is None or spec.entry.test_set is None or len(spec.example_inputs) != 1:
+        return None
+    x, y = spec.entry.test_set()
+    x, y = np.asarray(x), np.asarray(y)
+    return x[len(x) // 2:], y[len(y) // 2:]
+
+
+def verify_artifact(art: Artifact, spec: ModelSpec, *, converter: Any = None, n_random: int = 3,
+                    runtime_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run ``art`` with its runtime against ``spec.module`` in PyTorch; record the result in its manifest.
+
+    Raises VerificationError (after marking the manifest failed) when a metric is out of tolerance.
+    """
+    from edge import parity as V
+    from edge.converters import get_converter
+    from edge.runtimes import RUNTIMES
+
+    m = art.manifest
+    conv = converter or get_converter(m.target)
+    reason = conv.can_execute_artifact(m) if hasattr(conv, "can_execute_artifact") else conv.can_execute()
+    if reason:
+        m.status, m.parity = STATUS_CHECKED_SPEC, {"passed": None, "skipped": reason}
+        art.write_manifest()
+        return m.parity
+    split = _test_split(spec)
+    classifier = m.model.get("task", "classification") == "classification"
+    real = split[0][:16] if split is not None else None
+    batches = V.verification_inputs(spec.example_inputs, m.inputs, n_random=n_random, real=real)
+    if real is not None:   # real inputs must come in the artifact's static batch size
+        batches = [b for b in batches if m.inputs[0].matches(b[0].shape)]
+    refs = V.reference_outputs(spec.module, batches)
+    with step(f"verify {m.target}/{m.precision} against PyTorch on {len(batches)} inputs"):
+        session = RUNTIMES.get(m.runtime)(art, **(runtime_options or {}))
+        try:
+            gots = [session.run(*b) for b in batches]
+            metrics = V.compare(refs, gots, m.outputs, classifier=classifier)
+            if split is not None and classifier:
+                bs = m.inputs[0].concrete_shape(1)[0]
+                x, y = split
+                with torch.no_grad():
+                    ref_acc = V.accuracy(lambda a: flatten_outputs(spec.module(torch.from_numpy(a)))[0].numpy(),
+                                         x, y, bs)
+                metrics[m.outputs[0].name]["accuracy"] = V.accuracy(lambda a: session.run(a)[0], x, y, bs)
+                metrics[m.outputs[0].name]["reference_accuracy"] = ref_acc
+                metrics[m.outputs[0].name]["accuracy_samples"] = (len(x) // bs) * bs
+        finally:
+            session.close()
+    try:
+        V.judge(metrics, m.precision, real_inputs=real is not None, artifact=str(art.path))
+    except VerificationError as e:
+        m.status = STATUS_FAILED
+        m.parity = V.parity_record(metrics, m.precision, inputs=len(batches), real_inputs=real is not None,
+                                   passed=False, error=str(e))
+        art.write_manifest()
+        raise
+    m.status = STATUS_VERIFIED
+    m.parity = V.parity_record(metrics, m.precision, inputs=len(batches), real_inputs=real is not None, passed=True)
+    art.write_manifest()
+    return m.parity
+
+
+def verify(artifact: str | Path, model: Any = None, *, weights: str | Path | None = None,
+           trust_weights: bool = False, runtime_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Re-run an artifact's parity check. Without ``model`` the reference is rebuilt from the manifest's source.
+
+    Example:
+        >>> edge.verify("out/vit-onnx")["passed"]
+        True
+    """
+    art = Artifact.open(artifact)
+    src = art.manifest.source
+    if model is None:
+        if src.get("kind") == "module":
+            raise UsageError(f"{artifact} was built from an in-memory module; pass the model: edge.verify(path, model)")
+        model = src.get("path") if src.get("kind") == "exported_program" else src.get("name")
+        if src.get("kind") == "factory" and weights is None:
+            weights = src.get("weights")
+    shapes = [tuple(t.concrete_shape(1)) for t in art.manifest.inputs]
+    spec = resolve(model, input_shapes=shapes, weights=weights, trust_weights=trust_weights)
+    if tuple(spec.example_inputs[0].shape) != shapes[0]:
+        from edge.sources import example_from_shapes
+        spec.example_inputs = example_from_shapes(shapes)
+    return verify_artifact(art, spec, runtime_options=runtime_options)
+
+
+def load(path: str | Path, *, runtime: str | None = None, allow_failed: bool = False, **options: Any):
+    """Open an artifact with the runtime its manifest names (or ``runtime``); hashes are checked.
+
+    Example:
+        >>> session = edge.load("out/m"); (y,) = session.run(x)
+    """
+    from edge.runtimes import RUNTIMES
+    art = Artifact.open(path)
+    if art.manifest.status == STATUS_FAILED and not allow_failed:
+        raise ArtifactError(f"{path} failed its parity check ({art.manifest.parity.get('error', 'see manifest')}); "
+                            f"it is not loaded. Inspect it with edge.load(path, allow_failed=True)")
+    return RUNTIMES.get(runtime or art.manifest.runtime)(art, **options)
+
+
+def default_inputs(art: Artifact, batch: int = 1, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(t.concrete_shape(batch)).astype(t.dtype) for t in art.manifest.inputs]
+
+
+def benchmark(artifact: str | Path, *, warmup: int = 10, iters: int = 100, inputs: Sequence[Any] | None = None,
+              batch: int = 1, native_profile: bool = True, runtime: str | None = None, **runtime_options: Any):
+    """Load an artifact and measure it with the wrapper's latency profiler.
+
+    Returns:
+        A :class:`edge.profile.LatencyReport` (``.to_json()`` for a dict).
+
+    Example:
+        >>> r = edge.benchmark("out/m", warmup=10, iters=200); r.p50_ms
+    """
+    from edge.profile import profile_session, reset_peak_rss, rss_mb
+    if warmup < 0 or iters < 1:
+        raise UsageError(f"--warmup must be >= 0 and --iters >= 1 (got {warmup}, {iters})")
+    reset_peak_rss()
+    rss0 = rss_mb()[0]
+    session = load(artifact, runtime=runtime, **runtime_options)
+    try:
+        if inputs is None:
+            inputs = default_inputs(session.artifact, batch)
+        return profile_session(session, list(inputs), warmup=warmup, iters=iters, native=native_profile,
+                               rss_before=rss0)
+    finally:
+        session.close()

@@ -1,0 +1,244 @@
+"""The ``edge`` command line. Each command parses its flags and calls the SDK function a Python user calls.
+
+Exit codes: 0 ok, 1 an artifact failed verification or could not be built, 2 bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from edge import __version__
+from edge.errors import EdgeError, UsageError
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def command(name: str):
+    def deco(fn):
+        COMMANDS[name] = fn
+        return fn
+    return deco
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, indent=2, default=str) if getattr(args, "json", False) else text)
+
+
+def _parse_options(pairs: list[str] | None) -> dict[str, Any]:
+    """``--option key=value`` pairs; values are JSON-decoded when they parse (numbers, true/false)."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise UsageError(f"--option {pair!r} must look like key=value")
+        try:
+            out[key.replace("-", "_")] = json.loads(value)
+        except ValueError:
+            out[key.replace("-", "_")] = value
+    return out
+
+
+@command("convert")
+def cmd_convert(args: argparse.Namespace) -> int:
+    import edge
+    from edge.sources import parse_shapes
+    targets = [t.strip() for t in args.target.split(",") if t.strip()]
+    precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
+    options = _parse_options(args.option)
+    for key in ("coreml_target", "compute_units", "device", "route"):
+        if getattr(args, key, None) is not None:
+            options[key] = getattr(args, key)
+    if args.bundle:
+        options["bundle"] = True
+    arts = edge.convert_all(
+        args.model, targets=targets, precisions=precisions, out=args.out, input_shapes=parse_shapes(args.input_shape),
+        weights=args.weights, trust_weights=args.trust_weights, dynamic_batch=args.dynamic_batch,
+        optimize=not args.no_optimize, disable_passes=args.disable_pass or (), keep_tokens=args.keep_tokens,
+        calib=args.calib, verify=not args.no_verify, options=options,
+        _single=len(targets) * len(precisions) == 1)
+    rows = [{"path": str(a.path), "target": a.manifest.target, "precision": a.manifest.precision,
+             "status": a.manifest.status, "parity": a.manifest.parity} for a in arts]
+    _emit(args, rows, "\n".join(f"{r['status']:>12}  {r['target']}/{r['precision']}  -> {r['path']}"
+                                f"{_parity_text(r['parity'])}" for r in rows))
+    return 0
+
+
+def _parity_text(parity: dict[str, Any]) -> str:
+    if parity.get("skipped"):
+        return f"  (parity skipped: {parity['skipped']})"
+    outs = parity.get("outputs") or {}
+    if not outs:
+        return ""
+    m = next(iter(outs.values()))
+    text = f"  max_abs {m['max_abs']:.2e} cos {m['cosine']:.6f}"
+    if "top1_agreement" in m:
+        text += f" top1 {m['top1_agreement']:.3f}"
+    if "accuracy" in m:
+        text += f" acc {m['accuracy']:.4f} (torch {m['reference_accuracy']:.4f})"
+    return text
+
+
+@command("verify")
+def cmd_verify(args: argparse.Namespace) -> int:
+    import edge
+    parity = edge.verify(args.artifact, weights=args.weights, trust_weights=args.trust_weights)
+    _emit(args, parity, f"verified {args.artifact}{_parity_text(parity)}")
+    return 0
+
+
+@command("bench")
+def cmd_bench(args: argparse.Namespace) -> int:
+    import edge
+    from edge.profile import format_report
+    reports = []
+    for path in args.artifacts:
+        reports.append(edge.benchmark(path, warmup=args.warmup, iters=args.iters, batch=args.batch,
+                                      native_profile=not args.no_native_profile))
+    _emit(args, [r.to_json() for r in reports] if len(reports) > 1 else reports[0].to_json(),
+          "\n\n".join(format_report(r) for r in reports))
+    return 0
+
+
+@command("info")
+def cmd_info(args: argparse.Namespace) -> int:
+    from edge.artifact import Artifact
+    art = Artifact.open(args.artifact, check_hashes=not args.no_check)
+    m = art.manifest
+    if args.json:
+        _emit(args, m.to_json(), "")
+        return 0
+    lines = [f"{art.path}: {m.target}/{m.precision} ({m.format}, runtime {m.runtime}) status {m.status}",
+             f"  source   {json.dumps(m.source)}",
+             *(f"  input    {t.name} {t.shape} {t.dtype}" for t in m.inputs),
+             *(f"  output   {t.name} {t.shape} {t.dtype}" for t in m.outputs),
+             *(f"  file     {f} sha256 {h[:16]}..." for f, h in m.files.items()),
+             f"  parity  {_parity_text(m.parity) or ' (none)'}",
+             f"  versions {', '.join(f'{k} {v}' for k, v in m.versions.items())}",
+             f"  created  {m.created}"]
+    for key, value in m.details.items():
+        if key != "op_histogram":
+            lines.append(f"  {key}: {json.dumps(value, default=str)[:200]}")
+    print("\n".join(lines))
+    return 0
+
+
+@command("models")
+def cmd_models(args: argparse.Namespace) -> int:
+    from edge.zoo import get_entry, list_models
+    rows = [{"name": n, "input_shapes": get_entry(n).input_shapes, "bundled_weights": bool(get_entry(n).weights),
+             "description": get_entry(n).description} for n in list_models()]
+    _emit(args, rows, "\n".join(f"{r['name']:<20} {str(r['input_shapes']):<22} "
+                                f"{'weights' if r['bundled_weights'] else 'random init':<12} {r['description']}"
+                                for r in rows))
+    return 0
+
+
+@command("targets")
+def cmd_targets(args: argparse.Namespace) -> int:
+    from edge.converters import TARGETS, get_converter
+    rows = []
+    for name in TARGETS.names():
+        try:
+            conv = get_converter(name)
+        except EdgeError as e:  # a third-party entry point that fails to import
+            rows.append({"name": name, "available": False, "reason": str(e)})
+            continue
+        missing = conv.missing()
+        rows.append({"name": name, "format": conv.format, "runtime": conv.runtime, "precisions": list(conv.precisions),
+                     "options": {k: list(v) for k, v in conv.options.items()},
+                     "available": missing is None,
+                     "reason": f"pip install 'edge[{conv.extra}]'" if missing else (conv.can_execute() or "")})
+    _emit(args, rows, "\n".join(f"{r['name']:<11} {'yes' if r['available'] else 'no ':<4} "
+                                f"{','.join(r.get('precisions', [])):<44} {r.get('reason', '')}" for r in rows))
+    return 0
+
+
+@command("optimize")
+def cmd_optimize(args: argparse.Namespace) -> int:
+    from edge.passes import list_passes
+    rows = [{"name": p.name, "default": p.default, "option": p.option, "description": p.description}
+            for p in list_passes()]
+    _emit(args, rows, "\n".join(f"{r['name']:<14} {'on ' if r['default'] else 'off'} {r['description']}" for r in rows)
+          or "no passes registered")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edge", description="Convert, verify and profile PyTorch vision models for "
+                                "ONNX Runtime, OpenVINO, ExecuTorch, CoreML and CUDA.")
+    p.add_argument("--version", action="version", version=f"edge {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, help: str, json_flag: bool = True) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        if json_flag:
+            sp.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        sp.add_argument("--progress", action="store_true", help="show step progress even when stderr is not a terminal")
+        return sp
+
+    c = add("convert", "convert a model for one or more targets, then verify it against PyTorch")
+    c.add_argument("model", help="zoo name (see `edge models`), file.py:factory, package.module:factory, or a .pt2")
+    c.add_argument("--target", "-t", default="onnx", help="target(s), comma-separated (see `edge targets`)")
+    c.add_argument("--precision", "-p", default="fp32", help="precision(s), comma-separated (fp32, fp16, int8, ...)")
+    c.add_argument("--out", "-o", required=True, help="artifact folder (several targets: one subfolder each)")
+    c.add_argument("--weights", help=".pt/.pth state dict or .safetensors for a factory model")
+    c.add_argument("--trust-weights", action="store_true", help="load a pickled checkpoint with weights_only=False")
+    c.add_argument("--input-shape", action="append", help="input shape like 1,3,224,224; repeat for several inputs")
+    c.add_argument("--dynamic-batch", action="store_true", help="export with a dynamic batch dimension")
+    c.add_argument("--no-optimize", action="store_true", help="skip edge's optimize passes")
+    c.add_argument("--disable-pass", action="append", metavar="NAME", help="skip one optimize pass (see `edge optimize`)")
+    c.add_argument("--keep-tokens", type=float, help="ViT token dropping: keep this fraction of patch tokens")
+    c.add_argument("--calib", help="calibration data: image folder, .npy/.npz, 'synthetic' or 'testset'")
+    c.add_argument("--no-verify", action="store_true", help="skip the parity check (artifact marked unverified)")
+    c.add_argument("--coreml-target", help="CoreML deployment target (iOS17, iOS18, macOS14, macOS15)")
+    c.add_argument("--compute-units", help="CoreML compute units (all, cpu_and_ne, cpu_only)")
+    c.add_argument("--device", help="cuda target: cuda or cpu")
+    c.add_argument("--route", help="cuda target: aoti or onnxruntime")
+    c.add_argument("--bundle", action="store_true", help="executorch: bundle example inputs and expected outputs")
+    c.add_argument("--option", action="append", metavar="KEY=VALUE", help="other target option")
+
+    v = add("verify", "re-run an artifact's parity check against PyTorch")
+    v.add_argument("artifact")
+    v.add_argument("--weights", help="weights of the reference model (if not recorded in the manifest)")
+    v.add_argument("--trust-weights", action="store_true")
+
+    b = add("bench", "measure an artifact's latency with the runtime wrapper")
+    b.add_argument("artifacts", nargs="+", metavar="ARTIFACT")
+    b.add_argument("--warmup", type=int, default=10)
+    b.add_argument("--iters", type=int, default=100)
+    b.add_argument("--batch", type=int, default=1, help="batch size for artifacts with a dynamic batch")
+    b.add_argument("--no-native-profile", action="store_true", help="skip the runtime's per-op profile")
+
+    i = add("info", "show an artifact's manifest")
+    i.add_argument("artifact")
+    i.add_argument("--no-check", action="store_true", help="do not check file hashes")
+    add("models", "list zoo models")
+    add("targets", "list targets, their precisions and whether their backend is installed")
+    add("optimize", "list optimize passes")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    import edge.progress
+    edge.progress.ENABLED = not getattr(args, "json", False) and sys.stderr.isatty() or bool(
+        getattr(args, "progress", False))
+    try:
+        return COMMANDS[args.command](args)
+    except EdgeError as e:
+        print(f"edge {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

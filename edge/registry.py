@@ -1,0 +1,70 @@
+"""Name -> object registries for targets, runtimes and zoo models.
+
+Built-in entries are import paths, loaded on first use, so listing names never imports
+a backend. Third parties add entries through the entry-point groups ``edge.targets``
+and ``edge.runtimes``, or at run time with :meth:`Registry.register`.
+"""
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+from typing import Any, Callable, Generic, TypeVar
+
+from edge.errors import PluginError, UnknownNameError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Maps names to objects; lookups of unknown names list the valid ones and the closest match.
+
+    Example:
+        >>> TARGETS.names()
+        ['coreml', 'cuda', 'executorch', 'onnx', 'openvino']
+    """
+
+    def __init__(self, kind: str, group: str | None = None, builtins: dict[str, str] | None = None):
+        self.kind, self.group = kind, group
+        self._lazy: dict[str, str] = dict(builtins or {})
+        self._loaded: dict[str, T] = {}
+        self._scanned = group is None
+
+    def register(self, name: str, obj: T | None = None) -> Callable[[T], T] | T:
+        """Register ``obj`` under ``name``; usable as a decorator."""
+        def add(o: T) -> T:
+            self._loaded[name] = o
+            self._lazy.pop(name, None)
+            return o
+        return add(obj) if obj is not None else add
+
+    def _scan_entry_points(self) -> None:
+        if self._scanned:
+            return
+        self._scanned = True
+        for ep in entry_points(group=self.group):
+            if ep.name not in self._loaded:
+                self._lazy.setdefault(ep.name, ep.value)
+
+    def names(self) -> list[str]:
+        self._scan_entry_points()
+        return sorted(set(self._lazy) | set(self._loaded))
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.names()
+
+    def get(self, name: str) -> T:
+        self._scan_entry_points()
+        if name in self._loaded:
+            return self._loaded[name]
+        if name not in self._lazy:
+            raise UnknownNameError(self.kind, name, self.names())
+        module, _, attr = self._lazy[name].partition(":")
+        try:
+            obj: Any = importlib.import_module(module)
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+        except (ImportError, AttributeError) as e:
+            raise PluginError(f"{self.kind} {name!r} is registered as {self._lazy[name]} but could not be "
+                              f"loaded: {type(e).__name__}: {e}") from e
+        self._loaded[name] = obj
+        return obj

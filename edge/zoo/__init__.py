@@ -1,0 +1,103 @@
+"""The model zoo: one decorator registers a model, a variant is a small function (timm's pattern).
+
+Example:
+    >>> from edge.zoo import create_model, list_models
+    >>> model, entry = create_model("vit_tiny_digits")
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from edge.errors import ModelLoadError, UnknownNameError
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+# Modules that define zoo entries; imported on first lookup.
+_MODULES = ("edge.zoo.vit", "edge.zoo.visiongru", "edge.zoo.gru", "edge.zoo.digits")
+
+
+@dataclass
+class ModelEntry:
+    """A zoo model: how to build it and what a converter or calibrator needs to know about it.
+
+    Attributes:
+        input_shapes: default input shape(s), batch first.
+        preprocessing: ``{"size": [h, w], "mean": [...], "std": [...], "channels": c}`` for image inputs.
+        weights: bundled safetensors file name under ``edge/zoo/weights`` (None: random init).
+        test_set: returns ``(inputs, labels)`` numpy arrays for models trained here (digits).
+    """
+
+    name: str
+    factory: Callable[..., torch.nn.Module]
+    input_shapes: list[tuple[int, ...]]
+    task: str = "classification"
+    num_classes: int | None = None
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None
+    test_set: Callable[[], tuple[Any, Any]] | None = None
+    labels: list[str] | None = None
+    description: str = ""
+    tags: tuple[str, ...] = ()
+
+    def info(self) -> dict[str, Any]:
+        return {"name": self.name, "task": self.task, "num_classes": self.num_classes,
+                "preprocessing": self.preprocessing, "labels": self.labels,
+                "has_test_set": self.test_set is not None}
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+_imported = False
+
+
+def register_model(name: str, *, input_shape: tuple[int, ...] | list[tuple[int, ...]], **kw: Any):
+    """Decorator: register a factory function as zoo model ``name``."""
+    shapes = input_shape if isinstance(input_shape, list) else [input_shape]
+
+    def deco(fn: Callable[..., torch.nn.Module]) -> Callable[..., torch.nn.Module]:
+        _REGISTRY[name] = ModelEntry(name=name, factory=fn, input_shapes=[tuple(s) for s in shapes],
+                                     description=kw.pop("description", (fn.__doc__ or "").strip().split("\n")[0]),
+                                     **kw)
+        return fn
+    return deco
+
+
+def _import_all() -> None:
+    global _imported
+    if not _imported:
+        _imported = True
+        for mod in _MODULES:
+            try:
+                importlib.import_module(mod)
+            except ModuleNotFoundError as e:
+                if e.name != mod:  # a real missing dependency inside the module
+                    raise
+
+
+def list_models(tag: str | None = None) -> list[str]:
+    _import_all()
+    return sorted(n for n, e in _REGISTRY.items() if tag is None or tag in e.tags)
+
+
+def get_entry(name: str) -> ModelEntry:
+    _import_all()
+    if name not in _REGISTRY:
+        raise UnknownNameError("model", name, _REGISTRY)
+    return _REGISTRY[name]
+
+
+def create_model(name: str, *, pretrained: bool = True, **kwargs: Any) -> tuple[torch.nn.Module, ModelEntry]:
+    """Build zoo model ``name`` in eval mode, with its bundled weights when it has them."""
+    entry = get_entry(name)
+    model = entry.factory(**kwargs)
+    if pretrained and entry.weights:
+        path = WEIGHTS_DIR / entry.weights
+        if not path.is_file():
+            raise ModelLoadError(f"bundled weights {path} for {name!r} are missing; retrain them with "
+                                 f"`python -m edge.zoo.digits --train` or reinstall edge")
+        from safetensors.torch import load_file
+        model.load_state_dict(load_file(str(path)))
+    return model.eval(), entry

@@ -1,0 +1,111 @@
+"""The one runtime interface: ``load`` (constructor), ``run``, ``close``, ``native_profile``."""
+from __future__ import annotations
+
+import importlib.util
+import time
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+
+import numpy as np
+
+from edge.errors import InputError, MissingBackendError
+
+if TYPE_CHECKING:
+    from edge.artifact import Artifact
+
+
+class Session(ABC):
+    """A loaded artifact, ready to run.
+
+    Subclasses implement ``_load`` and ``_run`` (numpy in, list of numpy out) and may
+    implement ``native_profile``. ``run`` checks inputs against the manifest's spec so a
+    wrong shape is a clear InputError, not a backend traceback.
+
+    Example:
+        >>> with edge.load("out/vit-onnx") as s:
+        ...     logits, = s.run(x)
+    """
+
+    name: ClassVar[str]
+    extra: ClassVar[str]
+    requires: ClassVar[tuple[str, ...]] = ()
+    timer: ClassVar[str] = "perf_counter"   # the CUDA runtime reports "cuda-event"
+
+    def __init__(self, artifact: "Artifact", **options: Any):
+        for mod in self.requires:
+            if importlib.util.find_spec(mod) is None:
+                raise MissingBackendError(mod, self.extra, f"the {self.name} runtime")
+        self.artifact = artifact
+        self.options = options
+        self.inputs = artifact.manifest.inputs
+        self.outputs = artifact.manifest.outputs
+        self._np_dtypes = [np.dtype(t.dtype) for t in self.inputs]
+        t0 = time.perf_counter()
+        self._load()
+        self.load_ms = (time.perf_counter() - t0) * 1e3
+        self.load_details: dict[str, Any] = getattr(self, "load_details", {})
+
+    @abstractmethod
+    def _load(self) -> None:
+        """Load/compile the artifact's model."""
+
+    @abstractmethod
+    def _run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """Run once on checked, contiguous numpy inputs."""
+
+    def prepare(self, *inputs: Any) -> list[np.ndarray]:
+        """Check and convert inputs (numpy or torch) to the contiguous numpy arrays ``_run`` takes."""
+        if len(inputs) == 1 and isinstance(inputs[0], (list, tuple)) and len(self.inputs) != 1:
+            inputs = tuple(inputs[0])
+        if len(inputs) != len(self.inputs):
+            raise InputError(f"{self.name} session takes {len(self.inputs)} input(s) "
+                             f"({', '.join(t.name for t in self.inputs)}), got {len(inputs)}")
+        arrays = []
+        for spec, dtype, x in zip(self.inputs, self._np_dtypes, inputs):
+            if hasattr(x, "detach"):
+                x = x.detach().cpu().numpy()
+            a = np.ascontiguousarray(x, dtype=dtype)
+            if not spec.matches(a.shape):
+                raise InputError(f"input {spec.name!r} has shape {list(a.shape)}, the artifact expects "
+                                 f"{spec.shape} (strings mark dynamic dims); resize the input or convert "
+                                 f"again with a matching --input-shape")
+            arrays.append(a)
+        return arrays
+
+    def run(self, *inputs: Any) -> list[np.ndarray]:
+        """Run on numpy arrays or torch tensors; returns a list of numpy arrays, one per output."""
+        return self._run(self.prepare(*inputs))
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (CUDA); a no-op on the CPU."""
+
+    def native_profile(self, inputs: Sequence[np.ndarray], iters: int = 20) -> list[dict[str, Any]] | None:
+        """Per-op table from the runtime's own profiler, most expensive first, or None if it has none.
+
+        Each row: ``op`` (node name), ``type``, ``calls``, ``total_ms``, ``mean_ms``, ``share``
+        and, where the runtime says, ``precision``.
+        """
+        return None
+
+    def close(self) -> None:
+        """Release the runtime's resources."""
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def op_table(rows: dict[tuple[str, str], list[float]], extra: dict[tuple[str, str], dict] | None = None,
+             top: int = 25) -> list[dict[str, Any]]:
+    """Aggregate per-op durations (ms) keyed by (op name, op type) into the native-profile table."""
+    total = sum(sum(v) for v in rows.values()) or 1.0
+    table = []
+    for (op, typ), durs in rows.items():
+        row = {"op": op, "type": typ, "calls": len(durs), "total_ms": sum(durs),
+               "mean_ms": sum(durs) / len(durs), "share": sum(durs) / total}
+        row.update((extra or {}).get((op, typ), {}))
+        table.append(row)
+    table.sort(key=lambda r: -r["total_ms"])
+    return table[:top]
