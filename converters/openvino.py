@@ -238,11 +238,22 @@ def _weight_layers(model: Any) -> int:
 
 
 def _compressed_layers(model: Any) -> dict[str, str]:
-    """Friendly names of the low-bit weight constants -> element type (i4/u4/i8/u8)."""
+    """Name of each weight layer with low-bit weights (its consuming MatMul/Convolution/Gather) -> i4/u4/i8/u8."""
     out = {}
     for op in model.get_ops():
-        if op.get_type_name() == "Constant":
-            t = op.get_output_element_type(0).get_type_name()
-            if t in ("i4", "u4", "i8", "u8") and op.get_output_partial_shape(0).rank.get_length() >= 2:
-                out[op.get_friendly_name()] = t
+        if op.get_type_name() != "Constant" or op.get_output_partial_shape(0).rank.get_length() < 2:
+            continue
+        t = op.get_output_element_type(0).get_type_name()
+        if t not in ("i4", "u4", "i8", "u8") or op.get_friendly_name().endswith("zero_point"):
+            continue
+        node, name = op, op.get_friendly_name()
+        for _ in range(6):   # Constant -> Convert -> Subtract -> Multiply -> Reshape -> MatMul
+            users = [i.get_node() for o in node.outputs() for i in o.get_target_inputs()]
+            if not users:
+                break
+            node = users[0]
+            if node.get_type_name() in WEIGHT_OPS:
+                name = node.get_friendly_name()
+                break
+        out[name] = t
     return out
