@@ -1,0 +1,332 @@
+"""Recurrent passes: nn.GRU / nn.LSTM unrolled into delegate-friendly steps, minGRU's scan without logcumsumexp.
+
+Why. ``aten.gru`` / ``aten.lstm`` reach most edge toolchains badly: ExecuTorch's decomposition
+leaves ``split_with_sizes_copy`` on portable kernels between 196 XNNPACK calls (161 s to lower),
+CoreML refuses ``aten.gru`` from a program, and OpenVINO unrolls it into MatMuls when it comes
+from a program. minGRU's log-space scan (``torch.logcumsumexp``) either does not convert or
+converts to silently wrong numbers (see STACK.md). The forms here use only ops that every target
+keeps in its fast path: matmul (Linear), sigmoid/tanh, mul/add/sub, static slices and one ``cat``.
+
+* ``gru`` / ``lstm``: :class:`TunedGRU` / :class:`TunedLSTM` hold the same weights; the input
+  projection of all time steps is one matmul, each step is a slice of that tensor plus one
+  hidden matmul and elementwise gates. Outputs (``output, h_n`` / ``output, (h_n, c_n)``) are
+  PyTorch's. ONNX and OpenVINO keep their own native GRU/LSTM op (variant ``native``), which is
+  faster there (see ``benchmarks/gru_paths.py``).
+* ``mingru_scan``: :class:`ChunkedMinGRU` replaces each minGRU (edge.zoo.visiongru.MinGRU or a
+  module with minGRU-pytorch's layout) by a chunked scan: inside a chunk of ``CHUNK`` tokens an
+  unrolled recurrence runs over all chunks at once (products of gates in [0, 1]: nothing can
+  overflow, nothing is divided), the chunk end states are scanned the same way one level up,
+  and the carried state is added back. Work is linear in the sequence length; graph size grows
+  with ``log_CHUNK(length)``. :meth:`ChunkedMinGRU.step` is the streaming form (state in, state out).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edge.errors import UsageError
+from edge.passes import OptimizeContext, register_pass
+
+# Targets whose runtimes run a native recurrent op faster than any unrolled form (measured in
+# benchmarks/gru_paths.py); their converters keep nn.GRU / nn.LSTM as one GRU/LSTM(Sequence) op.
+NATIVE_RNN_TARGETS = ("onnx", "openvino")
+CHUNK = 16
+
+
+def _rnn_variant(target: str | None) -> str:
+    return "native" if target in NATIVE_RNN_TARGETS else "unrolled"
+
+
+def _replace(root: nn.Module, match, make) -> int:
+    """Replace every submodule for which ``match(m)`` holds by ``make(m)``; returns the count."""
+    n = 0
+    for name, child in list(root.named_children()):
+        if match(child):
+            setattr(root, name, make(child))
+            n += 1
+        else:
+            n += _replace(child, match, make)
+    return n
+
+
+# ---------------------------------------------------------------------------------------------- GRU / LSTM
+class _TunedRNN(nn.Module):
+    """Shared layout of the tuned GRU/LSTM: per (layer, direction) a fused input projection and hidden matmul."""
+
+    gates = 3
+
+    def __init__(self, rnn: nn.RNNBase):
+        super().__init__()
+        if getattr(rnn, "proj_size", 0):
+            raise UsageError("nn.LSTM with proj_size > 0 is not rewritten by the 'lstm' pass")
+        self.input_size, self.hidden_size = rnn.input_size, rnn.hidden_size
+        self.num_layers, self.batch_first = rnn.num_layers, rnn.batch_first
+        self.dirs = 2 if rnn.bidirectional else 1
+        self.ih, self.hh = nn.ModuleList(), nn.ModuleList()
+        H, G = self.hidden_size, self.gates
+        for layer in range(self.num_layers):
+            for d in range(self.dirs):
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                w_ih, w_hh = getattr(rnn, "weight_ih" + sfx), getattr(rnn, "weight_hh" + sfx)
+                b_ih = getattr(rnn, "bias_ih" + sfx) if rnn.bias else torch.zeros(G * H)
+                b_hh = getattr(rnn, "bias_hh" + sfx) if rnn.bias else torch.zeros(G * H)
+                ih = nn.Linear(w_ih.shape[1], G * H)
+                hh = nn.Linear(H, G * H, bias=self._hh_has_bias(rnn.bias))
+                with torch.no_grad():
+                    ih.weight.copy_(w_ih)
+                    ih.bias.copy_(self._fold_bias(b_ih.detach(), b_hh.detach()))
+                    hh.weight.copy_(w_hh)
+                    if hh.bias is not None:
+                        hh.bias.copy_(self._hh_bias(b_hh.detach()))
+                self.ih.append(ih)
+                self.hh.append(hh)
+
+    def _hh_has_bias(self, bias: bool) -> bool:
+        return False
+
+    def _fold_bias(self, b_ih: torch.Tensor, b_hh: torch.Tensor) -> torch.Tensor:
+        return b_ih + b_hh
+
+    def _hh_bias(self, b_hh: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _check(self, x) -> None:
+        if isinstance(x, nn.utils.rnn.PackedSequence):
+            raise UsageError(f"the tuned {type(self).__name__} does not take a PackedSequence; convert with "
+                             f"disable_passes=('gru', 'lstm') or pass a padded tensor")
+
+    def _layers(self, x: torch.Tensor, states: list[tuple[torch.Tensor, ...]]):
+        """x: [T, B, I] time-major; states: per (layer, dir) initial state tuple. Returns (y, final states)."""
+        finals = []
+        for layer in range(self.num_layers):
+            outs = []
+            for d in range(self.dirs):
+                k = layer * self.dirs + d
+                xp = self.ih[k](x)                                  # [T, B, G*H]: all steps in one matmul
+                y, fin = self._direction(xp, self.hh[k], states[k], reverse=bool(d))
+                outs.append(y)
+                finals.append(fin)
+            x = outs[0] if self.dirs == 1 else torch.cat(outs, dim=-1)
+        return x, finals
+
+
+class TunedGRU(_TunedRNN):
+    """nn.GRU with the same weights and outputs, written as slices + matmul + sigmoid/tanh per step."""
+
+    gates = 3
+
+    def _hh_has_bias(self, bias: bool) -> bool:
+        return bias
+
+    def _fold_bias(self, b_ih, b_hh):
+        H = self.hidden_size   # r and z take b_ih + b_hh; n keeps b_hn inside r * (W_hn h + b_hn)
+        return torch.cat([b_ih[:2 * H] + b_hh[:2 * H], b_ih[2 * H:]])
+
+    def _hh_bias(self, b_hh):
+        H = self.hidden_size
+        return torch.cat([torch.zeros(2 * H), b_hh[2 * H:]])
+
+    def _direction(self, xp, hh, state, reverse):
+        (h,) = state                                               # [1, B, H]
+        H, T = self.hidden_size, xp.shape[0]
+        ys = [None] * T
+        for t in (range(T - 1, -1, -1) if reverse else range(T)):
+            gx, gh = xp[t:t + 1], hh(h)                            # [1, B, 3H]
+            rz = torch.sigmoid(gx[..., :2 * H] + gh[..., :2 * H])
+            n = torch.tanh(gx[..., 2 * H:] + rz[..., :H] * gh[..., 2 * H:])
+            h = n + rz[..., H:] * (h - n)
+            ys[t] = h
+        return torch.cat(ys, dim=0), (h,)
+
+    def forward(self, x: torch.Tensor, hx: torch.Tensor | None = None):
+        self._check(x)
+        unbatched = x.dim() == 2
+        if unbatched:
+            x = x.unsqueeze(1)
+            hx = hx.unsqueeze(1) if hx is not None else None
+        elif self.batch_first:
+            x = x.transpose(0, 1)
+        L, B = self.num_layers * self.dirs, x.shape[1]
+        if hx is None:
+            hx = x.new_zeros(L, B, self.hidden_size)
+        y, finals = self._layers(x, [(hx[k:k + 1],) for k in range(L)])
+        h_n = torch.cat([f[0] for f in finals], dim=0)
+        if unbatched:
+            return y.squeeze(1), h_n.squeeze(1)
+        return (y.transpose(0, 1) if self.batch_first else y), h_n
+
+
+class TunedLSTM(_TunedRNN):
+    """nn.LSTM (no proj_size) with the same weights and outputs; gates i, f, g, o as in PyTorch."""
+
+    gates = 4
+
+    def _direction(self, xp, hh, state, reverse):
+        h, c = state
+        H, T = self.hidden_size, xp.shape[0]
+        ys = [None] * T
+        for t in (range(T - 1, -1, -1) if reverse else range(T)):
+            g = xp[t:t + 1] + hh(h)                                # [1, B, 4H]
+            i_f = torch.sigmoid(g[..., :2 * H])
+            c = i_f[..., H:] * c + i_f[..., :H] * torch.tanh(g[..., 2 * H:3 * H])
+            h = torch.sigmoid(g[..., 3 * H:]) * torch.tanh(c)
+            ys[t] = h
+        return torch.cat(ys, dim=0), (h, c)
+
+    def forward(self, x: torch.Tensor, hx: tuple[torch.Tensor, torch.Tensor] | None = None):
+        self._check(x)
+        unbatched = x.dim() == 2
+        if unbatched:
+            x = x.unsqueeze(1)
+            hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1)) if hx is not None else None
+        elif self.batch_first:
+            x = x.transpose(0, 1)
+        L, B = self.num_layers * self.dirs, x.shape[1]
+        if hx is None:
+            z = x.new_zeros(L, B, self.hidden_size)
+            hx = (z, z)
+        y, finals = self._layers(x, [(hx[0][k:k + 1], hx[1][k:k + 1]) for k in range(L)])
+        h_n = torch.cat([f[0] for f in finals], dim=0)
+        c_n = torch.cat([f[1] for f in finals], dim=0)
+        if unbatched:
+            return y.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
+        return (y.transpose(0, 1) if self.batch_first else y), (h_n, c_n)
+
+
+@register_pass("gru", "nn.GRU -> one input matmul + sliced per-step gates (ExecuTorch: one XNNPACK delegate); "
+               "ONNX/OpenVINO keep their native GRU op", order=20, variant=_rnn_variant)
+def gru_pass(module: nn.Module, ctx: OptimizeContext) -> int:
+    if _rnn_variant(ctx.target) == "native":
+        return 0
+    return _replace(module, lambda m: type(m) is nn.GRU, TunedGRU)
+
+
+@register_pass("lstm", "nn.LSTM -> one input matmul + sliced per-step gates; ONNX/OpenVINO keep their native "
+               "LSTM op", order=21, variant=_rnn_variant)
+def lstm_pass(module: nn.Module, ctx: OptimizeContext) -> int:
+    if _rnn_variant(ctx.target) == "native":
+        return 0
+    return _replace(module, lambda m: type(m) is nn.LSTM and not m.proj_size, TunedLSTM)
+
+
+# ---------------------------------------------------------------------------------------------- minGRU
+def _softplus_free_gates(gate: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """minGRU's coefficient a = 1 - sigmoid(gate) and value b = sigmoid(gate) * g(hidden), no where/softplus.
+
+    g(x) = x + 0.5 for x >= 0, sigmoid(x) below: relu(x) + sigmoid(min(x, 0)) is the same function.
+    """
+    g = torch.relu(hidden) + torch.sigmoid(torch.clamp(hidden, max=0.0))
+    return torch.sigmoid(-gate), torch.sigmoid(gate) * g
+
+
+def _local_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None):
+    """Unrolled recurrence h_t = a_t h_{t-1} + b_t along dim 2 of [B, C, T, D] (all chunks at once).
+
+    Returns (h [B, C, T, D], p [B, C, T, D]) with p_t = a_1 ... a_t (the weight of the state entering the chunk).
+    """
+    T = a.shape[2]
+    hs, ps = [], []
+    h = p = None
+    for t in range(T):
+        a_t, b_t = a[:, :, t:t + 1], b[:, :, t:t + 1]
+        if h is None:
+            h = b_t if h0 is None else a_t * h0 + b_t
+            p = a_t
+        else:
+            h = a_t * h + b_t
+            p = a_t * p
+        hs.append(h)
+        ps.append(p)
+    return torch.cat(hs, dim=2), torch.cat(ps, dim=2)
+
+
+def chunked_linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None,
+                        chunk: int = CHUNK) -> torch.Tensor:
+    """h_t = a_t * h_{t-1} + b_t over dim 1 of [B, N, D] (h_{-1} = h0 [B, D] or 0), with a in [0, 1].
+
+    Chunks of ``chunk`` tokens are scanned locally in parallel; their end states form a sequence of
+    length N / chunk with coefficients prod(a) that is scanned the same way (recursively), then each
+    chunk adds ``p_t * state_before_chunk``. Only mul/add/slice/cat: safe and convertible everywhere.
+    """
+    B, N, D = a.shape
+    if N <= chunk:
+        h, _ = _local_scan(a.unsqueeze(1), b.unsqueeze(1), None if h0 is None else h0.view(B, 1, 1, D))
+        return h.squeeze(1)
+    C = -(-N // chunk)
+    pad = C * chunk - N
+    if pad:   # a = 1, b = 0 after the end: later positions only, earlier outputs are unchanged
+        a = torch.cat([a, a.new_ones(B, pad, D)], dim=1)
+        b = torch.cat([b, b.new_zeros(B, pad, D)], dim=1)
+    a4, b4 = a.reshape(B, C, chunk, D), b.reshape(B, C, chunk, D)
+    h, p = _local_scan(a4, b4, None)
+    ends = chunked_linear_scan(p[:, :, chunk - 1], h[:, :, chunk - 1], h0, chunk)   # [B, C, D]: state after chunk c
+    first = (h0 if h0 is not None else ends.new_zeros(B, D)).view(B, 1, D)
+    before = torch.cat([first, ends[:, :C - 1]], dim=1) if C > 1 else first
+    h = h + p * before.unsqueeze(2)
+    h = h.reshape(B, C * chunk, D)
+    return h[:, :N] if pad else h
+
+
+def sequential_mingru_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
+    """The plain recurrence, one token at a time (the reference and the benchmark's baseline)."""
+    B, N, D = a.shape
+    h = h0.view(B, 1, D) if h0 is not None else None
+    hs = []
+    for t in range(N):
+        h = b[:, t:t + 1] if h is None else a[:, t:t + 1] * h + b[:, t:t + 1]
+        hs.append(h)
+    return torch.cat(hs, dim=1)
+
+
+class ChunkedMinGRU(nn.Module):
+    """A minGRU (minGRU-pytorch layout: ``to_hidden_and_gate``, ``to_out``) with the chunked scan.
+
+    ``forward(x)`` equals the log-space reference at 1e-4; ``forward(x, h0, return_state=True)``
+    also returns the inner state after the last token. :meth:`step` runs one token (streaming).
+
+    Example:
+        >>> y, h = layer(x_prefix, return_state=True)
+        >>> y_t, h = layer.step(x_t, h)          # next token; equals the full scan's output at t
+    """
+
+    def __init__(self, src: nn.Module, *, chunk: int = CHUNK, sequential: bool = False):
+        super().__init__()
+        self.to_hidden_and_gate = src.to_hidden_and_gate
+        self.to_out = src.to_out
+        self.chunk, self.sequential = chunk, sequential
+
+    def _gates(self, x: torch.Tensor):
+        hg = self.to_hidden_and_gate(x)
+        d = hg.shape[-1] // 2
+        return _softplus_free_gates(hg[..., d:], hg[..., :d])
+
+    def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None, return_state: bool = False):
+        a, b = self._gates(x)
+        h = sequential_mingru_scan(a, b, h0) if self.sequential else chunked_linear_scan(a, b, h0, self.chunk)
+        out = self.to_out(h)
+        return (out, h[:, -1]) if return_state else out
+
+    def step(self, x_t: torch.Tensor, h: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One token: ``x_t`` [B, dim], ``h`` [B, inner] (None at the start) -> (output [B, dim], new state)."""
+        a, b = self._gates(x_t)
+        h = b if h is None else a * h + b
+        return self.to_out(h), h
+
+
+def is_mingru(m: nn.Module) -> bool:
+    """edge's MinGRU, or any module with minGRU-pytorch's layout (bias-free to_hidden_and_gate, to_out)."""
+    if isinstance(m, ChunkedMinGRU):
+        return False
+    from edge.zoo.visiongru import MinGRU
+    if isinstance(m, MinGRU):
+        return True
+    return (type(m).__name__.lower() == "mingru" and isinstance(getattr(m, "to_hidden_and_gate", None), nn.Linear)
+            and hasattr(m, "to_out"))
+
+
+@register_pass("mingru_scan", "minGRU's logcumsumexp scan -> chunked linear scan (mul/add/slice only; converts "
+               "on every target, linear in length)", order=22)
+def mingru_pass(module: nn.Module, ctx: OptimizeContext) -> int:
+    chunk = int(ctx.options.get("mingru_chunk", CHUNK))
+    return _replace(module, is_mingru, lambda m: ChunkedMinGRU(m, chunk=chunk))
