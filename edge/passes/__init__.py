@@ -29,7 +29,8 @@ class OptimizeContext:
 
 @dataclass
 class Pass:
-    """A rewrite: ``fn(module, ctx) -> number of rewrites`` (in place, on edge's private copy)."""
+    """A rewrite: ``fn(module, ctx) -> number of rewrites`` (in place, on edge's private copy), or
+    ``(rewrites, info)`` where ``info`` is merged into the pass record (``"lossy": True`` for approximations)."""
 
     name: str
     fn: Callable[[torch.nn.Module, OptimizeContext], int]
@@ -100,6 +101,7 @@ def optimize(model: torch.nn.Module, *, target: str | None = None, example_input
     record = []
     for p in _selected(disable, options):
         n = p.fn(out, ctx)
-        record.append({"pass": p.name, "rewrites": int(n), "variant": p.variant(target)})
+        n, info = n if isinstance(n, tuple) else (n, {})   # a pass may add facts to its record (e.g. keep ratio)
+        record.append({"pass": p.name, "rewrites": int(n), "variant": p.variant(target), **info})
     out.edge_passes = record
     return out

@@ -1,0 +1,341 @@
+"""Attention, LayerNorm and token-dropping passes for ViTs.
+
+``attention``  rewrites hand-written ``q @ k^T -> softmax -> @ v`` attention (timm's Attention with
+               ``fused_attn=False`` and modules with the same structure), SDPA attention and
+               ``nn.MultiheadAttention`` into the form each target keeps fused: SDPA where the backend
+               fuses it (ONNX Runtime, OpenVINO, CoreML iOS18, CUDA), and on ExecuTorch a form made of
+               ops XNNPACK delegates whole (slices, 3-D ``bmm``, softmax): SDPA's decomposition leaves
+               ``any/eq/where/logical_not/full_like`` on portable kernels and splits the graph.
+``layernorm``  on ExecuTorch only, writes LayerNorm as mean/var/rsqrt with the reductions as 4-D means
+               over the last two dims (the one mean XNNPACK takes); ``native_layer_norm`` stays on
+               portable kernels.
+``token_drop`` (off by default, ``keep_tokens=0.5``) keeps the class token and the top-k patch tokens by
+               class-token attention (summed over heads) after one block, as in HiRED; k is a static
+               ``round(keep * patches)`` so shapes stay static. Lossy by design: the record says so.
+
+Every structural rewrite of a module edge did not write itself (detected by its attributes, not its type)
+is checked against the original on a probe input before it is kept, so an unfamiliar ``forward`` that
+happens to own a ``qkv`` Linear is left alone rather than silently replaced.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edge.errors import UsageError
+from edge.passes import OptimizeContext, register_pass
+
+XNNPACK = "xnnpack"   # the ExecuTorch form
+SDPA = "sdpa"         # the form other backends fuse
+PROBE_ATOL = 1e-5
+
+
+def attention_variant(target: str | None) -> str:
+    return XNNPACK if target == "executorch" else SDPA
+
+
+def layernorm_variant(target: str | None) -> str:
+    return "decomposed" if target == "executorch" else "native"
+
+
+# ---------------------------------------------------------------------------------------------- core math
+
+def _heads(t: torch.Tensor, B: int, N: int, H: int, D: int) -> torch.Tensor:
+    """[B, N, H*D] -> [B*H, N, D] without 4-D matmuls (they export as expand_copy, which XNNPACK skips)."""
+    return t.reshape(B, N, H, D).permute(0, 2, 1, 3).reshape(B * H, N, D)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, form: str,
+           attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Attention over [B, H, N, D] tensors in ``form``; ``attn_mask`` is additive, broadcast to [B, H, Nq, Nk]."""
+    if form == SDPA:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
+    B, H, Nq, D = q.shape
+    Nk = k.shape[2]
+    q3, k3, v3 = q.reshape(B * H, Nq, D), k.reshape(B * H, Nk, D), v.reshape(B * H, Nk, v.shape[-1])
+    s = torch.bmm(q3 * scale, k3.transpose(1, 2))
+    if attn_mask is not None:
+        s = s + attn_mask.expand(B, H, Nq, Nk).reshape(B * H, Nq, Nk)
+    return torch.bmm(s.softmax(dim=-1), v3).reshape(B, H, Nq, v.shape[-1])
+
+
+# ------------------------------------------------------------------------------------- timm-style attention
+
+def _is_qkv_attention(m: nn.Module) -> bool:
+    qkv, proj, heads = getattr(m, "qkv", None), getattr(m, "proj", None), getattr(m, "num_heads", None)
+    return (isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear) and isinstance(heads, int) and heads > 0
+            and qkv.out_features == 3 * qkv.in_features and qkv.in_features % heads == 0
+            and proj.in_features == qkv.in_features)
+
+
+class EdgeAttention(nn.Module):
+    """timm's Attention (qkv Linear, heads, proj) in a chosen form; shares the original's parameters."""
+
+    def __init__(self, src: nn.Module, form: str):
+        super().__init__()
+        self.qkv, self.proj, self.num_heads = src.qkv, src.proj, src.num_heads
+        dim = src.qkv.in_features
+        self.head_dim = dim // self.num_heads
+        self.scale = float(getattr(src, "scale", self.head_dim ** -0.5))
+        # timm's optional per-head norms (Identity unless qk_norm=True)
+        self.q_norm = getattr(src, "q_norm", None) or nn.Identity()
+        self.k_norm = getattr(src, "k_norm", None) or nn.Identity()
+        self.form = form
+
+    def qk(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v as [B, H, N, D]; the qkv output is sliced (not unbound: unbind exports as squeeze_copy)."""
+        B, N, C = x.shape
+        qkv = self.qkv(x)
+        q, k, v = (qkv[..., i * C:(i + 1) * C].reshape(B, N, self.num_heads, self.head_dim).permute(0, 2, 1, 3)
+                   for i in range(3))
+        return self.q_norm(q), self.k_norm(k), v
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        q, k, v = self.qk(x)
+        o = attend(q, k, v, self.scale, self.form)
+        return self.proj(o.permute(0, 2, 1, 3).reshape(B, N, C))
+
+
+# ----------------------------------------------------------------------------------- nn.MultiheadAttention
+
+class EdgeMultiheadAttention(nn.Module):
+    """``nn.MultiheadAttention`` with the same call signature and parameters, in a chosen form.
+
+    ``need_weights=True`` (PyTorch's default) returns the attention weights exactly as the original
+    does (averaged over heads unless ``average_attn_weights=False``): the scores are then computed
+    explicitly, since a fused kernel cannot return them. Calls using masks or ``is_causal`` run the
+    original module unchanged.
+    """
+
+    def __init__(self, src: nn.MultiheadAttention, form: str):
+        super().__init__()
+        self.mha, self.form = src, form
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+                average_attn_weights=True, is_causal=False):
+        m = self.mha
+        if key_padding_mask is not None or attn_mask is not None or is_causal:
+            return m(query, key, value, key_padding_mask=key_padding_mask, need_weights=need_weights,
+                     attn_mask=attn_mask, average_attn_weights=average_attn_weights, is_causal=is_causal)
+        batched = query.dim() == 3
+        if not batched:
+            query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
+        elif m.batch_first:
+            query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
+        L, B, E = query.shape
+        S = key.shape[0]
+        H, D = m.num_heads, E // m.num_heads
+        if m._qkv_same_embed_dim:
+            wq, wk, wv = m.in_proj_weight[:E], m.in_proj_weight[E:2 * E], m.in_proj_weight[2 * E:]
+        else:
+            wq, wk, wv = m.q_proj_weight, m.k_proj_weight, m.v_proj_weight
+        bq = bk = bv = None
+        if m.in_proj_bias is not None:
+            bq, bk, bv = m.in_proj_bias[:E], m.in_proj_bias[E:2 * E], m.in_proj_bias[2 * E:]
+        # [L, B, E] -> [B, H, L, D]
+        q = F.linear(query, wq, bq).reshape(L, B, H, D).permute(1, 2, 0, 3)
+        k = F.linear(key, wk, bk).reshape(S, B, H, D).permute(1, 2, 0, 3)
+        v = F.linear(value, wv, bv).reshape(S, B, H, D).permute(1, 2, 0, 3)
+        scale = D ** -0.5
+        weights = None
+        if need_weights:
+            weights = torch.bmm((q * scale).reshape(B * H, L, D), k.reshape(B * H, S, D).transpose(1, 2))
+            weights = weights.softmax(dim=-1)
+            o = torch.bmm(weights, v.reshape(B * H, S, D)).reshape(B, H, L, D)
+            weights = weights.reshape(B, H, L, S)
+            if average_attn_weights:
+                weights = weights.mean(dim=1)
+        else:
+            o = attend(q, k, v, scale, self.form)
+        o = F.linear(o.permute(2, 0, 1, 3).reshape(L, B, E), m.out_proj.weight, m.out_proj.bias)
+        if not batched:
+            o = o.squeeze(1)
+            weights = weights.squeeze(0) if weights is not None else None
+        elif m.batch_first:
+            o = o.transpose(0, 1)
+        return o, weights
+
+
+def _mha_supported(m: nn.MultiheadAttention) -> bool:
+    return m.bias_k is None and m.bias_v is None and not m.add_zero_attn
+
+
+# --------------------------------------------------------------------------------------------- LayerNorm
+
+class EdgeLayerNorm(nn.Module):
+    """LayerNorm over the last dim as mean/var/rsqrt, each mean a 4-D mean over dims (-1, -2).
+
+    XNNPACK delegates ``mean.dim`` only on 4-D tensors over the last two dims; ``[..., C]`` is viewed
+    as ``[..., C, 1]`` for it.
+    """
+
+    def __init__(self, src: nn.LayerNorm):
+        super().__init__()
+        self.weight, self.bias, self.eps = src.weight, src.bias, float(src.eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x4 = x.reshape(-1, 1, shape[-1], 1)
+        mu = x4.mean(dim=(-2, -1), keepdim=True)
+        d = x4 - mu
+        var = (d * d).mean(dim=(-2, -1), keepdim=True)
+        y = (d * torch.rsqrt(var + self.eps)).reshape(shape)
+        if self.weight is not None:
+            y = y * self.weight
+        if self.bias is not None:
+            y = y + self.bias
+        return y
+
+
+# -------------------------------------------------------------------------------------------- rewriting
+
+def _probe_equal(old: nn.Module, new: nn.Module, make_input) -> bool:
+    """Does ``new`` compute what ``old`` does on a probe input (fp32, atol 1e-5)?"""
+    try:
+        with torch.no_grad():
+            x = make_input()
+            a, b = old(*x), new(*x)
+    except Exception:
+        return False
+    a, b = (a if isinstance(a, tuple) else (a,)), (b if isinstance(b, tuple) else (b,))
+    return len(a) == len(b) and all(
+        (p is None and q is None) or (p is not None and q is not None and p.shape == q.shape
+                                      and torch.allclose(p.float(), q.float(), atol=PROBE_ATOL, rtol=1e-4))
+        for p, q in zip(a, b))
+
+
+def _replace_children(root: nn.Module, swap) -> int:
+    """Replace every submodule ``c`` for which ``swap(c)`` returns a module; returns the count."""
+    n = 0
+    for parent in list(root.modules()):
+        for name, child in list(parent.named_children()):
+            new = swap(child)
+            if new is not None:
+                setattr(parent, name, new)
+                n += 1
+    return n
+
+
+def _known_attention_type(m: nn.Module) -> bool:
+    """edge's and timm's own Attention classes, whose forward is known (not just their attributes)."""
+    t = type(m)
+    return t.__name__ == "Attention" and t.__module__ in ("edge.zoo.vit", "timm.models.vision_transformer")
+
+
+@register_pass("attention", "attention in the form each target keeps fused (SDPA; XNNPACK-whole bmm form "
+                            "on ExecuTorch)", order=20, variant=attention_variant)
+def attention_pass(module: nn.Module, ctx: OptimizeContext) -> int:
+    form = attention_variant(ctx.target)
+    gen = torch.Generator().manual_seed(0)
+
+    def swap(child: nn.Module):
+        if isinstance(child, (EdgeAttention, EdgeMultiheadAttention)):
+            return None
+        if _is_qkv_attention(child):
+            new = EdgeAttention(child, form)
+            if _known_attention_type(child):
+                return new
+            dim = child.qkv.in_features
+            ok = _probe_equal(child, new, lambda: (torch.randn(2, 5, dim, generator=gen),))
+            return new if ok else None
+        if isinstance(child, nn.MultiheadAttention) and _mha_supported(child):
+            return EdgeMultiheadAttention(child, form)
+        return None
+    return _replace_children(module, swap)
+
+
+@register_pass("layernorm", "LayerNorm as mean/var/rsqrt on ExecuTorch (XNNPACK delegates it; native_layer_norm "
+                            "stays on portable kernels)", order=30, variant=layernorm_variant)
+def layernorm_pass(module: nn.Module, ctx: OptimizeContext) -> int:
+    if layernorm_variant(ctx.target) != "decomposed":
+        return 0
+
+    def swap(child: nn.Module):
+        if type(child) is nn.LayerNorm and len(child.normalized_shape) == 1:
+            return EdgeLayerNorm(child)
+        return None
+    return _replace_children(module, swap)
+
+
+# ------------------------------------------------------------------------------------------ token dropping
+
+class TokenDropBlock(nn.Module):
+    """Runs ``block`` on all tokens, then keeps the class token and the ``keep`` patch tokens that the
+    class token attended to most in this block (attention summed over heads), in their original order."""
+
+    def __init__(self, block: nn.Module, keep: int, num_prefix: int = 1):
+        super().__init__()
+        self.block, self.keep, self.num_prefix = block, int(keep), int(num_prefix)
+
+    def cls_attention(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, N] class-token attention of this block on its input ``x`` (summed over heads)."""
+        attn = self.block.attn
+        h = self.block.norm1(x)
+        B, N, C = h.shape
+        H, D = attn.num_heads, C // attn.num_heads
+        qkv = attn.qkv(h)
+        q = qkv[:, :1, :C].reshape(B, 1, H, D).permute(0, 2, 1, 3)
+        k = qkv[..., C:2 * C].reshape(B, N, H, D).permute(0, 2, 1, 3)
+        q, k = getattr(attn, "q_norm", nn.Identity())(q), getattr(attn, "k_norm", nn.Identity())(k)
+        scale = float(getattr(attn, "scale", D ** -0.5))
+        s = torch.bmm((q * scale).reshape(B * H, 1, D), k.reshape(B * H, N, D).transpose(1, 2))
+        return s.softmax(dim=-1).reshape(B, H, N).sum(dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        score = self.cls_attention(x)[:, self.num_prefix:]
+        y = self.block(x)
+        idx = torch.topk(score, self.keep, dim=1).indices.sort(dim=1).values + self.num_prefix
+        kept = torch.gather(y, 1, idx.unsqueeze(-1).expand(-1, -1, y.shape[-1]))
+        return torch.cat([y[:, :self.num_prefix], kept], dim=1)
+
+
+def _vit_parts(module: nn.Module) -> tuple[nn.Module, int] | None:
+    """(blocks container, number of patch tokens) of a ViT with edge's / timm's structure, or None."""
+    blocks, pe = getattr(module, "blocks", None), getattr(module, "patch_embed", None)
+    if not isinstance(blocks, (nn.Sequential, nn.ModuleList)) or len(blocks) == 0 or pe is None:
+        return None
+    if not all(hasattr(b, "norm1") and _is_qkv_attention(getattr(b, "attn", nn.Identity())) for b in blocks):
+        return None
+    if getattr(module, "cls_token", None) is None or not hasattr(pe, "num_patches"):
+        return None
+    return blocks, int(pe.num_patches)
+
+
+def default_drop_layer(depth: int) -> int:
+    """After which block tokens are dropped by default: the second block (the first on a 1-2 block model)."""
+    return 1 if depth > 2 else 0
+
+
+@register_pass("token_drop", "keep the class token and the top-k patch tokens by class-token attention "
+                             "(HiRED); lossy, needs keep_tokens", order=10, default=False, option="keep_tokens")
+def token_drop_pass(module: nn.Module, ctx: OptimizeContext) -> tuple[int, dict[str, Any]]:
+    keep = ctx.options.get("keep_tokens")
+    if not isinstance(keep, (int, float)) or not 0 < keep <= 1:
+        raise UsageError(f"keep_tokens={keep!r} must be a number in (0, 1], e.g. 0.5 keeps half the patch tokens")
+    vits = [m for m in module.modules() if _vit_parts(m) is not None]
+    if not vits:
+        raise UsageError("token dropping (keep_tokens) needs a ViT with a class token: a module with `blocks` "
+                         "(each with norm1 and an attn owning qkv/proj/num_heads), `patch_embed.num_patches` "
+                         "and `cls_token`; drop --keep-tokens for this model")
+    info: dict[str, Any] = {"keep_ratio": float(keep), "lossy": True,
+                            "method": "HiRED: class token + top-k patch tokens by class-token attention"}
+    n = 0
+    for vit in vits:
+        blocks, patches = _vit_parts(vit)
+        depth = len(blocks)
+        layer = ctx.options.get("drop_layer")
+        layer = default_drop_layer(depth) if layer is None else layer
+        if not isinstance(layer, int) or not 0 <= layer < depth - 1:
+            raise UsageError(f"drop_layer={layer!r} must be a block index in [0, {depth - 2}] (tokens are "
+                             f"dropped after that block; the model has {depth} blocks)")
+        k = max(1, int(round(keep * patches)))
+        if k >= patches or isinstance(blocks[layer], TokenDropBlock):
+            continue
+        blocks[layer] = TokenDropBlock(blocks[layer], k, num_prefix=1)
+        info.update(drop_layer=layer, depth=depth, tokens_before=patches + 1, tokens_after=k + 1)
+        n += 1
+    return n, info
