@@ -1,0 +1,172 @@
+"""CUDA target: AOTInductor packages (.pt2), or an ONNX model for ONNX Runtime's CUDA/TensorRT providers.
+
+Routes (``route`` option):
+  * ``aoti`` (default): ``torch._inductor.aoti_compile_and_package`` compiles the captured program to a
+    ``.pt2`` package of generated kernels for ``device`` (``cuda``, or ``cpu`` where there is no GPU: the
+    CPU path needs a C++ compiler). fp16/bf16 wrap the module so weights and compute run in the low
+    precision while the artifact's inputs and outputs stay float32 (a cast at each end, inside the package).
+  * ``onnxruntime``: the ONNX target's exporter; the manifest names the onnxruntime runtime and records
+    the execution providers (TensorRT first where installed, then CUDA, then CPU) in its options.
+"""
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+from edge.converters.base import ConversionJob, ConversionResult, Converter
+from edge.errors import ConversionError, PlatformError, UsageError
+
+_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def cuda_available() -> bool:
+    import torch
+    return bool(torch.cuda.is_available())
+
+
+def ort_cuda_providers() -> list[str]:
+    """ONNX Runtime's GPU providers installed here, best first (empty for the CPU-only package)."""
+    if importlib.util.find_spec("onnxruntime") is None:
+        return []
+    import onnxruntime as ort
+    have = ort.get_available_providers()
+    return [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in have]
+
+
+class CudaConverter(Converter):
+    name = "cuda"
+    format = "aoti-pt2"
+    runtime = "aoti"
+    extra = "cuda"
+    requires = ("torch",)
+    precisions = ("fp32", "fp16", "bf16")
+    # device "auto": cuda where PyTorch sees a GPU, else cpu; an explicit "cuda" without one is a PlatformError
+    options = {"device": ("auto", "cuda", "cpu"), "route": ("aoti", "onnxruntime")}
+
+    def resolve_options(self, given: dict[str, Any]) -> dict[str, Any]:
+        out = super().resolve_options(given)
+        if out["route"] == "onnxruntime":
+            if out["device"] == "cpu":
+                raise UsageError("the cuda target's onnxruntime route runs on the GPU; for ONNX Runtime on the CPU "
+                                 "use --target onnx")
+            out["device"] = "cuda"
+        elif out["device"] == "auto":
+            out["device"] = "cuda" if cuda_available() else "cpu"
+        return out
+
+    def can_execute_artifact(self, manifest: Any) -> str | None:
+        """Why this machine cannot run ``manifest``'s artifact (None if it can)."""
+        if manifest.options.get("device", "cuda") == "cuda":
+            if manifest.runtime == "onnxruntime":
+                if not ort_cuda_providers():
+                    return "this ONNX Runtime has no CUDA execution provider (pip install onnxruntime-gpu)"
+            elif not cuda_available():
+                return "CUDA is not available on this machine"
+        return None
+
+    def convert(self, job: ConversionJob) -> ConversionResult:
+        self.require()
+        device, route = job.options.get("device", "cuda"), job.options.get("route", "aoti")
+        if route == "onnxruntime":
+            return self._convert_onnx(job)
+        if device == "cuda" and not cuda_available():
+            raise PlatformError("the cuda target needs a CUDA GPU and a CUDA build of PyTorch, and this machine has "
+                                "neither; compile for the CPU with --device cpu (option device='cpu')")
+        return self._convert_aoti(job, device)
+
+    # --- AOTInductor -------------------------------------------------------------------------------------------
+    def _convert_aoti(self, job: ConversionJob, device: str) -> ConversionResult:
+        import torch
+        program, how = job.program, "the captured ExportedProgram"
+        if device == "cuda" or job.precision != "fp32":
+            # The shared program is CPU fp32; a GPU or low-precision build re-captures a wrapped copy.
+            wrapped = cast_wrapper(job.module, getattr(torch, _DTYPES[job.precision])).to(device)
+            args = tuple(t.to(device) for t in job.example_inputs)
+            dynamic = None
+            if job.dynamic_batch:
+                batch = torch.export.Dim("batch", min=1, max=1024)
+                dynamic = tuple({0: batch} for _ in args)
+            try:
+                with torch.no_grad():
+                    program = torch.export.export(wrapped, args, dynamic_shapes=dynamic, strict=False)
+            except Exception as e:
+                raise ConversionError(f"torch.export of the {job.precision} {device} copy failed: "
+                                      f"{type(e).__name__}: {_first_line(e)}") from e
+            how = f"the module re-captured on {device} in {job.precision} (float32 casts at the inputs/outputs)"
+        path = job.out_dir / "model.pt2"
+        try:
+            with torch.no_grad():
+                torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+        except Exception as e:
+            hint = " (the CPU path needs a C++ compiler such as g++ on PATH)" if device == "cpu" else ""
+            raise ConversionError(f"AOTInductor could not compile the model for {device}{hint}: "
+                                  f"{type(e).__name__}: {_first_line(e)}") from e
+        if not path.is_file():
+            raise ConversionError(f"AOTInductor reported success but wrote no package at {path}")
+        ops: dict[str, int] = {}
+        for node in program.graph.nodes:
+            if node.op == "call_function" and "assert" not in str(node.target):
+                key = str(node.target).replace("aten.", "").split(".default")[0]
+                ops[key] = ops.get(key, 0) + 1
+        details: dict[str, Any] = {
+            "route": "aoti", "device": device, "compiled_from": how,
+            "compute_dtype": _DTYPES[job.precision], "io_dtype": "float32",
+            "op_histogram": dict(sorted(ops.items(), key=lambda kv: -kv[1])),
+        }
+        if device == "cuda":
+            details["gpu"] = torch.cuda.get_device_name(0)
+            details["cuda"] = torch.version.cuda
+        return ConversionResult(files=["model.pt2"], details=details)
+
+    # --- ONNX Runtime on CUDA ----------------------------------------------------------------------------------
+    def _convert_onnx(self, job: ConversionJob) -> ConversionResult:
+        if job.precision == "bf16":
+            raise UsageError("the cuda target's onnxruntime route supports fp32 and fp16; use --route aoti for bf16")
+        providers = ort_cuda_providers()
+        if not providers:
+            raise PlatformError("the onnxruntime route of the cuda target needs ONNX Runtime with the CUDA execution "
+                                "provider (pip install onnxruntime-gpu); on this machine use --route aoti "
+                                "--device cpu or --target onnx")
+        from edge.converters.onnx import OnnxConverter
+        onnx_conv = OnnxConverter()
+        onnx_conv.require()
+        onnx_job = ConversionJob(**{**job.__dict__, "options": {"opset": 18}})
+        result = onnx_conv.convert(onnx_job)
+        # the manifest's options are this job's options: the runtime reads its providers from there
+        job.options["providers"] = providers + ["CPUExecutionProvider"]
+        result.details.update({"route": "onnxruntime", "providers": job.options["providers"]})
+        result.runtime, result.format = "onnxruntime", "onnx"
+        return result
+
+    def backend_version(self) -> dict[str, str]:
+        import torch
+        out = {"torch": torch.__version__}
+        if torch.version.cuda:
+            out["cuda"] = torch.version.cuda
+        return out
+
+
+def cast_wrapper(module: Any, dtype: Any) -> Any:
+    """A module running a copy of ``module`` in ``dtype``: float inputs cast in, float outputs cast to float32."""
+    import copy
+
+    import torch
+
+    class CastIO(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *xs: torch.Tensor) -> Any:
+            xs = tuple(x.to(dtype) if x.is_floating_point() else x for x in xs)
+            return torch.utils._pytree.tree_map(
+                lambda o: o.float() if isinstance(o, torch.Tensor) and o.is_floating_point() else o,
+                self.inner(*xs))
+
+    inner = copy.deepcopy(module).eval().to(dtype) if dtype != torch.float32 else copy.deepcopy(module).eval()
+    return CastIO(inner).eval()
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip()
+    return s.splitlines()[0][:400] if s else type(e).__name__
