@@ -125,6 +125,10 @@ def load_calibration(source: Any, inputs: list[TensorSpec], *, preprocessing: di
             arrays = [data] if isinstance(data, np.ndarray) else [data[k] for k in data.files]
             if len(arrays) != len(inputs):
                 raise CalibrationError(f"{path} holds {len(arrays)} array(s); the model takes {len(inputs)} input(s)")
+            for a in arrays:   # strings would surface later as a bare ValueError from the dtype cast
+                if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
+                    raise CalibrationError(f"{path} holds an array of dtype {a.dtype}; calibration tensors must "
+                                           f"be numbers (save float32 input tensors)")
             per_input = [_batch(a, s, limit) for a, s in zip(arrays, inputs)]
             samples = [tuple(b[0] for b in group) for group in zip(*per_input)]
             return CalibrationData(samples, "numpy", str(path))

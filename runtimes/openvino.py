@@ -86,7 +86,8 @@ class OpenVinoSession(Session):
         for key in ("INFERENCE_PRECISION_HINT", "PERFORMANCE_HINT", "NUM_STREAMS", "INFERENCE_NUM_THREADS",
                     "OPTIMAL_NUMBER_OF_INFER_REQUESTS"):
             try:
-                props[key] = str(self.compiled.get_property(key))
+                value = self.compiled.get_property(key)
+                props[key] = value.get_type_name() if hasattr(value, "get_type_name") else str(value)
             except Exception:  # not every device reports every property
                 pass
         created = cache_dir is not None and sum(1 for _ in cache_dir.iterdir()) > before

@@ -1,0 +1,180 @@
+"""OpenVINO target: every precision of vit_tiny_digits converted, run and verified; calibration errors;
+the session's precision hint, cache and per-layer counters."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("openvino", reason="the openvino extra is not installed")
+pytest.importorskip("nncf", reason="the openvino extra (nncf) is not installed")
+
+import edge  # noqa: E402
+from edge.errors import CalibrationError, UsageError  # noqa: E402
+
+PRECISIONS = ("fp32", "fp16", "int8", "int8-weights", "int4-weights")
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    """All five precisions of vit_tiny_digits, captured once (edge.convert_all), each verified by the spine."""
+    out = tmp_path_factory.mktemp("ov")
+    arts = edge.convert_all("vit_tiny_digits", targets=["openvino"], precisions=PRECISIONS, out=out)
+    return {a.manifest.precision: a for a in arts}
+
+
+def _out(art):
+    return next(iter(art.manifest.parity["outputs"].values()))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_precision_verified(artifacts, precision):
+    art = artifacts[precision]
+    m = art.manifest
+    assert m.status == "verified" and m.parity["passed"] is True
+    assert m.parity["input_kind"] == "test-set"
+    assert (art.path / "model.xml").is_file() and (art.path / "model.bin").is_file()
+    assert m.details["source"]["converted_from"] == "ExportedProgram"   # a ViT has no recurrent layer
+    out = _out(art)
+    assert out["top1_agreement"] >= 0.98
+    assert out["accuracy"] >= out["reference_accuracy"] - 0.02
+
+
+@pytest.mark.slow
+def test_fp32_keeps_fp32_weights_and_fp16_compresses(artifacts):
+    assert "f16" not in artifacts["fp32"].manifest.details["constants"]
+    assert _out(artifacts["fp32"])["max_abs"] < 1e-4
+    fp32_bin = (artifacts["fp32"].path / "model.bin").stat().st_size
+    fp16_bin = (artifacts["fp16"].path / "model.bin").stat().st_size
+    assert fp16_bin < 0.6 * fp32_bin
+
+
+@pytest.mark.slow
+def test_int8_accuracy_within_one_point_of_fp32(artifacts):
+    int8, fp32 = _out(artifacts["int8"]), _out(artifacts["fp32"])
+    assert int8["accuracy_samples"] >= 100
+    assert int8["accuracy"] >= fp32["accuracy"] - 0.01
+    q = artifacts["int8"].manifest.details["quantization"]
+    assert q["model_type"] == "TRANSFORMER" and q["fake_quantize_ops"] > 0
+    assert artifacts["int8"].manifest.details["calibration"]["kind"] == "testset"
+
+
+@pytest.mark.slow
+def test_weight_compression_records_layers(artifacts):
+    q8 = artifacts["int8-weights"].manifest.details["quantization"]
+    assert q8["mode"] == "int8_asym" and q8["compressed"].get("u8", 0) == q8["weight_layers"]
+    q4 = artifacts["int4-weights"].manifest.details["quantization"]
+    assert q4["mode"] == "int4_sym" and q4["int4_layers"]
+    # NNCF keeps the first and last weight layers in the int8 backup: recorded, not hidden
+    assert len(q4["int4_layers"]) + len(q4["backup_layers"]) == q4["weight_layers"]
+
+
+@pytest.mark.slow
+def test_native_profile_shows_int8_kernels(artifacts):
+    with edge.load(artifacts["int8"].path, cache_dir=False) as s:
+        assert s.load_details["inference_precision"] == "f32"
+        x = edge.api.default_inputs(s.artifact)
+        table = s.native_profile(s.prepare(*x), iters=3)
+    assert table and all({"op", "type", "exec_type", "precision", "mean_ms", "share"} <= set(r) for r in table)
+    assert any(r["precision"] == "i8" and r["type"].startswith("FullyConnected") for r in table)
+
+
+@pytest.mark.slow
+def test_session_options_and_model_cache(artifacts, tmp_path):
+    path = artifacts["fp32"].path
+    x = np.random.default_rng(0).standard_normal((1, 1, 32, 32)).astype(np.float32)
+    with edge.load(path, cache_dir=tmp_path / "c", hint="throughput", threads=1) as s:
+        first = s.load_details
+        y = s.run(x)[0]
+    with edge.load(path, cache_dir=tmp_path / "c", hint="throughput", threads=1) as s:
+        second = s.load_details
+        y2 = s.run(torch.from_numpy(x))[0]
+    assert first["cache"].startswith("miss") and second["cache"] == "hit"
+    assert second["config"]["PERFORMANCE_HINT"] == "THROUGHPUT"
+    assert second["compiled_properties"]["INFERENCE_NUM_THREADS"] == "1"
+    np.testing.assert_array_equal(y, y2)
+    with pytest.raises(UsageError, match="precision_hint"):
+        edge.load(path, precision_hint="int3")
+    with pytest.raises(UsageError, match="hint"):
+        edge.load(path, hint="fastest")
+
+
+def _gru_model():
+    class TinyGru(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru = torch.nn.GRU(8, 16, batch_first=True)
+            self.head = torch.nn.Linear(16, 4)
+
+        def forward(self, x):
+            return self.head(self.gru(x)[0][:, -1])
+
+    torch.manual_seed(0)
+    return TinyGru().eval()
+
+
+@pytest.mark.slow
+def test_recurrent_model_converts_from_module(tmp_path):
+    art = edge.convert(_gru_model(), example_inputs=(torch.randn(1, 12, 8),), target="openvino", out=tmp_path / "g")
+    d = art.manifest.details
+    assert art.manifest.status == "verified"
+    assert d["source"]["converted_from"].startswith("module") and "GRU" in d["source"]["reason"]
+    assert d["op_histogram"].get("GRUSequence") == 1
+
+
+@pytest.mark.slow
+def test_dynamic_batch(tmp_path):
+    art = edge.convert("vit_tiny_digits", target="openvino", out=tmp_path / "d", dynamic_batch=True)
+    with edge.load(art.path) as s:
+        assert s.run(np.zeros((3, 1, 32, 32), np.float32))[0].shape == (3, 10)
+
+
+def _bad_calib_sources(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    text = tmp_path / "text"
+    text.mkdir()
+    for i in range(3):
+        (text / f"note{i}.txt").write_text("not an image")
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "a.png").write_bytes(b"not really a png")
+    wrong = tmp_path / "wrong.npy"
+    np.save(wrong, np.zeros((8, 3, 28, 28), np.float32))
+    strings = tmp_path / "strings.npy"
+    np.save(strings, np.full((4, 1, 32, 32), "x"))
+    return {"empty folder": (empty, "no images"), "non-image files": (text, "no images"),
+            "corrupt image": (corrupt, "not a readable image"), "wrong-shape npy": (wrong, r"\[3, 28, 28\]"),
+            "non-numeric npy": (strings, "numbers")}
+
+
+def test_bad_calibration_is_a_calibration_error(tmp_path):
+    """Checked before any conversion work, nothing is written (fast: no conversion starts)."""
+    for what, (src, msg) in _bad_calib_sources(tmp_path).items():
+        out = tmp_path / f"out-{what.replace(' ', '-')}"
+        with pytest.raises(CalibrationError, match=msg):
+            edge.convert("vit_tiny_digits", target="openvino", precision="int8", calib=src, out=out)
+        assert not out.exists(), what
+
+
+def test_bad_options():
+    from edge.converters import get_converter
+    conv = get_converter("openvino")
+    with pytest.raises(UsageError, match="source"):
+        conv.resolve_options({"source": "onnx"})
+    with pytest.raises(UsageError, match="regex"):
+        conv.resolve_options({"ignored_scope": "(unclosed"})
+    assert conv.resolve_options({"ignored_scope": ".*head.*"})["ignored_scope"] == [".*head.*"]
+    assert conv.needs_calibration == ("int8",)
+
+
+def test_import_edge_loads_no_backend():
+    code = ("import sys, edge, edge.converters.openvino, edge.runtimes.openvino; "
+            "print(json.dumps([m for m in ('openvino', 'nncf') if m in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
