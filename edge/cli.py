@@ -92,13 +92,56 @@ def cmd_verify(args: argparse.Namespace) -> int:
 @command("bench")
 def cmd_bench(args: argparse.Namespace) -> int:
     import edge
+    from edge.matrix import are_artifacts
     from edge.profile import format_report
+    if not are_artifacts(args.artifacts):
+        return _bench_matrix(args)
+    if args.targets or args.precisions or args.resolutions:
+        raise UsageError("--targets/--precisions/--resolutions apply to model names, not to artifact folders")
     reports = []
     for path in args.artifacts:
         reports.append(edge.benchmark(path, warmup=args.warmup, iters=args.iters, batch=args.batch,
                                       native_profile=not args.no_native_profile))
     _emit(args, [r.to_json() for r in reports] if len(reports) > 1 else reports[0].to_json(),
           "\n\n".join(format_report(r) for r in reports))
+    return 0
+
+
+def _bench_matrix(args: argparse.Namespace) -> int:
+    """`edge bench MODEL... --targets ... --precisions ... --resolutions ...`: the matrix and its reports."""
+    from edge.matrix import STATUS_FAILED, parse_resolutions, run_matrix, split_list
+    from edge.report import format_table, write_all
+    results = run_matrix(args.artifacts, targets=split_list(args.targets), precisions=split_list(args.precisions)
+                         or ["fp32"], resolutions=parse_resolutions(args.resolutions), cache_dir=args.cache_dir,
+                         warmup=args.warmup, iters=args.iters, calib=args.calib, options=_parse_options(args.option),
+                         rebuild=args.rebuild, optimize=not args.no_optimize, progress=True,
+                         op_profile=not args.no_native_profile)
+    paths = write_all(results, args.out)
+    _emit(args, results, format_table(results) + "\nwrote " + ", ".join(str(p) for p in paths))
+    return 1 if any(c["status"] == STATUS_FAILED for c in results["cells"]) else 0
+
+
+@command("report")
+def cmd_report(args: argparse.Namespace) -> int:
+    from edge.report import load_results, write_all
+    paths = write_all(load_results(args.results), args.out or Path(args.results).parent)
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+@command("compare")
+def cmd_compare(args: argparse.Namespace) -> int:
+    from edge.report import compare, format_compare, load_results
+    rows = compare(load_results(args.a), load_results(args.b))
+    _emit(args, rows, format_compare(rows, Path(args.a).name if Path(args.a).name != Path(args.b).name else "a",
+                                     Path(args.b).name if Path(args.a).name != Path(args.b).name else "b"))
+    return 0
+
+
+@command("serve")
+def cmd_serve(args: argparse.Namespace) -> int:
+    from edge.serve import serve
+    serve(args.artifact, host=args.host, port=args.port, results=args.results)
     return 0
 
 
@@ -205,12 +248,36 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--weights", help="weights of the reference model (if not recorded in the manifest)")
     v.add_argument("--trust-weights", action="store_true")
 
-    b = add("bench", "measure an artifact's latency with the runtime wrapper")
-    b.add_argument("artifacts", nargs="+", metavar="ARTIFACT")
+    b = add("bench", "measure artifacts' latency, or convert+verify+measure a matrix of models (see --targets)")
+    b.add_argument("artifacts", nargs="+", metavar="ARTIFACT_OR_MODEL",
+                   help="artifact folders, or zoo model names for a matrix run (models x targets x precisions x resolutions)")
+    b.add_argument("--targets", help="matrix: targets, comma-separated (default: every target that runs here)")
+    b.add_argument("--precisions", help="matrix: precisions, comma-separated (default fp32)")
+    b.add_argument("--resolutions", help="matrix: square input sizes, comma-separated (default: each model's own)")
+    b.add_argument("--out", "-o", default="bench", help="matrix: folder for results.json/csv, report.md/html")
+    b.add_argument("--cache-dir", help="matrix: artifact cache (default $EDGE_CACHE_DIR or ~/.cache/edge)")
+    b.add_argument("--rebuild", action="store_true", help="matrix: convert again even if the cache has it")
+    b.add_argument("--calib", help="matrix: calibration data for int8 cells (see `edge convert --calib`)")
+    b.add_argument("--no-optimize", action="store_true", help="matrix: skip edge's optimize passes")
+    b.add_argument("--option", action="append", metavar="KEY=VALUE", help="matrix: target option")
     b.add_argument("--warmup", type=int, default=10)
     b.add_argument("--iters", type=int, default=100)
     b.add_argument("--batch", type=int, default=1, help="batch size for artifacts with a dynamic batch")
     b.add_argument("--no-native-profile", action="store_true", help="skip the runtime's per-op profile")
+
+    r = add("report", "rebuild results.csv, report.md and report.html from a results.json", json_flag=False)
+    r.add_argument("results", help="results.json written by `edge bench MODEL ...` (or `edge serve`)")
+    r.add_argument("--out", "-o", help="folder for the reports (default: the folder of results.json)")
+    cp = add("compare", "compare two bench runs cell by cell as ratios (b / a)")
+    cp.add_argument("a", help="results.json of the baseline run")
+    cp.add_argument("b", help="results.json of the new run")
+    sv = add("serve", "serve the phone web app with an ONNX artifact; the page posts its latency back",
+             json_flag=False)
+    sv.add_argument("artifact", help="an ONNX artifact folder (edge convert MODEL -t onnx -o DIR)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: reachable from phones on the LAN)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--results", default="results.json",
+                    help="results.json the page's browser cell is added to (created if missing)")
 
     i = add("info", "show an artifact's manifest")
     i.add_argument("artifact")

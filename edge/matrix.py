@@ -426,3 +426,41 @@ def slowest_op_profile(cells: list[dict[str, Any]], iters: int = 20) -> dict[str
         return {"cell": cell["id"], "rows": None, "error": _error_text(e)}
     return {"cell": cell["id"], "runtime": cell["runtime"], "iters": iters, "rows": rows,
             "error": None if rows else f"the {cell['runtime']} runtime has no per-op profiler"}
+
+
+# ---------------------------------------------------------------- CLI helpers
+
+def split_list(text: str | None) -> list[str] | None:
+    """``"onnx,openvino"`` -> ``["onnx", "openvino"]``; None stays None."""
+    if text is None:
+        return None
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def parse_resolutions(text: str | None) -> list[int | None]:
+    """``"224,512"`` -> ``[224, 512]``; None -> ``[None]`` (each model's native size)."""
+    if not text:
+        return [None]
+    out: list[int | None] = []
+    for part in split_list(text) or []:
+        if part in ("native", "default"):
+            out.append(None)
+            continue
+        try:
+            out.append(int(part))
+        except ValueError:
+            raise UsageError(f"--resolutions {part!r} is not an integer; write it like 224,512") from None
+        if out[-1] <= 0:
+            raise UsageError(f"--resolutions {part!r} must be positive")
+    return out
+
+
+def are_artifacts(paths: Sequence[str]) -> bool:
+    """True if every path is an artifact folder, False if none is; a mix is a UsageError."""
+    kinds = [(Path(p) / "manifest.json").is_file() for p in paths]
+    if all(kinds):
+        return True
+    if not any(kinds):
+        return False
+    raise UsageError("`edge bench` takes either artifact folders or model names, not both: "
+                     + ", ".join(f"{p} ({'artifact' if k else 'model'})" for p, k in zip(paths, kinds)))
