@@ -1,0 +1,285 @@
+"""ExecuTorch target: ``to_edge_transform_and_lower`` with the XNNPACK partitioner -> ``.pte``.
+
+Precisions:
+    fp32          the captured program, lowered as it is.
+    fp16          the module in half precision with fp32 inputs/outputs kept (casts inside the program);
+                  checked on this host after lowering, a ConversionError says why when XNNPACK cannot run it.
+    int8          PT2E static quantization with the XNNPACK quantizer (symmetric, per-channel weights,
+                  per-tensor activations calibrated on ``job.calibration``).
+    int8-dynamic  PT2E dynamic quantization (activations quantized per call; no calibration).
+    8da4w         torchao: 8-bit dynamic activations, 4-bit grouped weights on Linear layers.
+
+The manifest's details record the lowering time, how many XNNPACK delegate calls the program makes
+and which ops stayed on portable kernels: a model that is not fully delegated says so in
+``details["delegation"]["warning"]``. An ETRecord (``etrecord.bin``) is written beside the program so
+the runtime's ETDump profile maps back to the model's ops. Option ``bundle=True`` writes a
+BundledProgram (``model.bpte``) holding the example input and its expected output, so the same check
+runs on a phone (``ExecuTorchSession.run_bundled_test``).
+"""
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+from typing import Any
+
+from edge.converters.base import ConversionJob, ConversionResult, Converter
+from edge.errors import ConversionError
+
+PTE, BPTE, ETRECORD = "model.pte", "model.bpte", "etrecord.bin"
+# Tolerances the bundled test is checked with on a device, per precision family (expected outputs
+# are PyTorch's for float programs and this host's ExecuTorch run for quantized ones).
+BUNDLE_TOLERANCE = {"fp32": (1e-3, 1e-4), "fp16": (5e-2, 1e-2)}
+QUANTIZED_BUNDLE_TOLERANCE = (1e-2, 1e-2)
+GROUP_SIZE = 32   # 8da4w weight group (in_features must divide by it; other Linears stay fp32)
+
+
+class ExecuTorchConverter(Converter):
+    name = "executorch"
+    format = "pte"
+    runtime = "executorch"
+    extra = "executorch"
+    requires = ("executorch", "torchao")
+    precisions = ("fp32", "fp16", "int8", "int8-dynamic", "8da4w")
+    needs_calibration = ("int8",)
+    options = {"bundle": (False, True), "etrecord": (True, False)}
+
+    def convert(self, job: ConversionJob) -> ConversionResult:
+        self.require()
+        details: dict[str, Any] = {"backend": "XnnpackBackend", "partitioner": "XnnpackPartitioner"}
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = self._program(job, details)
+            details["prepare_seconds"] = round(time.perf_counter() - t0, 2)
+            t1 = time.perf_counter()
+            edge_mgr = lower(program, etrecord=bool(job.options.get("etrecord", True)))
+            details["delegation"] = delegation_summary(edge_mgr.exported_program().graph_module)
+            et_program = edge_mgr.to_executorch()
+        details["lowering_seconds"] = round(time.perf_counter() - t1, 2)
+        details["convert_seconds"] = round(time.perf_counter() - t0, 2)
+
+        pte = job.out_dir / PTE
+        pte.write_bytes(et_program.buffer)
+        host_out = self._host_check(pte, job, details)
+        files = [PTE]
+        if job.options.get("bundle"):
+            bundle(et_program, job, host_out, job.out_dir / BPTE, details)
+            pte.unlink()   # the bundled program holds the same program: one copy only
+            files = [BPTE]
+        if job.options.get("etrecord", True):
+            etr = et_program.get_etrecord()
+            etr.save(str(job.out_dir / ETRECORD))
+            files.append(ETRECORD)
+        details["program_bytes"] = len(et_program.buffer)
+        return ConversionResult(files=files, details=details, format="bpte" if job.options.get("bundle") else None)
+
+    # ------------------------------------------------------------------------------------ programs
+
+    def _program(self, job: ConversionJob, details: dict[str, Any]):
+        """The ExportedProgram to lower for ``job.precision``."""
+        import torch
+        from edge.capture import capture
+        p = job.precision
+        if p == "fp32":
+            details["source"] = "job.program (the run's captured program)"
+            return job.program
+        if p == "fp16":
+            details["source"] = "job.module in fp16 with fp32 inputs/outputs, re-captured"
+            half = HalfIO(copy.deepcopy(job.module).half().eval())
+            return capture(half, job.example_inputs, dynamic_batch=job.dynamic_batch)
+        if p in ("int8", "int8-dynamic"):
+            return pt2e_quantize(job, dynamic=p == "int8-dynamic", details=details)
+        if p == "8da4w":
+            from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
+            from torchao.quantization.granularity import PerGroup
+            module = copy.deepcopy(job.module).eval()
+            linears = [n for n, m in module.named_modules() if isinstance(m, torch.nn.Linear)]
+            chosen = [n for n, m in module.named_modules()
+                      if isinstance(m, torch.nn.Linear) and m.in_features % GROUP_SIZE == 0]
+            if not chosen:
+                raise ConversionError(f"8da4w quantizes nn.Linear layers whose in_features divide by {GROUP_SIZE}; "
+                                      f"this model has {len(linears)} Linear layer(s) and none qualifies. "
+                                      f"Use --precision int8 or int8-dynamic")
+            quantize_(module, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4,
+                                                                    weight_granularity=PerGroup(GROUP_SIZE)),
+                      filter_fn=lambda m, fqn: fqn in chosen)
+            details["quantization"] = {"tool": "torchao.quantize_ Int8DynamicActivationIntxWeightConfig",
+                                       "weights": f"int4 symmetric, groups of {GROUP_SIZE}",
+                                       "activations": "int8 dynamic per token",
+                                       "layers": f"{len(chosen)} of {len(linears)} nn.Linear",
+                                       "not_quantized": sorted(set(linears) - set(chosen))}
+            details["source"] = "job.module quantized with torchao, re-captured"
+            return capture(module, job.example_inputs, dynamic_batch=job.dynamic_batch)
+        raise ConversionError(f"precision {p!r} is not handled by the executorch converter")
+
+    def _host_check(self, pte, job: ConversionJob, details: dict[str, Any]):
+        """Run the program once on this host: proves XNNPACK runs it (fp16 needs hardware support)."""
+        import torch
+        from executorch.runtime import Runtime
+        try:
+            method = Runtime.get().load_program(str(pte)).load_method("forward")
+            out = method.execute([t.contiguous() for t in job.example_inputs])
+        except Exception as e:
+            pte.unlink(missing_ok=True)
+            reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            if job.precision == "fp16":
+                raise ConversionError(
+                    f"XNNPACK cannot run the fp16 program on this host ({reason}); XNNPACK's fp16 kernels need "
+                    f"ARMv8.2 FP16 arithmetic or x86 AVX512-FP16/F16C support. Convert with --precision fp32 "
+                    f"(or int8) here, or build fp16 on a machine whose CPU runs it") from e
+            raise ConversionError(f"the lowered ExecuTorch program does not run on this host: {reason}") from e
+        return [o.detach().clone() if isinstance(o, torch.Tensor) else o for o in out]
+
+
+def _half_io_class():
+    import torch
+
+    class HalfIO(torch.nn.Module):
+        """Runs ``inner`` (already .half()) on fp16 copies of fp32 inputs; returns fp32 outputs."""
+
+        def __init__(self, inner: torch.nn.Module):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *xs):
+            out = self.inner(*[x.half() if x.is_floating_point() else x for x in xs])
+            if isinstance(out, torch.Tensor):
+                return out.float()
+            return type(out)(o.float() if isinstance(o, torch.Tensor) and o.is_floating_point() else o for o in out)
+    return HalfIO
+
+
+def HalfIO(inner):  # noqa: N802 - a class made lazily so importing this module does not import torch
+    return _half_io_class()(inner)
+
+
+# ---------------------------------------------------------------------------------------------- steps
+
+def _delegable_forms_pass():
+    """An edge-dialect pass writing two ops XNNPACK has no kernel for in forms it delegates.
+
+    ``select_copy(x, d, i)`` (e.g. a ViT's class token ``x[:, 0]``) becomes ``slice_copy`` + ``view_copy``;
+    an ``expand_copy`` to the shape its input already has (``cls_token.expand(1, -1, -1)`` at batch 1) is
+    dropped. Both leave the numbers unchanged; each otherwise runs on a portable kernel and splits the
+    graph into more delegate calls. Shapes with symbolic dims are left alone.
+    """
+    from executorch.exir.dialects._ops import ops as exir_ops
+    from executorch.exir.pass_base import ExportPass
+
+    select, expand = exir_ops.edge.aten.select_copy.int, exir_ops.edge.aten.expand_copy.default
+    slice_, view = exir_ops.edge.aten.slice_copy.Tensor, exir_ops.edge.aten.view_copy.default
+
+    def static(shape) -> bool:
+        return all(isinstance(d, int) for d in shape)
+
+    class DelegableForms(ExportPass):
+        def call_operator(self, op, args, kwargs, meta):
+            if op == select and static(args[0].to_tensor().shape):
+                x, dim, idx = args[0], int(args[1]), int(args[2])
+                shape = list(x.to_tensor().shape)
+                dim, idx = dim % len(shape), idx % shape[dim % len(shape)]
+                sliced = super().call_operator(slice_, (x, dim, idx, idx + 1, 1), {}, meta)
+                return super().call_operator(view, (sliced, shape[:dim] + shape[dim + 1:]), {}, meta)
+            if op == expand and static(args[0].to_tensor().shape):
+                shape = list(args[0].to_tensor().shape)
+                sizes = [s if s != -1 else shape[i - (len(args[1]) - len(shape))] for i, s in enumerate(args[1])]
+                if sizes == shape:
+                    return args[0]
+            return super().call_operator(op, args, kwargs, meta)
+    return DelegableForms()
+
+
+def lower(program, *, etrecord: bool = True):
+    """``to_edge_transform_and_lower`` with the XNNPACK partitioner (every precision type enabled)."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+    try:
+        return to_edge_transform_and_lower(program, transform_passes=[_delegable_forms_pass()],
+                                           partitioner=[XnnpackPartitioner()], generate_etrecord=etrecord)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ConversionError(f"ExecuTorch lowering (to_edge_transform_and_lower + XNNPACK) failed: "
+                              f"{type(e).__name__}: {first}") from e
+
+
+def delegation_summary(graph_module) -> dict[str, Any]:
+    """Delegate calls, delegated/portable node counts and the ops left on portable kernels."""
+    from executorch.devtools.backend_debug import get_delegation_info
+    info = get_delegation_info(graph_module)
+    df = info.get_operator_delegation_dataframe()
+    portable: dict[str, int] = {}
+    for row in df.itertuples(index=False):
+        name, n = str(row.op_type), int(row.occurrences_in_non_delegated_graphs)
+        if n and name not in ("Total", "getitem"):   # getitem only unpacks delegate outputs
+            portable[name] = n
+    calls = int(info.num_delegated_subgraphs)
+    out = {"delegate_calls": calls, "delegated_nodes": int(info.num_delegated_nodes),
+           "portable_nodes": int(sum(portable.values())),
+           "portable_ops": dict(sorted(portable.items(), key=lambda kv: -kv[1])),
+           "fully_delegated": calls == 1 and not portable}
+    if not out["fully_delegated"]:
+        ops = ", ".join(f"{k} x{v}" for k, v in list(out["portable_ops"].items())[:8]) or "none"
+        out["warning"] = (f"not fully delegated: {calls} XNNPACK delegate call(s); ops on portable kernels: {ops}. "
+                          f"Run with the optimize passes on (the default) or rewrite these ops")
+        warnings.warn(f"executorch: {out['warning']}", stacklevel=3)
+    return out
+
+
+def pt2e_quantize(job: ConversionJob, *, dynamic: bool, details: dict[str, Any]):
+    """PT2E with the XNNPACK quantizer on ``job.module``, re-captured after convert_pt2e."""
+    import torch
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
+                                                                         get_symmetric_quantization_config)
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from edge.capture import capture
+
+    args = tuple(job.example_inputs)
+    graph = capture(copy.deepcopy(job.module).eval(), args, dynamic_batch=job.dynamic_batch).module()
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True,
+                                                                                is_dynamic=dynamic))
+    prepared = prepare_pt2e(graph, quantizer)
+    with torch.no_grad():
+        if dynamic:
+            prepared(*args)
+            calib = "none (dynamic: activation ranges are taken per call)"
+        else:
+            if job.calibration is None or len(job.calibration) == 0:
+                raise ConversionError("int8 (static) needs calibration data; pass --calib (a folder of images, "
+                                      "a .npy/.npz, or 'synthetic') or use --precision int8-dynamic")
+            for sample in job.calibration:
+                prepared(*(torch.from_numpy(a) for a in sample))
+            calib = f"{len(job.calibration)} batches ({job.calibration.kind})"
+    converted = convert_pt2e(prepared)
+    details["quantization"] = {"tool": "PT2E prepare_pt2e/convert_pt2e + XNNPACKQuantizer",
+                               "weights": "int8 per-channel symmetric",
+                               "activations": "int8 per-tensor " + ("dynamic" if dynamic else "static"),
+                               "calibration": calib}
+    details["source"] = "job.module quantized with PT2E, re-captured"
+    return capture(converted, args, dynamic_batch=job.dynamic_batch)
+
+
+def bundle(et_program, job: ConversionJob, host_out: list, path, details: dict[str, Any]) -> None:
+    """Write a BundledProgram: the example input and its expected output stored with the program."""
+    import torch
+    from executorch.devtools import BundledProgram
+    from executorch.devtools.bundled_program.config import MethodTestCase, MethodTestSuite
+    from executorch.devtools.bundled_program.serialize import serialize_from_bundled_program_to_flatbuffer
+    from edge.capture import flatten_outputs
+
+    inputs = [t.detach().clone().contiguous() for t in job.example_inputs]
+    if job.precision in BUNDLE_TOLERANCE:
+        with torch.no_grad():
+            expected = [o.detach().float() for o in flatten_outputs(job.module(*inputs))]
+        source, (rtol, atol) = "PyTorch eager", BUNDLE_TOLERANCE[job.precision]
+    else:   # a quantized program differs from eager by design: the device must match this host's run
+        expected = [o for o in host_out if isinstance(o, torch.Tensor)]
+        source, (rtol, atol) = "this host's ExecuTorch run of the same program", QUANTIZED_BUNDLE_TOLERANCE
+    suite = MethodTestSuite(method_name="forward",
+                            test_cases=[MethodTestCase(inputs=inputs, expected_outputs=expected)])
+    try:
+        bp = BundledProgram(executorch_program=et_program, method_test_suites=[suite])
+        path.write_bytes(serialize_from_bundled_program_to_flatbuffer(bp))
+    except Exception as e:
+        raise ConversionError(f"writing the BundledProgram failed: {type(e).__name__}: {e}") from e
+    details["bundle"] = {"test_cases": 1, "expected_outputs_from": source, "rtol": rtol, "atol": atol}
