@@ -336,6 +336,7 @@ def token_drop_pass(module: nn.Module, ctx: OptimizeContext) -> tuple[int, dict[
         if k >= patches or isinstance(blocks[layer], TokenDropBlock):
             continue
         blocks[layer] = TokenDropBlock(blocks[layer], k, num_prefix=1)
-        info.update(drop_layer=layer, depth=depth, tokens_before=patches + 1, tokens_after=k + 1)
+        info.update(drop_layer=layer, depth=depth, tokens_before=patches + 1, tokens_after=k + 1,
+                    options={"keep_tokens": float(keep), "drop_layer": layer})   # to rebuild the reference
         n += 1
     return n, info
