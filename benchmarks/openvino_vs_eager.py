@@ -1,0 +1,143 @@
+"""OpenVINO fp32 / int8 (NNCF) vs PyTorch eager fp32, measured side by side in one run.
+
+For each model: convert fp32 and int8 with edge (verified as usual), then time PyTorch eager, the
+OpenVINO fp32 IR and the OpenVINO int8 IR in interleaved rounds (so background load hits all three
+alike) with the same timer (edge.profile.time_session: burn-in, then a timed loop). Every OpenVINO
+figure states the INFERENCE_PRECISION_HINT it ran with. For models with a test set the int8
+artifact's top-1 agreement with eager and its accuracy are measured on the whole test set.
+
+    .venv/bin/python benchmarks/openvino_vs_eager.py                       # vit_tiny_digits and vit_tiny
+    .venv/bin/python benchmarks/openvino_vs_eager.py --models vit_tiny_digits --rounds 5 --iters 100
+
+Goals (issue 6): int8 >= 4x over eager with >= 98% top-1 agreement on digits; int8 >= 1.6x over OpenVINO fp32.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import edge
+from edge.profile import summarize, time_session
+
+
+class EagerSession:
+    """The duck-typed bits of a Session that edge.profile.time_session needs, for a PyTorch module."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module.eval()
+
+    def run(self, *inputs):
+        with torch.inference_mode():
+            return self.module(*inputs)
+
+    def synchronize(self) -> None:
+        pass
+
+
+def measure(sessions: dict, inputs: dict, *, rounds: int, warmup: int, iters: int) -> dict[str, dict]:
+    samples: dict[str, list[float]] = {k: [] for k in sessions}
+    medians: dict[str, list[float]] = {k: [] for k in sessions}
+    for _ in range(rounds):
+        for name, s in sessions.items():
+            _, sm = time_session(s, inputs[name], warmup=warmup, iters=iters)
+            samples[name] += sm
+            medians[name].append(float(np.median(sm)))
+    return {k: {**summarize(v), "round_medians": medians[k]} for k, v in samples.items()}
+
+
+def agreement(model: torch.nn.Module, session, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    with torch.inference_mode():
+        ref = np.concatenate([model(torch.from_numpy(x[i:i + 1])).numpy() for i in range(len(x))])
+    got = np.concatenate([session.run(x[i:i + 1])[0] for i in range(len(x))])
+    return {"samples": len(x), "top1_agreement": float((ref.argmax(1) == got.argmax(1)).mean()),
+            "eager_accuracy": float((ref.argmax(1) == y).mean()), "int8_accuracy": float((got.argmax(1) == y).mean())}
+
+
+def bench_model(name: str, out: Path, args) -> dict:
+    from edge.zoo import create_model
+    torch.manual_seed(0)
+    model, entry = create_model(name)
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal(entry.input_shapes[0]).astype(np.float32))
+    t0 = time.perf_counter()
+    arts = edge.convert_all(name, targets=["openvino"], precisions=["fp32", "int8"], out=out / name)
+    convert_s = time.perf_counter() - t0
+    arts = {a.manifest.precision: a for a in arts}
+    hint = args.precision_hint
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ov_opts = {"threads": args.threads} if args.threads else {}
+    sessions = {"eager fp32": EagerSession(model)}
+    for p in ("fp32", "int8"):
+        sessions[f"openvino {p} ({hint})"] = edge.load(arts[p].path, precision_hint=hint, cache_dir=False, **ov_opts)
+    if args.bf16:   # what the CPU plugin does when nobody sets the hint
+        sessions["openvino fp32 (bf16)"] = edge.load(arts["fp32"].path, precision_hint="bf16", cache_dir=False, **ov_opts)
+        sessions["openvino int8 (bf16)"] = edge.load(arts["int8"].path, precision_hint="bf16", cache_dir=False, **ov_opts)
+    inputs = {k: [x] if k.startswith("eager") else [x.numpy()] for k in sessions}
+    stats = measure(sessions, inputs, rounds=args.rounds, warmup=args.warmup, iters=args.iters)
+    eager = stats["eager fp32"]["p50_ms"]
+    fp32 = stats[f"openvino fp32 ({hint})"]["p50_ms"]
+    res = {"model": name, "input": list(entry.input_shapes[0]), "torch_threads": torch.get_num_threads(),
+           "convert_s": round(convert_s, 1), "latency": stats,
+           "speedup_vs_eager": {k: eager / v["p50_ms"] for k, v in stats.items()},
+           "int8_vs_openvino_fp32": fp32 / stats[f"openvino int8 ({hint})"]["p50_ms"],
+           "min_speedup_vs_eager": {k: stats["eager fp32"]["min_ms"] / v["min_ms"] for k, v in stats.items()},
+           "int8_vs_openvino_fp32_min": stats[f"openvino fp32 ({hint})"]["min_ms"] / stats[f"openvino int8 ({hint})"]["min_ms"],
+           "openvino_threads": sessions[f"openvino fp32 ({hint})"].load_details["compiled_properties"].get(
+               "INFERENCE_NUM_THREADS"),
+           "int8_parity": next(iter(arts["int8"].manifest.parity["outputs"].values())),
+           "int8_quantization": arts["int8"].manifest.details.get("quantization")}
+    if entry.test_set is not None:
+        tx, ty = entry.test_set()
+        res["int8_test_set"] = agreement(model, sessions[f"openvino int8 ({hint})"], np.asarray(tx), np.asarray(ty))
+    for k, s in sessions.items():
+        if not k.startswith("eager"):
+            s.close()
+    return res
+
+
+def report(res: dict, hint: str) -> str:
+    lines = [f"\n== {res['model']} {res['input']}  (torch threads {res['torch_threads']}, openvino threads "
+             f"{res['openvino_threads']}; medians over {len(next(iter(res['latency'].values()))['round_medians'])} "
+             f"interleaved rounds)"]
+    for k, v in res["latency"].items():
+        rm = ", ".join(f"{m:.3f}" for m in v["round_medians"])
+        lines.append(f"  {k:<24} p50 {v['p50_ms']:8.3f} ms  min {v['min_ms']:7.3f}  x{res['speedup_vs_eager'][k]:5.2f} "
+                     f"vs eager (p50)  x{res['min_speedup_vs_eager'][k]:5.2f} (min)   round medians {rm}")
+    lines.append(f"  int8 vs openvino fp32 ({hint} hint): x{res['int8_vs_openvino_fp32']:.2f} (p50), "
+                 f"x{res['int8_vs_openvino_fp32_min']:.2f} (min)")
+    if "int8_test_set" in res:
+        t = res["int8_test_set"]
+        lines.append(f"  int8 on the test set ({t['samples']}): top-1 agreement with eager {t['top1_agreement']:.4f}, "
+                     f"accuracy {t['int8_accuracy']:.4f} (eager {t['eager_accuracy']:.4f})")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["vit_tiny_digits", "vit_tiny"])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--iters", type=int, default=50)
+    ap.add_argument("--precision-hint", default="f32", help="INFERENCE_PRECISION_HINT of the main OpenVINO rows")
+    ap.add_argument("--bf16", action="store_true", help="also time both IRs under the bf16 hint (the CPU default)")
+    ap.add_argument("--threads", type=int, help="threads for both PyTorch and OpenVINO (default: each its own)")
+    ap.add_argument("--json", help="write the full results here")
+    args = ap.parse_args()
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models:
+            res = bench_model(name, Path(tmp), args)
+            print(report(res, args.precision_hint), flush=True)
+            results.append(res)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
