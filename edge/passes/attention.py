@@ -13,9 +13,9 @@
                class-token attention (summed over heads) after one block, as in HiRED; k is a static
                ``round(keep * patches)`` so shapes stay static. Lossy by design: the record says so.
 
-Every structural rewrite of a module edge did not write itself (detected by its attributes, not its type)
-is checked against the original on a probe input before it is kept, so an unfamiliar ``forward`` that
-happens to own a ``qkv`` Linear is left alone rather than silently replaced.
+Every qkv-attention rewrite (detected by structure: a ``qkv`` Linear, ``proj`` and ``num_heads``) is checked
+against the original on a probe input before it is kept, so an unfamiliar ``forward`` that happens to own
+a ``qkv`` Linear (or a timm version with extra norms) is left alone rather than silently replaced.
 """
 from __future__ import annotations
 
@@ -93,10 +93,12 @@ class EdgeAttention(nn.Module):
                    for i in range(3))
         return self.q_norm(q), self.k_norm(k), v
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         B, N, C = x.shape
         q, k, v = self.qk(x)
-        o = attend(q, k, v, self.scale, self.form)
+        if attn_mask is not None and attn_mask.dtype == torch.bool:   # timm: True = attend
+            attn_mask = torch.zeros(attn_mask.shape, dtype=q.dtype).masked_fill(~attn_mask, float("-inf"))
+        o = attend(q, k, v, self.scale, self.form, attn_mask)
         return self.proj(o.permute(0, 2, 1, 3).reshape(B, N, C))
 
 
@@ -114,6 +116,13 @@ class EdgeMultiheadAttention(nn.Module):
     def __init__(self, src: nn.MultiheadAttention, form: str):
         super().__init__()
         self.mha, self.form = src, form
+
+    def __getattr__(self, name: str):
+        """Callers (e.g. nn.TransformerEncoderLayer) read ``batch_first``, ``in_proj_weight``...: the original's."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["mha"], name)
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
                 average_attn_weights=True, is_causal=False):
@@ -220,12 +229,6 @@ def _replace_children(root: nn.Module, swap) -> int:
     return n
 
 
-def _known_attention_type(m: nn.Module) -> bool:
-    """edge's and timm's own Attention classes, whose forward is known (not just their attributes)."""
-    t = type(m)
-    return t.__name__ == "Attention" and t.__module__ in ("edge.zoo.vit", "timm.models.vision_transformer")
-
-
 @register_pass("attention", "attention in the form each target keeps fused (SDPA; XNNPACK-whole bmm form "
                             "on ExecuTorch)", order=20, variant=attention_variant)
 def attention_pass(module: nn.Module, ctx: OptimizeContext) -> int:
@@ -237,8 +240,6 @@ def attention_pass(module: nn.Module, ctx: OptimizeContext) -> int:
             return None
         if _is_qkv_attention(child):
             new = EdgeAttention(child, form)
-            if _known_attention_type(child):
-                return new
             dim = child.qkv.in_features
             ok = _probe_equal(child, new, lambda: (torch.randn(2, 5, dim, generator=gen),))
             return new if ok else None
