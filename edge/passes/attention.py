@@ -278,9 +278,9 @@ class TokenDropBlock(nn.Module):
         h = self.block.norm1(x)
         B, N, C = h.shape
         H, D = attn.num_heads, C // attn.num_heads
-        qkv = attn.qkv(h)
-        q = qkv[:, :1, :C].reshape(B, 1, H, D).permute(0, 2, 1, 3)
-        k = qkv[..., C:2 * C].reshape(B, N, H, D).permute(0, 2, 1, 3)
+        w, bias = attn.qkv.weight, attn.qkv.bias   # only the class token's q and every token's k are needed
+        q = F.linear(h[:, :1], w[:C], None if bias is None else bias[:C]).reshape(B, 1, H, D).permute(0, 2, 1, 3)
+        k = F.linear(h, w[C:2 * C], None if bias is None else bias[C:2 * C]).reshape(B, N, H, D).permute(0, 2, 1, 3)
         q, k = getattr(attn, "q_norm", nn.Identity())(q), getattr(attn, "k_norm", nn.Identity())(k)
         scale = float(getattr(attn, "scale", D ** -0.5))
         s = torch.bmm((q * scale).reshape(B * H, 1, D), k.reshape(B * H, N, D).transpose(1, 2))
