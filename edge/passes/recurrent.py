@@ -221,10 +221,27 @@ def _softplus_free_gates(gate: torch.Tensor, hidden: torch.Tensor) -> tuple[torc
 
 
 def _local_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None):
-    """Unrolled recurrence h_t = a_t h_{t-1} + b_t along dim 2 of [B, C, T, D] (all chunks at once).
+    """Recurrence h_t = a_t h_{t-1} + b_t along dim 2 of [B, C, T, D] (all chunks at once).
 
     Returns (h [B, C, T, D], p [B, C, T, D]) with p_t = a_1 ... a_t (the weight of the state entering the chunk).
+    Hillis-Steele doubling: log2(T) rounds of (a, b) <- (a * a_shift, b + a * b_shift), shifts filled
+    with the identity (a = 1, b = 0): few graph nodes, only products of numbers in [0, 1].
     """
+    B, C, T, D = a.shape
+    k = 1
+    while k < T:
+        a_sh = torch.cat([a.new_ones(B, C, k, D), a[:, :, :T - k]], dim=2)
+        b_sh = torch.cat([b.new_zeros(B, C, k, D), b[:, :, :T - k]], dim=2)
+        b = b + a * b_sh
+        a = a * a_sh
+        k *= 2
+    if h0 is not None:
+        b = b + a * h0
+    return b, a
+
+
+def _local_scan_unrolled(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None):
+    """The same as :func:`_local_scan`, one step at a time (T slices; used to check it)."""
     T = a.shape[2]
     hs, ps = [], []
     h = p = None

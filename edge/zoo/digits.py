@@ -28,7 +28,7 @@ SIZE = 32
 PREPROCESSING = {"size": [SIZE, SIZE], "channels": 1, "mean": [0.5], "std": [0.5], "scale": 1 / 255,
                  "note": "white digit on black, like scikit-learn's digits"}
 LABELS = [str(i) for i in range(10)]
-TRAIN_EPOCHS = {"vit_tiny_digits": 60}   # per-model settings of the training script
+TRAIN_EPOCHS = {"vit_tiny_digits": 60, "visiongru_digits": 20, "gru_digits": 40}   # per-model settings of the training script
 
 
 def _refresh_data() -> None:

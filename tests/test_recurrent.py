@@ -1,0 +1,188 @@
+"""The recurrent passes: tuned GRU/LSTM and minGRU's chunked scan against their references."""
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import edge
+from edge.errors import UsageError
+from edge.passes import recurrent as R
+from edge.zoo.visiongru import MinGRU
+
+FAST = settings(max_examples=12, deadline=None)
+
+
+def _leaves(out):
+    return torch.utils._pytree.tree_leaves(out)
+
+
+def _max_diff(a, b) -> float:
+    la, lb = _leaves(a), _leaves(b)
+    assert [t.shape for t in la] == [t.shape for t in lb]
+    return max(float((x - y).abs().max()) for x, y in zip(la, lb))
+
+
+@FAST
+@given(kind=st.sampled_from(["gru", "lstm"]), layers=st.integers(1, 3), bi=st.booleans(), batch_first=st.booleans(),
+       bias=st.booleans(), init=st.booleans(), T=st.integers(1, 9), B=st.integers(1, 3), seed=st.integers(0, 99))
+def test_tuned_rnn_matches_pytorch(kind, layers, bi, batch_first, bias, init, T, B, seed):
+    torch.manual_seed(seed)
+    cls, tuned = (nn.GRU, R.TunedGRU) if kind == "gru" else (nn.LSTM, R.TunedLSTM)
+    ref = cls(5, 6, num_layers=layers, bidirectional=bi, batch_first=batch_first, bias=bias).eval()
+    x = torch.randn(B, T, 5) if batch_first else torch.randn(T, B, 5)
+    hx = None
+    if init:
+        h = torch.randn(layers * (2 if bi else 1), B, 6)
+        hx = h if kind == "gru" else (h, torch.randn_like(h))
+    with torch.no_grad():
+        assert _max_diff(ref(x, hx), tuned(ref)(x, hx)) < 1e-5
+
+
+def test_tuned_rnn_unbatched_and_packed():
+    ref = nn.LSTM(4, 3, bidirectional=True).eval()
+    x = torch.randn(7, 4)
+    with torch.no_grad():
+        assert _max_diff(ref(x), R.TunedLSTM(ref)(x)) < 1e-5
+    packed = nn.utils.rnn.pack_padded_sequence(torch.randn(5, 2, 4), [5, 3])
+    with pytest.raises(UsageError, match="PackedSequence"):
+        R.TunedLSTM(ref)(packed)
+
+
+class _Seq(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.gru = nn.GRU(8, 16, batch_first=True)
+        self.lstm = nn.LSTM(16, 8, batch_first=True)
+        self.proj_lstm = nn.LSTM(8, 8, proj_size=4, batch_first=True)   # not rewritten: proj_size
+
+    def forward(self, x):
+        y, _ = self.gru(x)
+        y, _ = self.lstm(y)
+        return self.proj_lstm(y)[0]
+
+
+def test_pass_variants_and_records():
+    model = _Seq().eval()
+    x = torch.randn(2, 10, 8)
+    fast = edge.optimize(model, target="executorch")
+    rec = {r["pass"]: r for r in fast.edge_passes}
+    assert rec["gru"] == {"pass": "gru", "rewrites": 1, "variant": "unrolled"}
+    assert rec["lstm"]["rewrites"] == 1
+    assert isinstance(fast.gru, R.TunedGRU) and isinstance(fast.lstm, R.TunedLSTM)
+    assert type(fast.proj_lstm) is nn.LSTM and type(model.gru) is nn.GRU      # the user's model is untouched
+    with torch.no_grad():
+        assert _max_diff(model(x), fast(x)) < 1e-5
+    native = edge.optimize(model, target="onnx")
+    assert {r["pass"]: r["variant"] for r in native.edge_passes}["gru"] == "native"
+    assert type(native.gru) is nn.GRU
+    keys = {t: edge.passes.profile_key(t) for t in ("onnx", "openvino", "executorch")}
+    assert keys["onnx"] != keys["executorch"]
+
+
+def _mingru(dim=8, seed=0):
+    torch.manual_seed(seed)
+    return MinGRU(dim).eval()
+
+
+@FAST
+@given(N=st.integers(1, 300), chunk=st.sampled_from([2, 4, 16, 32]), B=st.integers(1, 2), seed=st.integers(0, 99),
+       scale=st.sampled_from([0.1, 1.0, 8.0]))
+def test_chunked_scan_matches_sequential_and_reference(N, chunk, B, seed, scale):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.rand(B, N, 3, generator=g) ** scale        # gates in [0, 1], some close to 0
+    b = torch.rand(B, N, 3, generator=g) * scale
+    h0 = torch.rand(B, 3, generator=g)
+    for init in (None, h0):
+        seq = R.sequential_mingru_scan(a, b, init)
+        assert float((R.chunked_linear_scan(a, b, init, chunk) - seq).abs().max()) <= 1e-4 * (1 + float(seq.abs().max()))
+    m = _mingru(seed=seed)
+    x = torch.randn(B, N, 8, generator=g) * scale
+    with torch.no_grad():
+        ref, fast = m(x), R.ChunkedMinGRU(m, chunk=chunk)(x)
+        seq = R.ChunkedMinGRU(m, sequential=True)(x)
+    assert float((fast - seq).abs().max()) < 1e-5 * (1 + float(seq.abs().max()))
+    assert float((fast - ref).abs().max()) < 1e-4 * (1 + float(ref.abs().max()))   # log-space ref has fp32 noise
+
+
+def test_chunked_scan_is_stable_where_logspace_is_not():
+    """Gates saturating at 0 for long stretches: products underflow, nothing becomes inf or nan."""
+    a = torch.zeros(1, 500, 2)
+    a[:, ::7] = 1.0
+    b = torch.full((1, 500, 2), 3.0)
+    out = R.chunked_linear_scan(a, b)
+    assert torch.isfinite(out).all()
+    assert float((out - R.sequential_mingru_scan(a, b)).abs().max()) < 1e-5
+
+
+def test_streaming_step_equals_full_scan():
+    m = R.ChunkedMinGRU(_mingru())
+    x = torch.randn(2, 37, 8)
+    with torch.no_grad():
+        full = m(x)
+        prefix, h = m(x[:, :20], return_state=True)     # a prompt in one call, then one token at a time
+        outs = [prefix]
+        for t in range(20, 37):
+            y, h = m.step(x[:, t], h)
+            outs.append(y[:, None])
+        h_none = None
+        for t in range(37):
+            y0, h_none = m.step(x[:, t], h_none)
+    assert float((torch.cat(outs, 1) - full).abs().max()) < 1e-5
+    assert float((y0 - full[:, -1]).abs().max()) < 1e-5
+
+
+class minGRU(nn.Module):   # noqa: N801 - minGRU-pytorch's class name and layout, found by duck typing
+    def __init__(self, dim):
+        super().__init__()
+        self.to_hidden_and_gate = nn.Linear(dim, dim * 4, bias=False)
+        self.to_out = nn.Linear(dim * 2, dim, bias=False)
+
+    forward = MinGRU.forward
+
+
+def test_mingru_pass_finds_edge_and_foreign_modules():
+    model = nn.Sequential(MinGRU(8), minGRU(8)).eval()
+    fast = edge.optimize(model, target="coreml")
+    assert {r["pass"]: r["rewrites"] for r in fast.edge_passes}["mingru_scan"] == 2
+    assert all(isinstance(m, R.ChunkedMinGRU) for m in fast)
+    x = torch.randn(1, 50, 8)
+    with torch.no_grad():
+        assert float((fast(x) - model(x)).abs().max()) < 1e-4
+
+
+class _GruHead(nn.Module):
+    def __init__(self, bidirectional=True, layers=2):
+        super().__init__()
+        self.gru = nn.GRU(6, 8, num_layers=layers, batch_first=True, bidirectional=bidirectional)
+
+    def forward(self, x):
+        y, h = self.gru(x)
+        return y, h
+
+
+@pytest.mark.slow
+def test_native_and_tuned_gru_through_onnx(tmp_path):
+    model = _GruHead().eval()
+    x = torch.randn(1, 12, 6)
+    art = edge.convert(model, example_inputs=(x,), target="onnx", out=tmp_path / "native")
+    assert art.manifest.parity["passed"]
+    assert art.manifest.details["op_histogram"].get("GRU", 0) >= 1
+    tuned = edge.optimize(model, target="executorch")          # the unrolled form, checked on ONNX Runtime
+    assert isinstance(tuned.gru, R.TunedGRU)
+    art = edge.convert(tuned, example_inputs=(x,), target="onnx", out=tmp_path / "tuned")
+    assert art.manifest.parity["passed"] and "GRU" not in art.manifest.details["op_histogram"]
+    with torch.no_grad():                                       # and the tuned form equals the original
+        assert _max_diff(model(x), tuned(x)) < 1e-5
+
+
+@pytest.mark.slow
+def test_chunked_mingru_through_onnx(tmp_path):
+    model = nn.Sequential(MinGRU(8)).eval()
+    x = torch.randn(1, 200, 8)
+    art = edge.convert(model, example_inputs=(x,), target="onnx", out=tmp_path / "m")
+    hist = art.manifest.details["op_histogram"]
+    assert art.manifest.parity["passed"] and "CumSum" not in hist and not any("Log" in op for op in hist)
+    assert {r["pass"]: r["rewrites"] for r in art.manifest.details["optimize_passes"]}["mingru_scan"] == 1
