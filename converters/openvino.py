@@ -96,13 +96,18 @@ def _from_program(job: ConversionJob):
     return ov.convert_model(job.program)
 
 
+def ov_shape(spec: Any):
+    """The manifest's shape as an OpenVINO PartialShape (a string marks a dynamic dim)."""
+    import openvino as ov
+    return ov.PartialShape([-1 if isinstance(d, str) else int(d) for d in spec.shape])
+
+
 def _from_module(job: ConversionJob):
     import openvino as ov
     import torch
     inputs = None
     if job.dynamic_batch:   # the traced module gets static shapes unless told which dims are dynamic
-        inputs = [(ov.PartialShape([-1 if isinstance(d, str) else d for d in t.shape]),
-                   ov.Type.f32 if t.dtype == "float32" else ov.Type(t.dtype)) for t in job.inputs]
+        inputs = [ov_shape(t) for t in job.inputs]
     with torch.no_grad():
         return ov.convert_model(job.module.eval(), example_input=tuple(job.example_inputs), input=inputs)
 
@@ -133,6 +138,12 @@ def to_openvino(job: ConversionJob, details: dict[str, Any]):
                              "reason": why if not errors else f"fallback after: {'; '.join(errors)}"}
         for out, spec in zip(model.outputs, job.outputs):
             out.get_tensor().set_names({spec.name})
+        # convert_model(ExportedProgram) leaves every input dim dynamic ([?,?,?,?]) even for a static
+        # capture: the CPU plugin then re-infers shapes on each call and benchmark_app refuses the IR.
+        # Pin the manifest's shapes (only the batch stays dynamic when asked for).
+        before = [str(i.get_partial_shape()) for i in model.inputs]
+        model.reshape({inp: ov_shape(spec) for inp, spec in zip(model.inputs, job.inputs)})
+        details["input_shapes"] = {"from_frontend": before, "saved": [str(i.get_partial_shape()) for i in model.inputs]}
         for inp, spec in zip(model.inputs, job.inputs):
             inp.get_tensor().set_names({spec.name})
         return model

@@ -40,6 +40,7 @@ def test_precision_verified(artifacts, precision):
     assert m.parity["input_kind"] == "test-set"
     assert (art.path / "model.xml").is_file() and (art.path / "model.bin").is_file()
     assert m.details["source"]["converted_from"] == "ExportedProgram"   # a ViT has no recurrent layer
+    assert m.details["input_shapes"]["saved"] == ["[1,1,32,32]"]        # static, as captured (not [?,?,?,?])
     out = _out(art)
     assert out["top1_agreement"] >= 0.98
     assert out["accuracy"] >= out["reference_accuracy"] - 0.02
