@@ -47,17 +47,21 @@ class ExecuTorchConverter(Converter):
     def convert(self, job: ConversionJob) -> ConversionResult:
         self.require()
         details: dict[str, Any] = {"backend": "XnnpackBackend", "partitioner": "XnnpackPartitioner"}
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = self._program(job, details)
             details["prepare_seconds"] = round(time.perf_counter() - t0, 2)
-            t1 = time.perf_counter()
+            details["prepare_cpu_seconds"] = round(time.process_time() - c0, 2)
+            t1, c1 = time.perf_counter(), time.process_time()
             edge_mgr = lower(program, etrecord=bool(job.options.get("etrecord", True)))
             details["delegation"] = delegation_summary(edge_mgr.exported_program().graph_module)
             et_program = edge_mgr.to_executorch()
+        # wall time, and this process's CPU time (the wall figure grows when other jobs share the cores)
         details["lowering_seconds"] = round(time.perf_counter() - t1, 2)
+        details["lowering_cpu_seconds"] = round(time.process_time() - c1, 2)
         details["convert_seconds"] = round(time.perf_counter() - t0, 2)
+        details["convert_cpu_seconds"] = round(time.process_time() - c0, 2)
 
         pte = job.out_dir / PTE
         pte.write_bytes(et_program.buffer)

@@ -1,0 +1,178 @@
+"""ExecuTorch target: vit_tiny_digits in fp32/fp16/int8 lowered to XNNPACK, run and verified (full delegation
+with the optimize passes, accuracy of int8 against fp32); a tiny net for int8-dynamic, 8da4w, the bundled
+program and its on-device test, the ETDump profile; bad input errors."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("executorch", reason="the executorch extra is not installed")
+pytest.importorskip("torchao", reason="the executorch extra (torchao) is not installed")
+
+import edge  # noqa: E402
+from edge.errors import ArtifactError, UsageError, VerificationError  # noqa: E402
+
+DIGITS_PRECISIONS = ("fp32", "fp16", "int8")
+
+
+class Small(torch.nn.Module):
+    """Conv + two Linears (in_features 288 and 32: both divide by the 8da4w group of 32)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 8, 3)
+        self.fc1 = torch.nn.Linear(288, 32)
+        self.fc2 = torch.nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(torch.relu(self.conv(x)).flatten(1))))
+
+
+def small():
+    torch.manual_seed(0)
+    return Small().eval(), (torch.randn(1, 1, 8, 8),)
+
+
+def _out(art):
+    return art.manifest.parity["outputs"]["output"]
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """vit_tiny_digits in three precisions, captured once, each verified by the spine on the test set."""
+    arts = edge.convert_all("vit_tiny_digits", targets=["executorch"], precisions=DIGITS_PRECISIONS,
+                            out=tmp_path_factory.mktemp("et"))
+    return {a.manifest.precision: a for a in arts}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", DIGITS_PRECISIONS)
+def test_digits_verified_and_fully_delegated(digits, precision):
+    art = digits[precision]
+    m = art.manifest
+    assert m.status == "verified" and m.parity["passed"] is True and m.parity["input_kind"] == "test-set"
+    assert (art.path / "model.pte").is_file() and (art.path / "etrecord.bin").is_file()
+    deleg = m.details["delegation"]
+    assert deleg["delegate_calls"] >= 1 and deleg["delegated_nodes"] > 0
+    if precision != "fp16":   # XNNPACK has no fp16 GELU: the MLP activations stay on portable kernels
+        assert deleg["fully_delegated"], deleg
+        assert deleg["delegate_calls"] == 1 and deleg["portable_ops"] == {}
+    assert m.details["lowering_seconds"] > 0 and m.details["lowering_cpu_seconds"] > 0
+    assert _out(art)["top1_agreement"] >= 0.98
+
+
+@pytest.mark.slow
+def test_digits_int8_accuracy_within_one_point_of_fp32(digits):
+    fp32, int8 = _out(digits["fp32"]), _out(digits["int8"])
+    assert int8["accuracy_samples"] == fp32["accuracy_samples"] > 100
+    assert abs(int8["accuracy"] - fp32["accuracy"]) <= 0.01, (int8["accuracy"], fp32["accuracy"])
+    q = digits["int8"].manifest.details["quantization"]
+    assert "per-channel" in q["weights"] and "static" in q["activations"]
+    assert digits["int8"].manifest.details["calibration"]["kind"] == "testset"
+
+
+@pytest.mark.slow
+def test_digits_session_matches_eager_and_profiles(digits):
+    from edge.zoo import create_model
+    from edge.zoo.digits import test_set
+    model, _ = create_model("vit_tiny_digits")
+    x = test_set()[0][:1]
+    with edge.load(digits["fp32"].path) as s:
+        (y,) = s.run(x)
+        ref = model(torch.from_numpy(x)).detach().numpy()
+        np.testing.assert_allclose(y, ref, atol=1e-4, rtol=1e-3)
+        table = s.native_profile(s.prepare(x), iters=3)
+    assert table and all(r["calls"] >= 3 and r["total_ms"] >= 0 for r in table)
+    assert any(r["type"] == "xnnpack" and "[delegate 0]" in r["op"] for r in table)   # per-op, inside the delegate
+    assert abs(sum(r["share"] for r in table) - 1.0) < 1e-6 or len(table) == 25
+
+
+@pytest.mark.slow
+def test_raw_program_reports_partial_delegation(tmp_path):
+    """Without the passes a ViT block keeps LayerNorm/SDPA masking on portable kernels: the manifest says so."""
+    from edge.zoo.vit import VisionTransformer
+    torch.manual_seed(0)
+    vit = VisionTransformer(img_size=8, patch_size=4, in_chans=1, num_classes=3, embed_dim=16, depth=1,
+                            num_heads=2).eval()
+    with pytest.warns(UserWarning, match="not fully delegated"):
+        art = edge.convert(vit, example_inputs=(torch.randn(1, 1, 8, 8),), target="executorch",
+                           out=tmp_path / "raw", optimize=False)
+    d = art.manifest.details["delegation"]
+    assert not d["fully_delegated"] and d["delegate_calls"] > 1
+    assert "aten_native_layer_norm_default" in d["portable_ops"] and "not fully delegated" in d["warning"]
+    assert art.manifest.status == "verified"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["int8-dynamic", "8da4w"])
+def test_small_dynamic_quantization(tmp_path, precision):
+    model, args = small()
+    art = edge.convert(model, example_inputs=args, target="executorch", precision=precision, out=tmp_path / "q")
+    assert art.manifest.status == "verified"
+    d = art.manifest.details
+    assert d["delegation"]["fully_delegated"], d["delegation"]
+    assert "dynamic" in d["quantization"]["activations"]
+    if precision == "8da4w":
+        assert d["quantization"]["layers"] == "2 of 2 nn.Linear"
+
+
+@pytest.mark.slow
+def test_bundled_program_carries_its_test(tmp_path):
+    model, args = small()
+    art = edge.convert(model, example_inputs=args, target="executorch", out=tmp_path / "b", options={"bundle": True})
+    assert art.manifest.format == "bpte" and (art.path / "model.bpte").is_file()
+    assert not (art.path / "model.pte").exists() and art.manifest.status == "verified"
+    with edge.load(art.path) as s:
+        rec = s.run_bundled_test()
+        assert rec["passed"] and rec["expected_outputs_from"] == "PyTorch eager"
+        (y,) = s.run(args[0])
+        np.testing.assert_allclose(y, model(*args).detach().numpy(), atol=1e-5, rtol=1e-4)
+        assert s.native_profile(s.prepare(args[0]), iters=2)
+
+
+@pytest.mark.slow
+def test_bundled_test_fails_on_wrong_expected_output(tmp_path):
+    """The bundled check can fail: a bundle whose expected output is off by 1 is rejected."""
+    from edge.artifact import Artifact, Manifest, TensorSpec
+    from edge.converters.base import ConversionJob
+    from edge.converters.executorch import bundle, lower
+    model, args = small()
+    et = lower(torch.export.export(model, args), etrecord=False).to_executorch()
+    job = ConversionJob(program=None, module=model, example_inputs=args, inputs=[], outputs=[], precision="int8",
+                        out_dir=tmp_path)
+    details: dict = {}
+    bundle(et, job, [model(*args).detach() + 1.0], tmp_path / "model.bpte", details)
+    manifest = Manifest(target="executorch", format="bpte", runtime="executorch", precision="int8",
+                        files={"model.bpte": ""}, inputs=[TensorSpec("input", [1, 1, 8, 8])],
+                        outputs=[TensorSpec("output", [1, 10])], details=details)
+    from edge.runtimes.executorch import ExecuTorchSession
+    s = ExecuTorchSession(Artifact(tmp_path, manifest))
+    with pytest.raises(VerificationError, match="bundled test failed"):
+        s.run_bundled_test()
+
+
+def test_bad_options_and_precision_are_clear_errors(tmp_path):
+    model, args = small()
+    with pytest.raises(UsageError, match="precision for target 'executorch'.*8da4w"):
+        edge.convert(model, example_inputs=args, target="executorch", precision="int4", out=tmp_path / "x")
+    with pytest.raises(UsageError, match="bundle"):
+        edge.convert(model, example_inputs=args, target="executorch", out=tmp_path / "y", options={"bundle": "yes"})
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+@pytest.mark.slow
+def test_run_bundled_test_needs_a_bundle(digits):
+    with edge.load(digits["fp32"].path) as s:
+        with pytest.raises(ArtifactError, match="--bundle"):
+            s.run_bundled_test()
+
+
+def test_import_does_not_load_executorch():
+    code = ("import sys, edge, edge.converters.executorch, edge.runtimes.executorch; "
+            "print('executorch' in sys.modules, 'torchao' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False"]
