@@ -57,7 +57,11 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=100)
     ap.add_argument("--out", default=None, help="artifact folder (default: a temporary one)")
     ap.add_argument("--json", default=None, help="write the figures here")
+    ap.add_argument("--no-verify", action="store_true", help="skip the parity check of the artifacts")
+    ap.add_argument("--quiet", action="store_true", help="no per-step progress lines")
     args = ap.parse_args()
+    import edge.progress
+    edge.progress.ENABLED = not args.quiet
 
     model, entry = create_model(args.model)
     shape = (args.batch, *entry.input_shapes[0][1:])
@@ -75,13 +79,13 @@ def main() -> None:
     for prec in args.precision:   # build (and verify) everything first, so the timings below run back to back
         t0 = time.perf_counter()
         arts[prec] = edge.convert(args.model, target="cuda", precision=prec, out=out_root / f"{args.model}-{prec}",
-                                  input_shapes=[shape], options={"device": args.device})
+                                  input_shapes=[shape], options={"device": args.device}, verify=not args.no_verify)
         parity = arts[prec].manifest.parity.get("outputs", {}).get("output", {})
         results["artifacts"][prec] = {"build_and_verify_s": time.perf_counter() - t0,
                                       "status": arts[prec].manifest.status, "cosine": parity.get("cosine"),
                                       "max_abs": parity.get("max_abs")}
         print(f"  built+verified {prec} in {time.perf_counter() - t0:.1f}s: status {arts[prec].manifest.status}, "
-              f"cosine {parity.get('cosine'):.6f}, max_abs {parity.get('max_abs'):.3g}")
+              f"cosine {parity.get('cosine', float('nan')):.6f}, max_abs {parity.get('max_abs', float('nan')):.3g}")
 
     xd = x.to(dev)
     rows = []
