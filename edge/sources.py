@@ -79,11 +79,14 @@ def load_state_dict(path: str | Path, *, trust: bool = False) -> dict[str, torch
         try:
             obj = torch.load(path, map_location="cpu", weights_only=not trust)
         except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            hint = ("; if you trust this file and it holds more than tensors, pass --trust-weights"
-                    if "weights_only" in str(e) or "Unsupported global" in str(e) else
-                    "; the file is corrupt or not a PyTorch checkpoint")
-            raise ModelLoadError(f"cannot load weights from {path}: {msg}{hint}") from None
+            text = str(e)
+            if "Unsupported global" in text:
+                glob = text.split("Unsupported global:", 1)[1].split(" was not", 1)[0].strip()
+                raise ModelLoadError(f"{path} holds Python objects ({glob}), not only tensors; load_state_dict needs "
+                                     f"tensors. If you trust this file, pass --trust-weights (trust_weights=True), "
+                                     f"or re-save it with torch.save(model.state_dict(), path)") from None
+            raise ModelLoadError(f"cannot load weights from {path}: the file is corrupt or not a PyTorch checkpoint "
+                                 f"({type(e).__name__})") from None
         sd = obj
         if isinstance(obj, dict):
             for key in ("state_dict", "model_state_dict", "model", "module", "ema"):
@@ -203,5 +206,7 @@ def resolve(model: Any, *, example_inputs: Sequence[torch.Tensor] | None = None,
             if tuple(x.shape[1:]) == tuple(input_shapes[0][1:]) and len(x) >= n:
                 example_inputs = (torch.as_tensor(x[:n]),)
     example_inputs = tuple(t if isinstance(t, torch.Tensor) else torch.as_tensor(t) for t in example_inputs)
-    return ModelSpec(module=module.eval(), example_inputs=example_inputs, source=source, info=info,
+    if program is None:   # an unlifted ExportedProgram module has no train/eval mode
+        module = module.eval()
+    return ModelSpec(module=module, example_inputs=example_inputs, source=source, info=info,
                      entry=entry, program=program)

@@ -1,0 +1,55 @@
+"""Conformance: every registered target on every zoo model, black-box through edge.convert (ExecuTorch's flow idea).
+
+Each conversion is verified against PyTorch by edge.convert itself (it raises on a parity failure). A target whose
+backend is not installed is skipped with the pip extra in the reason; a target that cannot execute here
+(CoreML off macOS) is spec-checked. Models tagged "large" (>= 20M parameters) run only with EDGE_FULL_CONFORMANCE=1
+to keep CI near its time budget; the small models cover the same code paths.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import edge
+from edge.converters import TARGETS, get_converter
+from edge.zoo import get_entry, list_models
+
+FULL = os.environ.get("EDGE_FULL_CONFORMANCE") == "1"
+
+
+def _models() -> list:
+    out = []
+    for name in list_models():
+        large = "large" in get_entry(name).tags
+        marks = [pytest.mark.skip(reason="large model: run with EDGE_FULL_CONFORMANCE=1")] if large and not FULL else []
+        out.append(pytest.param(name, marks=marks))
+    return out
+
+
+def _target_options(target: str) -> dict:
+    if target == "cuda":
+        return {"device": "cuda" if torch.cuda.is_available() else "cpu"}
+    return {}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", TARGETS.names())
+@pytest.mark.parametrize("model", _models())
+def test_target_converts_and_verifies_model(model, target, tmp_path):
+    conv = get_converter(target)   # a registered built-in that fails to import is a failure, not a skip
+    missing = conv.missing()
+    if missing:
+        pytest.skip(f"{missing} not installed: pip install 'edge[{conv.extra}]'")
+    precision = "fp16" if target == "coreml" else "fp32"
+    art = edge.convert(model, target=target, precision=precision, out=tmp_path / "a", options=_target_options(target))
+    m = art.manifest
+    assert m.target == target and m.files and all(len(h) == 64 for h in m.files.values())
+    if conv.can_execute():
+        assert m.status == "spec-checked" and m.parity["skipped"] == conv.can_execute()
+        return
+    assert m.status == "verified" and m.parity["passed"], m.parity
+    with edge.load(art.path) as session:
+        outs = session.run(*edge.api.default_inputs(art))
+        assert len(outs) == len(m.outputs)
