@@ -350,6 +350,7 @@ def run_matrix(models: Sequence[str], *, targets: Sequence[str] | None = None,
                "settings": {"models": list(models), "targets": list(targets), "precisions": list(precisions),
                             "resolutions": [r for r in resolutions], "warmup": warmup, "iters": iters,
                             "optimize": optimize,
+                            "targets_not_run": {t: why for t, why in avail.items() if why and t not in targets},
                             "cache_dir": str(cache), "calib": str(calib) if calib is not None else None,
                             "versions": {"edge": edge.__version__, **_torch_version()}},
                "cells": cells, "op_profile": None}

@@ -102,6 +102,11 @@ def _failures(results: dict[str, Any]) -> list[dict[str, Any]]:
     return [c for c in results["cells"] if c.get("status") != OK]
 
 
+def _not_run_lines(results: dict[str, Any]) -> list[str]:
+    skipped = (results.get("settings") or {}).get("targets_not_run") or {}
+    return [""] + [f"Target {t} not in this run: {why}" for t, why in sorted(skipped.items())] if skipped else []
+
+
 def markdown(results: dict[str, Any]) -> str:
     """report.md: host, settings, the cell table, failures with their errors, the slowest cell's ops."""
     h, s = results.get("host", {}), results.get("settings", {})
@@ -111,6 +116,7 @@ def markdown(results: dict[str, Any]) -> str:
              "| " + " | ".join(name for name, _, _ in TABLE_COLUMNS) + " |",
              "|" + "|".join("---" for _ in TABLE_COLUMNS) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in _rows(results)]
+    lines += _not_run_lines(results)
     fails = _failures(results)
     if fails:
         lines += ["", "## Cells that did not run", ""]
@@ -291,6 +297,7 @@ def html_report(results: dict[str, Any]) -> str:
     for c, row in zip(results["cells"], _rows(results)):
         parts.append(f"<tr class='{esc(str(c.get('status')))}'>" + "".join(f"<td>{esc(v)}</td>" for v in row) + "</tr>")
     parts.append("</table>")
+    parts += [f"<p class=meta>{esc(line)}</p>" for line in _not_run_lines(results) if line]
     fails = _failures(results)
     if fails:
         parts.append("<h2>Cells that did not run</h2><ul>")
