@@ -227,3 +227,32 @@ def test_registry_entry_points_and_plugins():
     with pytest.raises(PluginError, match="could not be loaded"):
         reg.get("broken")
     assert "onnx" in TARGETS.names()
+
+
+def test_third_party_target_through_entry_points(tmp_path, monkeypatch):
+    dist = tmp_path / "edge_fake_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: edge-fake-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[edge.targets]\nfakeonnx = edge_fake_plugin:FakeOnnx\n")
+    (tmp_path / "edge_fake_plugin.py").write_text(
+        "from edge.converters.onnx import OnnxConverter\nclass FakeOnnx(OnnxConverter):\n    name = 'fakeonnx'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from edge.converters import BUILTIN
+    from edge.registry import Registry
+    reg = Registry("target", "edge.targets", BUILTIN)
+    assert "fakeonnx" in reg.names() and reg.get("fakeonnx").name == "fakeonnx"
+
+
+def test_onnx_falls_back_to_torchscript_and_says_so(tiny, tmp_path, monkeypatch):
+    real_export = torch.onnx.export
+
+    def dynamo_fails(*args, **kwargs):
+        if kwargs.get("dynamo"):
+            raise RuntimeError("simulated dynamo exporter failure")
+        return real_export(*args, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", dynamo_fails)
+    art = edge.convert(tiny, example_inputs=(torch.randn(1, 3, 8, 8),), target="onnx", out=tmp_path / "ts")
+    d = art.manifest.details
+    assert d["exporter"].startswith("torchscript (fallback") and "simulated" in d["dynamo_export_error"]
+    assert art.manifest.status == "verified"
