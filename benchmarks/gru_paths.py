@@ -1,0 +1,136 @@
+"""GRU and minGRU paths side by side, one run: eager vs each runtime, native op vs edge's tuned form.
+
+Part 1, nn.GRU 64->128 over 196 steps, batch 1 (zoo ``gru_classifier``, STACK.md's case):
+  eager nn.GRU, eager tuned GRU, and per target edge.convert's artifact (the ``gru`` pass picks
+  ``native`` on ONNX/OpenVINO and ``unrolled`` on ExecuTorch) against the runtime's own GRU op
+  (``optimize=False``: the raw toolchain path). ExecuTorch: lowering seconds and delegate count.
+Part 2, minGRU (dim 72, expansion 2: VisionGRU-Ti's stage 1) over 56x56 = 3136 tokens:
+  the chunked scan (``mingru_scan`` pass) per runtime against the sequential loop. The loop's
+  graph has ~4 nodes per token; with ``--seq-tokens`` below the length it is measured at that
+  length and scaled linearly (its cost is exactly linear), which the output marks.
+
+Run:  .venv/bin/python benchmarks/gru_paths.py [--targets onnx,openvino,executorch] [--iters 50]
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import edge
+from edge.passes.recurrent import ChunkedMinGRU
+from edge.zoo import create_model
+from edge.zoo.visiongru import MinGRU
+
+
+def eager_ms(model: nn.Module, x: torch.Tensor, warmup: int, iters: int) -> float:
+    with torch.no_grad():
+        for _ in range(warmup):
+            model(x)
+        ts = []
+        for _ in range(iters):
+            t = time.perf_counter()
+            model(x)
+            ts.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(ts)
+
+
+def convert_and_time(model, x, target, out, args, **kw) -> tuple[float, dict]:
+    t = time.perf_counter()
+    art = edge.convert(model, example_inputs=(x,), target=target, out=out, **kw)
+    conv_s = time.perf_counter() - t
+    rep = edge.benchmark(art.path, warmup=args.warmup, iters=args.iters, native_profile=False)
+    d = art.manifest.details
+    info = {"convert_s": conv_s, "parity": art.manifest.parity.get("passed"),
+            "passes": {p["pass"]: f'{p["variant"]}:{p["rewrites"]}' for p in d.get("optimize_passes", [])}}
+    if "lowering_seconds" in d:
+        info["lowering_s"] = d["lowering_seconds"]
+        info["lowering_cpu_s"] = d.get("lowering_cpu_seconds")
+        info["delegation"] = d.get("delegation")
+    if "op_histogram" in d:
+        info["recurrent_ops"] = {k: v for k, v in d["op_histogram"].items() if "GRU" in k or "Loop" in k}
+    return rep.p50_ms, info
+
+
+class _Seq(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+def part_gru(args, tmp: Path) -> None:
+    model, _ = create_model("gru_classifier")
+    x = torch.randn(1, 196, 64)
+    tuned = edge.optimize(model, target="executorch")
+    e_raw = eager_ms(model, x, args.warmup, args.iters)
+    e_tuned = eager_ms(tuned, x, args.warmup, args.iters)
+    print(f"\n== nn.GRU 64->128, 196 steps, batch 1 (threads: torch {torch.get_num_threads()})")
+    print(f"eager nn.GRU             p50 {e_raw:8.3f} ms")
+    print(f"eager tuned GRU          p50 {e_tuned:8.3f} ms   ({e_raw / e_tuned:.2f}x vs nn.GRU)")
+    for target in args.targets:
+        ms, info = convert_and_time(model, x, target, tmp / f"gru-{target}", args)
+        print(f"{target:10s} edge          p50 {ms:8.3f} ms   {e_raw / ms:5.2f}x vs eager nn.GRU   {info}")
+        if target == "executorch" and not args.raw_executorch:
+            print("executorch raw nn.GRU: skipped (lowering takes ~161 s, STACK.md; --raw-executorch runs it)")
+            continue
+        raw_ms, raw_info = convert_and_time(model, x, target, tmp / f"gru-{target}-raw", args, optimize=False)
+        print(f"{target:10s} raw nn.GRU    p50 {raw_ms:8.3f} ms   edge/raw = {ms / raw_ms:.2f}   {raw_info}")
+
+
+def part_mingru(args, tmp: Path) -> None:
+    torch.manual_seed(0)
+    N, seq_n = args.tokens, min(args.seq_tokens, args.tokens)
+    ref = MinGRU(72).eval()
+    x = torch.randn(1, N, 72)
+    seq = _Seq(ChunkedMinGRU(ref, sequential=True)).eval()
+    chunked = _Seq(ChunkedMinGRU(ref)).eval()
+    with torch.no_grad():
+        err = float((chunked(x) - seq(x)).abs().max())
+    e_seq, e_chunk = eager_ms(seq, x, 2, max(3, args.iters // 10)), eager_ms(chunked, x, args.warmup, args.iters)
+    e_log = eager_ms(ref, x, args.warmup, args.iters)
+    print(f"\n== minGRU dim 72 (inner 144), {N} tokens; chunked vs sequential max |diff| {err:.2e}")
+    print(f"eager log-space (logcumsumexp) p50 {e_log:8.3f} ms   (does not convert: STACK.md)")
+    print(f"eager sequential loop          p50 {e_seq:8.3f} ms")
+    print(f"eager chunked scan             p50 {e_chunk:8.3f} ms   {e_seq / e_chunk:6.1f}x vs sequential")
+    for target in args.targets:
+        ms, info = convert_and_time(nn.Sequential(ref), x, target, tmp / f"min-{target}", args)
+        xs = x[:, :seq_n]
+        s_ms, s_info = convert_and_time(seq, xs, target, tmp / f"seq-{target}", args, optimize=False)
+        scaled = s_ms * N / seq_n
+        note = "" if seq_n == N else f" (measured at {seq_n} tokens: {s_ms:.3f} ms, scaled x{N / seq_n:g})"
+        print(f"{target:10s} chunked p50 {ms:8.3f} ms | sequential p50 {scaled:9.3f} ms{note} | "
+              f"{scaled / ms:6.1f}x   chunked: {info}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--targets", default="onnx,openvino,executorch")
+    ap.add_argument("--iters", type=int, default=50)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--tokens", type=int, default=3136)
+    ap.add_argument("--seq-tokens", type=int, default=392, help="length at which the sequential loop is converted")
+    ap.add_argument("--raw-executorch", action="store_true", help="also lower the raw nn.GRU (~161 s)")
+    ap.add_argument("--only", choices=("gru", "mingru"))
+    args = ap.parse_args()
+    args.targets = [t for t in args.targets.split(",") if t]
+    tmp = Path(tempfile.mkdtemp(prefix="gru_paths_"))
+    try:
+        if args.only in (None, "gru"):
+            part_gru(args, tmp)
+        if args.only in (None, "mingru"):
+            part_mingru(args, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

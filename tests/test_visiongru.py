@@ -1,0 +1,105 @@
+"""The recurrent zoo models: VisionGRU (paper sizes, any resolution, exact chunked scan) and the GRU classifiers."""
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+import edge
+from edge.passes.recurrent import ChunkedMinGRU, TunedGRU
+from edge.zoo import create_model, get_entry
+from edge.zoo.visiongru import MinGRU
+
+
+def _params(model) -> float:
+    return sum(p.numel() for p in model.parameters()) / 1e6
+
+
+def test_visiongru_parameter_counts_match_the_paper():
+    # paper (arXiv 2412.18178), table of ImageNet models: VisionGRU-Ti 30M, VisionGRU-B 87M
+    tiny, _ = create_model("visiongru_tiny")
+    assert 29.5 < _params(tiny) < 30.5
+    base, _ = create_model("visiongru_base")
+    assert 86.5 < _params(base) < 87.5
+    names = set(tiny.state_dict())   # the paper code's state-dict names (its checkpoints load)
+    assert {"tokenizer.conv1.weight", "snake_gru.layers.2.7.min_gru_2.to_hidden_and_gate.weight",
+            "snake_gru.conv3.weight", "snake_gru.norm3.weight", "fc.weight"} <= names
+    assert not any(k.endswith("to_hidden_and_gate.bias") or k.endswith("to_out.bias") for k in names)
+
+
+def test_visiongru_any_resolution_and_chunked_scan_parity():
+    torch.manual_seed(0)
+    model, _ = create_model("visiongru_tiny", num_classes=7, depths=(1, 1, 1, 1))
+    fast = edge.optimize(model, target="onnx")
+    assert {r["pass"]: r["rewrites"] for r in fast.edge_passes}["mingru_scan"] == 8
+    for shape in [(1, 3, 64, 64), (2, 3, 96, 160), (1, 3, 40, 56)]:
+        x = torch.randn(shape)
+        with torch.no_grad():
+            ref, got = model(x), fast(x)
+        assert ref.shape == (shape[0], 7)
+        assert float((ref - got).abs().max()) < 1e-4 * (1 + float(ref.abs().max()))
+
+
+def test_digits_models_accuracy_and_size():
+    for name in ("visiongru_digits", "gru_digits"):
+        entry = get_entry(name)
+        assert (edge.zoo.WEIGHTS_DIR / entry.weights).stat().st_size < 2_000_000
+        model, _ = create_model(name)
+        x, y = entry.test_set()
+        with torch.no_grad():
+            acc = float((model(torch.from_numpy(x[:200])).argmax(-1).numpy() == y[:200]).mean())
+        assert acc > 0.9, (name, acc)
+    model, _ = create_model("visiongru_digits")
+    fast = edge.optimize(model, target="executorch")
+    assert all(not isinstance(m, MinGRU) for m in fast.modules())
+    assert any(isinstance(m, ChunkedMinGRU) for m in fast.modules())
+    gru, _ = create_model("gru_digits")
+    assert isinstance(edge.optimize(gru, target="executorch").gru, TunedGRU)
+
+
+def _convert(name_or_model, target, tmp_path, **kw):
+    art = edge.convert(name_or_model, target=target, out=tmp_path / target, **kw)
+    parity = art.manifest.parity
+    assert parity["passed"], parity
+    return art
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["visiongru_digits", "gru_digits"])
+def test_digits_models_through_onnx(name, tmp_path):
+    art = _convert(name, "onnx", tmp_path)
+    out = next(iter(art.manifest.parity["outputs"].values())) if "outputs" in art.manifest.parity else None
+    hist = art.manifest.details["op_histogram"]
+    if name == "visiongru_digits":
+        assert "CumSum" not in hist   # the chunked scan, not the (silently wrong) logcumsumexp lowering
+    else:
+        assert hist.get("GRU") == 1   # ONNX keeps its native GRU op
+    if out is not None and "accuracy" in out:
+        assert out["accuracy"] >= out["reference_accuracy"] - 0.01
+
+
+@pytest.mark.slow
+def test_gru_classifier_small_through_onnx(tmp_path):
+    _convert("gru_classifier", "onnx", tmp_path, input_shapes=[(2, 20, 64)])
+
+
+def _openvino_ok() -> bool:
+    try:
+        from edge.converters import get_converter
+        return importlib.util.find_spec("openvino") is not None and get_converter("openvino").missing() is None
+    except Exception:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _openvino_ok(), reason="the openvino target is not available")
+@pytest.mark.parametrize("name", ["visiongru_digits", "gru_digits"])
+def test_digits_models_through_openvino(name, tmp_path):
+    art = _convert(name, "openvino", tmp_path)
+    hist = art.manifest.details.get("op_histogram", {})
+    if name == "gru_digits":
+        assert any("GRUSequence" in op for op in hist), hist
+    else:
+        assert "CumSum" not in hist
+
