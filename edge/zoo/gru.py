@@ -27,7 +27,8 @@ class GRUClassifier(nn.Module):
             x = x.flatten(1, 2)
         _, h_n = self.gru(x)
         dirs = 2 if self.gru.bidirectional else 1
-        return self.head(torch.cat(list(h_n[-dirs:]), dim=-1))
+        # [dirs, B, H] -> [B, dirs * H] (forward then backward) without unbind: a view every target delegates
+        return self.head(h_n[-dirs:].transpose(0, 1).reshape(x.shape[0], -1))
 
 
 @register_model("gru_classifier", input_shape=(1, 196, 64), num_classes=10, task="classification",
