@@ -62,6 +62,7 @@ class _TunedRNN(nn.Module):
             raise UsageError("nn.LSTM with proj_size > 0 is not rewritten by the 'lstm' pass")
         self.input_size, self.hidden_size = rnn.input_size, rnn.hidden_size
         self.num_layers, self.batch_first = rnn.num_layers, rnn.batch_first
+        self.bidirectional, self.bias = rnn.bidirectional, rnn.bias   # nn.GRU's attributes, for code that reads them
         self.dirs = 2 if rnn.bidirectional else 1
         self.ih, self.hh = nn.ModuleList(), nn.ModuleList()
         H, G = self.hidden_size, self.gates
