@@ -32,7 +32,9 @@ class OnnxRuntimeSession(Session):
         return so
 
     def _providers(self) -> list[str]:
-        return list(self.options.get("providers") or ["CPUExecutionProvider"])
+        # the cuda target's onnxruntime route records its providers in the manifest's options
+        return list(self.options.get("providers") or self.artifact.manifest.options.get("providers")
+                    or ["CPUExecutionProvider"])
 
     def _load(self) -> None:
         import onnxruntime as ort
@@ -42,6 +44,12 @@ class OnnxRuntimeSession(Session):
         self._in_names = [i.name for i in self.sess.get_inputs()]
         self._out_names = [o.name for o in self.sess.get_outputs()]
         self.load_details = {"providers": self.sess.get_providers()}
+        wanted = self._providers()[0]
+        if wanted not in self.load_details["providers"]:   # ORT falls back to the CPU with only a warning
+            from edge.errors import PlatformError
+            raise PlatformError(f"ONNX Runtime could not use {wanted} here (available: "
+                                f"{', '.join(ort.get_available_providers())}); install onnxruntime-gpu for CUDA, "
+                                f"or load with providers=['CPUExecutionProvider']")
 
     def _run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         return self.sess.run(self._out_names, dict(zip(self._in_names, arrays)))
