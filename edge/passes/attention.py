@@ -336,8 +336,9 @@ def token_drop_pass(module: nn.Module, ctx: OptimizeContext) -> tuple[int, dict[
         k = max(1, int(round(keep * patches)))
         if k >= patches or isinstance(blocks[layer], TokenDropBlock):
             continue
-        blocks[layer] = TokenDropBlock(blocks[layer], k, num_prefix=1)
-        info.update(drop_layer=layer, depth=depth, tokens_before=patches + 1, tokens_after=k + 1,
+        prefix = int(getattr(vit, "num_prefix_tokens", 1))   # timm: class token + register tokens
+        blocks[layer] = TokenDropBlock(blocks[layer], k, num_prefix=prefix)
+        info.update(drop_layer=layer, depth=depth, tokens_before=patches + prefix, tokens_after=k + prefix,
                     options={"keep_tokens": float(keep), "drop_layer": layer})   # to rebuild the reference
         n += 1
     return n, info
