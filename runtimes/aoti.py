@@ -2,7 +2,12 @@
 
 On CUDA every timed call is bracketed by ``torch.cuda.synchronize`` and timed with CUDA events
 (``timed_run``; :func:`edge.profile.time_session` uses it), and the GPU memory peak is reported
-in ``load_details``. On the CPU it times with ``perf_counter``.
+in ``load_details`` (``gpu_peak_mib``: PyTorch's allocator, i.e. activations and outputs; ``gpu_load_mib``:
+device memory taken by loading the package, weights included). On the CPU it times with ``perf_counter``.
+
+Known trap (torch 2.11+cu130 on the H200 machine): loading any AOTI package segfaulted inside the
+package's ``std::regex`` (``parse_device_str``) because the wrapper bound libstdc++ symbols from the
+wrong library; starting Python with ``LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libstdc++.so.6`` fixed it.
 """
 from __future__ import annotations
 
@@ -35,7 +40,7 @@ class AotiSession(Session):
             self._dev = torch.device("cuda", idx)
             torch.cuda.set_device(self._dev)
             torch.cuda.reset_peak_memory_stats(self._dev)
-            mem0 = torch.cuda.memory_allocated(self._dev)
+            free0 = torch.cuda.mem_get_info(self._dev)[0]
         else:
             self.timer = "perf_counter"
             self._dev = torch.device("cpu")
@@ -53,7 +58,8 @@ class AotiSession(Session):
         self.load_details = {"device": str(self._dev), "torch": torch.__version__}
         if self.device == "cuda":
             self.load_details["gpu"] = torch.cuda.get_device_name(self._dev)
-            self.load_details["gpu_weights_mib"] = (torch.cuda.memory_allocated(self._dev) - mem0) / 2**20
+            # AOTInductor allocates its weights outside PyTorch's caching allocator: measure the device itself
+            self.load_details["gpu_load_mib"] = (free0 - torch.cuda.mem_get_info(self._dev)[0]) / 2**20
         self._staged: tuple[int, list[Any]] | None = None
 
     def _tensors(self, arrays: list[np.ndarray]) -> list[Any]:
@@ -95,7 +101,7 @@ class AotiSession(Session):
         self._call(tensors)
         end.record()
         torch.cuda.synchronize(self._dev)
-        self.load_details["gpu_peak_mib"] = torch.cuda.max_memory_allocated(self._dev) / 2**20
+        self.load_details["gpu_peak_mib"] = torch.cuda.max_memory_allocated(self._dev) / 2**20   # torch allocator
         return float(start.elapsed_time(end))
 
     def native_profile(self, inputs: Sequence[np.ndarray], iters: int = 20) -> list[dict[str, Any]] | None:

@@ -88,7 +88,7 @@ def test_aoti_cuda_fp16_cuda_event_timing(tmp_path):
     assert art.manifest.status == "verified" and art.manifest.details["device"] == "cuda"
     rep = edge.benchmark(art.path, warmup=3, iters=10, native_profile=True)
     assert rep.timer == "cuda-event" and rep.p50_ms > 0
-    assert rep.load_details["gpu_peak_mib"] > 0
+    assert rep.load_details["gpu_peak_mib"] > 0 and "gpu_load_mib" in rep.load_details
     assert rep.native_profile and all(r["type"] == "cuda-kernel" for r in rep.native_profile)
 
 
