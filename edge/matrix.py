@@ -266,7 +266,7 @@ def run_matrix(models: Sequence[str], *, targets: Sequence[str] | None = None,
                precisions: Sequence[str] = ("fp32",), resolutions: Sequence[int | None] = (None,),
                cache_dir: str | Path | None = None, warmup: int = 10, iters: int = 100, calib: Any = None,
                options: dict[str, Any] | None = None, rebuild: bool = False, op_profile: bool = True,
-               optimize: bool = True,
+               optimize: bool = True, isolate: bool = True,
                progress: Callable[[int, int, dict[str, Any]], None] | bool | None = None) -> dict[str, Any]:
     """Convert (or reuse), verify and benchmark every cell of models x resolutions x targets x precisions.
 
@@ -278,6 +278,7 @@ def run_matrix(models: Sequence[str], *, targets: Sequence[str] | None = None,
         cache_dir: artifact cache (default :func:`default_cache_dir`).
         rebuild: convert again even when the cache has the artifact.
         optimize: run edge's optimize passes (``edge convert --no-optimize`` when False).
+        isolate: run each model/resolution in a child process, so a backend crash fails one cell only.
         op_profile: run the runtime's per-op profiler on the slowest cell.
         progress: a callback ``(done, total, cell)``, or True to print one line per cell on stderr.
 
@@ -286,9 +287,7 @@ def run_matrix(models: Sequence[str], *, targets: Sequence[str] | None = None,
         ready for :func:`edge.report.write_all`.
     """
     import edge
-    from edge.api import Prepared
-    from edge.artifact import STATUS_CHECKED_SPEC, now_iso
-    from edge.converters import get_converter
+    from edge.artifact import now_iso
 
     if not models:
         raise UsageError("name at least one model, e.g. `edge bench vit_tiny_digits --targets onnx`")
@@ -315,37 +314,15 @@ def run_matrix(models: Sequence[str], *, targets: Sequence[str] | None = None,
         if report:
             report(len(cells), total, cell)
 
+    run_opts = {"cache": cache, "warmup": warmup, "iters": iters, "calib": calib, "options": options or {},
+                "rebuild": rebuild, "optimize": optimize}
+    pairs = [(t, p) for t in targets for p in precisions]
     for model in models:
         for res in resolutions:
-            base = {"model": model, "resolution": res if res is not None else native_resolution(model)}
-            prep, spec_error = None, None
-            try:
-                spec = model_at(model, res)
-                prep = Prepared(spec, False, optimize, (), {}, {})
-                base["resolution"] = int(spec.example_inputs[0].shape[-1]) if spec.example_inputs[0].ndim == 4 \
-                    else base["resolution"]
-            except Exception as e:
-                spec_error = _error_text(e)
-            for target in targets:
-                for precision in precisions:
-                    cell = {**{k: None for k in CELL_FIELDS}, **base, "target": target, "precision": precision,
-                            "cached": False, "device": host["cpu"]}
-                    cell["id"] = f"{model}@{cell['resolution']}/{target}/{precision}"
-                    if spec_error or avail[target]:
-                        cell.update(status=STATUS_FAILED, error=spec_error or avail[target])
-                        emit(cell)
-                        continue
-                    try:
-                        _run_cell(cell, prep, target, precision, get_converter, cache, warmup=warmup,
-                                  iters=iters, calib=calib, options=options or {}, rebuild=rebuild,
-                                  checked_spec=STATUS_CHECKED_SPEC, benchmark=edge.benchmark)
-                    except (KeyboardInterrupt, SystemExit):
-                        raise
-                    except Exception as e:  # recorded in the table; the other cells still run
-                        cell.update(status=STATUS_FAILED, error=_error_text(e))
-                        if not isinstance(e, EdgeError):
-                            cell["traceback"] = traceback.format_exc(limit=6)
-                    emit(cell)
+            if isolate:
+                _run_group_isolated(model, res, pairs, run_opts, emit)
+            else:
+                _run_group(model, res, pairs, avail, host, emit, **run_opts)
     results = {"schema": SCHEMA, "created": now_iso(), "host": host,
                "settings": {"models": list(models), "targets": list(targets), "precisions": list(precisions),
                             "resolutions": [r for r in resolutions], "warmup": warmup, "iters": iters,
@@ -357,6 +334,118 @@ def run_matrix(models: Sequence[str], *, targets: Sequence[str] | None = None,
     if op_profile:
         results["op_profile"] = slowest_op_profile(cells)
     return results
+
+
+def _run_group(model: str, res: int | None, pairs: list[tuple[str, str]], avail: dict[str, str | None],
+               host: dict[str, Any], emit: Callable[[dict[str, Any]], None], *, cache: Path, warmup: int, iters: int,
+               calib: Any, options: dict[str, Any], rebuild: bool, optimize: bool,
+               started: Callable[[dict[str, Any]], None] | None = None) -> None:
+    """Every (target, precision) cell of one model at one resolution, captured once, in this process."""
+    import edge
+    from edge.api import Prepared
+    from edge.artifact import STATUS_CHECKED_SPEC
+    from edge.converters import get_converter
+    base = {"model": model, "resolution": res if res is not None else native_resolution(model)}
+    prep, spec_error = None, None
+    try:
+        spec = model_at(model, res)
+        prep = Prepared(spec, False, optimize, (), {}, {})
+        if spec.example_inputs[0].ndim == 4:
+            base["resolution"] = int(spec.example_inputs[0].shape[-1])
+    except Exception as e:
+        spec_error = _error_text(e)
+    for target, precision in pairs:
+        cell = {**{k: None for k in CELL_FIELDS}, **base, "target": target, "precision": precision,
+                "cached": False, "device": host["cpu"]}
+        cell["id"] = f"{model}@{cell['resolution']}/{target}/{precision}"
+        if spec_error or avail[target]:
+            cell.update(status=STATUS_FAILED, error=spec_error or avail[target])
+            emit(cell)
+            continue
+        if started:
+            started(cell)
+        try:
+            _run_cell(cell, prep, target, precision, get_converter, cache, warmup=warmup, iters=iters, calib=calib,
+                      options=options, rebuild=rebuild, checked_spec=STATUS_CHECKED_SPEC, benchmark=edge.benchmark)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as e:  # recorded in the table; the other cells still run
+            cell.update(status=STATUS_FAILED, error=_error_text(e))
+            if not isinstance(e, EdgeError):
+                cell["traceback"] = traceback.format_exc(limit=6)
+        emit(cell)
+
+
+_MARK_START, _MARK_CELL = "@@edge-matrix-start ", "@@edge-matrix-cell "
+
+
+def _exit_text(rc: int) -> str:
+    import signal
+    if rc < 0:
+        try:
+            return f"killed by {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"killed by signal {-rc}"
+    return f"exit status {rc}"
+
+
+def _run_group_isolated(model: str, res: int | None, pairs: list[tuple[str, str]], run_opts: dict[str, Any],
+                        emit: Callable[[dict[str, Any]], None]) -> None:
+    """:func:`_run_group` in a child process, so a backend that crashes the interpreter (a native abort in a
+    converter or runtime) costs one failed cell, not the run. The child is restarted for the cells left."""
+    import subprocess
+    remaining = list(pairs)
+    while remaining:
+        job = {"model": model, "res": res, "pairs": remaining,
+               **{k: (str(v) if k == "cache" else v) for k, v in run_opts.items()}}
+        proc = subprocess.Popen([sys.executable, "-m", "edge.matrix"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True, bufsize=1)
+        proc.stdin.write(json.dumps(job, default=str))
+        proc.stdin.close()
+        current = None
+        for line in proc.stdout:
+            if line.startswith(_MARK_START):
+                current = json.loads(line[len(_MARK_START):])
+            elif line.startswith(_MARK_CELL):
+                cell = json.loads(line[len(_MARK_CELL):])
+                remaining.remove((cell["target"], cell["precision"]))
+                current = None
+                emit(cell)
+            else:   # what native libraries print goes to the user's stderr, never into the results
+                sys.stderr.write(line)
+        rc = proc.wait()
+        if current is not None:   # it died inside this cell
+            current.update(status=STATUS_FAILED, error=f"the benchmark worker died during this cell "
+                           f"({_exit_text(rc)}): the backend crashed the process; the other cells ran in a new "
+                           f"worker. Reproduce it alone with `edge convert {model} -t {current['target']} "
+                           f"-p {current['precision']} -o out/x` to see the backend's message")
+            remaining.remove((current["target"], current["precision"]))
+            emit(current)
+        elif remaining:   # died before starting a cell (import error): every cell left fails the same way
+            for target, precision in remaining:
+                cell = {**{k: None for k in CELL_FIELDS}, "model": model, "resolution": res, "target": target,
+                        "precision": precision, "cached": False, "status": STATUS_FAILED,
+                        "id": f"{model}@{res}/{target}/{precision}",
+                        "error": f"the benchmark worker exited ({_exit_text(rc)}) before running this cell"}
+                emit(cell)
+            return
+
+
+def _worker_main() -> None:
+    """``python -m edge.matrix``: run one group from the JSON job on stdin, one marked line per cell on stdout."""
+    out = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)   # anything else written to stdout (Python or native) goes to stderr
+    sys.stdout = sys.stderr
+    job = json.loads(sys.stdin.read())
+
+    def line(mark: str, cell: dict[str, Any]) -> None:
+        out.write(mark + json.dumps(cell, default=str) + "\n")
+        out.flush()
+
+    _run_group(job["model"], job["res"], [tuple(p) for p in job["pairs"]], available_targets(), host_info(),
+               lambda c: line(_MARK_CELL, c), cache=Path(job["cache"]), warmup=job["warmup"], iters=job["iters"],
+               calib=job["calib"], options=job["options"], rebuild=job["rebuild"], optimize=job["optimize"],
+               started=lambda c: line(_MARK_START, c))
 
 
 def _torch_version() -> dict[str, str]:
@@ -465,3 +554,7 @@ def are_artifacts(paths: Sequence[str]) -> bool:
         return False
     raise UsageError("`edge bench` takes either artifact folders or model names, not both: "
                      + ", ".join(f"{p} ({'artifact' if k else 'model'})" for p, k in zip(paths, kinds)))
+
+
+if __name__ == "__main__":
+    _worker_main()

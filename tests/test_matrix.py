@@ -85,7 +85,7 @@ def test_cache_key_changes_with_every_input():
 
 def test_failed_cells_do_not_stop_the_run(tmp_path):
     res = run_matrix(["vit_tiny_digits", "no_such_model"], targets=["onnx"], precisions=["int3"],
-                     cache_dir=tmp_path, iters=1, op_profile=False)
+                     cache_dir=tmp_path, iters=1, op_profile=False, isolate=False)
     errors = [c["error"] for c in res["cells"]]
     assert len(errors) == 2 and all(c["status"] == "failed" for c in res["cells"])
     assert "int3" in errors[0] and "no_such_model" in errors[1] and "vit_tiny_digits" in errors[1]
@@ -127,3 +127,16 @@ def test_cli_parsing_helpers(tmp_path):
     assert are_artifacts([str(art)]) is True and are_artifacts(["vit_tiny"]) is False
     with pytest.raises(UsageError, match="not both"):
         are_artifacts([str(art), "vit_tiny"])
+
+
+def test_a_backend_crash_fails_one_cell_not_the_run(tmp_path):
+    # a model whose forward aborts the interpreter (as a native crash in a converter would)
+    (tmp_path / "crash.py").write_text("import os, torch\n\nclass M(torch.nn.Module):\n"
+                                       "    def forward(self, x):\n        os.abort()\n\n\ndef make():\n    return M()\n")
+    seen = []
+    res = run_matrix([f"{tmp_path / 'crash.py'}:make"], targets=["onnx"], precisions=["fp32", "fp16"],
+                     resolutions=[8], cache_dir=tmp_path / "cache", iters=1, op_profile=False,
+                     progress=lambda d, n, c: seen.append(c["id"]))
+    assert len(res["cells"]) == 2 and len(seen) == 2
+    for cell in res["cells"]:
+        assert cell["status"] == "failed" and "worker died during this cell (killed by SIGABRT)" in cell["error"]
