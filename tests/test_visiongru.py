@@ -103,3 +103,29 @@ def test_digits_models_through_openvino(name, tmp_path):
     else:
         assert "CumSum" not in hist
 
+
+
+def _executorch_ok() -> bool:
+    try:
+        from edge.converters import get_converter
+        return get_converter("executorch").missing() is None
+    except Exception:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _executorch_ok(), reason="the executorch target is not available")
+def test_tuned_gru_through_executorch_is_one_delegate(tmp_path):
+    """The tuned GRU lowers to XNNPACK with no portable op between the steps (nn.GRU: 198 delegate calls)."""
+    art = _convert("gru_classifier", "executorch", tmp_path, input_shapes=[(1, 12, 16)])
+    d = art.manifest.details
+    assert {p["pass"]: p["rewrites"] for p in d["optimize_passes"]}["gru"] == 1
+    assert d["delegation"]["fully_delegated"], d["delegation"]   # one XNNPACK call, nothing on portable kernels
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _executorch_ok(), reason="the executorch target is not available")
+def test_visiongru_digits_through_executorch(tmp_path):
+    art = _convert("visiongru_digits", "executorch", tmp_path)
+    portable = art.manifest.details["delegation"]["portable_ops"]
+    assert not any("cumsum" in op or "logcumsumexp" in op for op in portable), portable
