@@ -186,3 +186,12 @@ def test_chunked_mingru_through_onnx(tmp_path):
     hist = art.manifest.details["op_histogram"]
     assert art.manifest.parity["passed"] and "CumSum" not in hist and not any("Log" in op for op in hist)
     assert {r["pass"]: r["rewrites"] for r in art.manifest.details["optimize_passes"]}["mingru_scan"] == 1
+
+
+@pytest.mark.parametrize("T", [1, 3, 16, 17])
+def test_doubling_local_scan_equals_unrolled(T):
+    g = torch.Generator().manual_seed(T)
+    a, b, h0 = torch.rand(2, 3, T, 4, generator=g), torch.rand(2, 3, T, 4, generator=g), torch.rand(2, 1, 1, 4, generator=g)
+    for init in (None, h0):
+        for x, y in zip(R._local_scan(a, b, init), R._local_scan_unrolled(a, b, init)):
+            assert float((x - y).abs().max()) < 1e-6

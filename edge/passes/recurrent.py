@@ -22,7 +22,6 @@ keeps in its fast path: matmul (Linear), sigmoid/tanh, mul/add/sub, static slice
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from edge.errors import UsageError
