@@ -76,7 +76,7 @@ class CoreMLConverter(Converter):
         out_types = [ct.TensorType(name=t.name, dtype=np.float32) for t in job.outputs]
         fp32 = job.precision == "fp32"
         try:
-            ep = program.run_decompositions({})
+            ep = program.run_decompositions(_extra_decompositions())
             details["sdpa_default_scale_dropped"] = drop_default_sdpa_scale(ep)
             mlmodel = ct.convert(ep, convert_to="mlprogram", inputs=in_types, outputs=out_types,
                                  minimum_deployment_target=getattr(ct.target, TARGETS[target][0]),
@@ -92,7 +92,7 @@ class CoreMLConverter(Converter):
             raise ConversionError(f"coremltools could not convert the model for {target}: {type(e).__name__}: "
                                   f"{msg}{hint}") from e
         details["compute_precision"] = "float32" if fp32 else "float16"
-        details["converted_from"] = "ExportedProgram.run_decompositions({})"
+        details["converted_from"] = "ExportedProgram.run_decompositions(new_ones/new_zeros/new_full/new_empty)"
         return mlmodel, details
 
     def _compress(self, ct: Any, mlmodel: Any, job: ConversionJob, details: dict[str, Any]) -> dict[str, Any]:
@@ -130,6 +130,14 @@ class CoreMLConverter(Converter):
             raise ConversionError(f"coremltools could not compress the model to {p}: {type(e).__name__}: "
                                   f"{_first_line(e)}") from e
         return out
+
+
+def _extra_decompositions() -> dict:
+    """ATen ops coremltools has no converter for, decomposed to ones it has (``new_ones`` -> ``full``...)."""
+    import torch
+    from torch._decomp import get_decompositions
+    aten = torch.ops.aten
+    return get_decompositions([aten.new_ones, aten.new_zeros, aten.new_full, aten.new_empty])
 
 
 def _ct_shape(ct: Any, shape: list[int | str]) -> Any:

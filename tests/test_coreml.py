@@ -41,10 +41,18 @@ def test_w8a8_off_macos_is_a_platform_error(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def vit_coreml(tmp_path_factory):
-    """vit_tiny_digits as fp16 and 6-bit palettized ML Programs (one capture)."""
+def vit_prepared():
+    """vit_tiny_digits resolved once; its coreml program is captured once for every test here."""
+    from edge.api import prepare
+    return prepare("vit_tiny_digits")
+
+
+@pytest.fixture(scope="module")
+def vit_coreml(tmp_path_factory, vit_prepared):
+    """vit_tiny_digits as fp16 and 6-bit palettized ML Programs."""
     out = tmp_path_factory.mktemp("coreml")
-    return edge.convert_all("vit_tiny_digits", targets=["coreml"], precisions=["fp16", "palettize6"], out=out)
+    return edge.convert_all("vit_tiny_digits", targets=["coreml"], precisions=["fp16", "palettize6"], out=out,
+                            prepared=vit_prepared)
 
 
 @pytest.mark.slow
@@ -88,9 +96,9 @@ def test_spec_check_failures_raise(vit_coreml):
 
 
 @pytest.mark.slow
-def test_ios17_int8_weights_has_unfused_attention(tmp_path):
-    art = edge.convert("vit_tiny_digits", target="coreml", precision="int8-weights", out=tmp_path / "a",
-                       options={"coreml_target": "iOS17"})
+def test_ios17_int8_weights_has_unfused_attention(tmp_path, vit_prepared):
+    art, = edge.convert_all("vit_tiny_digits", targets=["coreml"], precisions=["int8-weights"], out=tmp_path,
+                            options={"coreml_target": "iOS17"}, prepared=vit_prepared)
     d = art.manifest.details
     assert d["spec_version"] == 8
     assert "scaled_dot_product_attention" not in d["mil_op_histogram"]
@@ -100,9 +108,9 @@ def test_ios17_int8_weights_has_unfused_attention(tmp_path):
 
 
 @pytest.mark.slow
-def test_image_input_records_normalization(tmp_path):
-    art = edge.convert("vit_tiny_digits", target="coreml", precision="fp16", out=tmp_path / "a",
-                       options={"image_input": True})
+def test_image_input_records_normalization(tmp_path, vit_prepared):
+    art, = edge.convert_all("vit_tiny_digits", targets=["coreml"], precisions=["fp16"], out=tmp_path,
+                            options={"image_input": True}, prepared=vit_prepared)
     rec = art.manifest.details["image_input"]
     # digits: (pixel / 255 - 0.5) / 0.5 = pixel * (2 / 255) - 1
     assert rec["color_layout"] == "GRAYSCALE" and rec["normalization_in_program"] is False
