@@ -65,6 +65,8 @@ class ExecuTorchConverter(Converter):
         details["lowering_cpu_seconds"] = round(time.process_time() - c1, 2)
         details["convert_seconds"] = round(time.perf_counter() - t0, 2)
         details["convert_cpu_seconds"] = round(time.process_time() - c0, 2)
+        if "warning" in details["delegation"]:   # outside the block above, which silences backend chatter
+            warnings.warn(f"executorch: {details['delegation']['warning']}", stacklevel=2)
 
         pte = job.out_dir / PTE
         pte.write_bytes(et_program.buffer)
@@ -229,7 +231,6 @@ def delegation_summary(graph_module) -> dict[str, Any]:
         ops = ", ".join(f"{k} x{v}" for k, v in list(out["portable_ops"].items())[:8]) or "none"
         out["warning"] = (f"not fully delegated: {calls} XNNPACK delegate call(s); ops on portable kernels: {ops}. "
                           f"Run with the optimize passes on (the default) or rewrite these ops")
-        warnings.warn(f"executorch: {out['warning']}", stacklevel=3)
     return out
 
 
