@@ -235,9 +235,6 @@ def test_token_drop_bad_input():
 
 @pytest.mark.slow
 def test_onnx_convert_sdpa_and_token_drop(tmp_path):
-    art = edge.convert("vit_tiny_digits", target="onnx", out=tmp_path / "full")
-    assert art.manifest.parity["passed"]
-    assert {"pass": "attention", "rewrites": 4, "variant": SDPA} in art.manifest.details["optimize_passes"]
     art = edge.convert("vit_tiny_digits", target="onnx", out=tmp_path / "drop", keep_tokens=0.5)
     p = art.manifest.parity
     assert p["passed"] and p["outputs"]["output"]["max_abs"] < 1e-4   # exact vs the token-dropped eager model
@@ -245,6 +242,7 @@ def test_onnx_convert_sdpa_and_token_drop(tmp_path):
     assert rec["pass"] == "token_drop" and rec["keep_ratio"] == 0.5 and rec["drop_layer"] == 1 and rec["lossy"]
     vs = p["vs_original"]                                       # agreement with the undropped model: recorded
     assert vs["judged"] is False and vs["test_set_samples"] == 359 and vs["test_set_top1_agreement"] >= 0.98
+    assert {"pass": "attention", "rewrites": 4, "variant": SDPA} in art.manifest.details["optimize_passes"]
     assert edge.verify(tmp_path / "drop")["passed"]             # re-verification rebuilds the dropped reference
 
 
@@ -262,11 +260,12 @@ def test_executorch_whole_model_in_one_delegate(tmp_path):
     if importlib.util.find_spec("executorch") is None:
         pytest.skip("executorch is not installed (pip install edge[executorch])")
     model, x = tiny_vit(depth=2), torch.randn(1, 1, 16, 16)
-    before = edge.convert(model, example_inputs=(x,), target="executorch", out=tmp_path / "raw", optimize=False)
+    before = edge.convert(model, example_inputs=(x,), target="executorch", out=tmp_path / "raw", optimize=False,
+                          verify=False)   # only its delegation is looked at
     after = edge.convert(model, example_inputs=(x,), target="executorch", out=tmp_path / "opt")
     d0, d1 = before.manifest.details["delegation"], after.manifest.details["delegation"]
     assert d0["delegate_calls"] > 1 and "aten_native_layer_norm_default" in d0["portable_ops"]
     assert d1["fully_delegated"] and d1["delegate_calls"] == 1, d1   # the blocks (and the rest) lower whole
-    assert before.manifest.parity["passed"] and after.manifest.parity["passed"]
+    assert after.manifest.parity["passed"]
     rec = {r["pass"]: r for r in after.manifest.details["optimize_passes"]}
     assert rec["attention"]["variant"] == XNNPACK and rec["layernorm"]["variant"] == "decomposed"
