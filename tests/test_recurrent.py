@@ -193,5 +193,5 @@ def test_doubling_local_scan_equals_unrolled(T):
     g = torch.Generator().manual_seed(T)
     a, b, h0 = torch.rand(2, 3, T, 4, generator=g), torch.rand(2, 3, T, 4, generator=g), torch.rand(2, 1, 1, 4, generator=g)
     for init in (None, h0):
-        for x, y in zip(R._local_scan(a, b, init), R._local_scan_unrolled(a, b, init)):
+        for x, y in zip(R._local_scan_doubling(a, b, init), R._local_scan(a, b, init)):
             assert float((x - y).abs().max()) < 1e-6
