@@ -79,10 +79,8 @@ class ExecuTorchSession(Session):
         rec = self.artifact.manifest.details.get("bundle", {})
         rtol = rec.get("rtol", 1e-3) if rtol is None else rtol
         atol = rec.get("atol", 1e-4) if atol is None else atol
-        self._module.load_bundled_input(self._bundle, "forward", 0)
-        self._module.plan_execute("forward")
-        try:
-            self._module.verify_result_with_bundled_expected_output(self._bundle, "forward", 0, rtol, atol)
+        try:   # executorch 1.5: the BundledModule loads test input 0, runs "forward" and compares
+            self._bundle.verify_result_with_bundled_expected_output("forward", 0, rtol, atol)
         except Exception as e:
             raise VerificationError(f"{self.artifact.path}: the bundled test failed (rtol {rtol}, atol {atol}): {e}",
                                     metric="bundled_test", artifact=str(self.artifact.path)) from e
@@ -96,10 +94,11 @@ class ExecuTorchSession(Session):
         with tempfile.TemporaryDirectory() as tmp:
             etdump = str(Path(tmp) / "etdump.etdp")
             if self.bundled:
-                _, module = self._load_bundled(self.artifact.main_path, etdump=True)
+                bm, module = self._load_bundled(self.artifact.main_path, etdump=True)   # bm owns the data
                 for _ in range(iters):
                     module.forward(xs)
                 module.write_etdump_result_to_file(etdump, str(Path(tmp) / "debug.bin"))
+                del module, bm
             else:
                 program = Runtime.get().load_program(str(self.artifact.main_path), enable_etdump=True)
                 method = program.load_method("forward")
