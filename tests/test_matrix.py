@@ -20,7 +20,8 @@ def first_run(tmp_path_factory):
     cache = tmp_path_factory.mktemp("edge-cache")
     seen = []
     res = run_matrix(["vit_tiny_digits"], targets=["onnx"], precisions=["fp32", "int3"], resolutions=[None, 16],
-                     cache_dir=cache, warmup=2, iters=8, progress=lambda d, n, c: seen.append((d, n, c["id"])))
+                     cache_dir=cache, warmup=2, iters=8, progress=lambda d, n, c: seen.append((d, n, c["id"])),
+                     isolate=False)   # in-process here (faster); worker isolation has its own test below
     return res, cache, seen
 
 
@@ -50,7 +51,7 @@ def test_matrix_cells_are_verified_and_measured(first_run):
 def test_second_run_reuses_the_cache(first_run):
     res, cache, _ = first_run
     again = run_matrix(["vit_tiny_digits"], targets=["onnx"], precisions=["fp32"], resolutions=[None, 16],
-                       cache_dir=cache, warmup=1, iters=3, op_profile=False)
+                       cache_dir=cache, warmup=1, iters=3, op_profile=False, isolate=False)
     before = {c["id"]: c for c in res["cells"]}
     for c in again["cells"]:
         assert c["status"] == "ok" and c["cached"] is True and c["convert_s"] is None
