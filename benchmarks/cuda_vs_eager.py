@@ -6,7 +6,11 @@ what the precision gives from what compilation gives), and the artifact through 
 On CUDA every timing is a CUDA-event measurement with synchronization around it; on the CPU perf_counter.
 
     python benchmarks/cuda_vs_eager.py --model vit_base --batch 32 --precision fp16 --device cuda
-    python benchmarks/cuda_vs_eager.py --model vit_tiny_digits --batch 1 --precision fp32 --device cpu
+    OMP_NUM_THREADS=1 python benchmarks/cuda_vs_eager.py --model vit_tiny_digits --batch 1 --precision fp32 --device cpu
+
+On a shared CPU, pin the thread count (OMP_NUM_THREADS): eager's many small parallel regions suffer
+far more from oversubscription than the compiled package. On the H200 machine (torch 2.11+cu130) start
+Python with LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libstdc++.so.6 (see runtimes/aoti.py).
 """
 from __future__ import annotations
 
