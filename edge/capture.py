@@ -45,6 +45,8 @@ def capture(module: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], *
     if dynamic_batch:
         batch = torch.export.Dim(BATCH, min=1, max=1024)
         dynamic_shapes = tuple({0: batch} for _ in example_inputs)
+        # torch.export specializes size-1 dims: capture with a batch of 2 so the batch stays symbolic
+        example_inputs = tuple(t.repeat(2, *([1] * (t.dim() - 1))) if t.shape[0] == 1 else t for t in example_inputs)
     try:
         with torch.no_grad():
             return torch.export.export(module, tuple(example_inputs), dynamic_shapes=dynamic_shapes, strict=False)

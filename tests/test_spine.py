@@ -53,13 +53,15 @@ def test_bundled_model_accuracy_recorded(digits_onnx):
     assert digits_onnx.manifest.parity["input_kind"] == "test-set"
 
 
-def test_dynamic_batch(tiny, tmp_path):
-    art = edge.convert(tiny, example_inputs=(torch.randn(2, 3, 16, 16),), dynamic_batch=True, target="onnx",
-                       out=tmp_path / "d")
-    assert art.manifest.inputs[0].shape[0] == "batch"
-    x = torch.randn(5, 3, 16, 16)
-    (y,) = edge.load(art.path).run(x)
-    np.testing.assert_allclose(y, tiny(x).detach().numpy(), atol=1e-5)
+@pytest.mark.parametrize("example_batch", [1, 2])
+def test_dynamic_batch(tiny, tmp_path, example_batch):
+    art = edge.convert(tiny, example_inputs=(torch.randn(example_batch, 3, 16, 16),), dynamic_batch=True,
+                       target="onnx", out=tmp_path / "d")
+    assert art.manifest.inputs[0].shape[0] == "batch" and art.manifest.outputs[0].shape[0] == "batch"
+    for n in (1, 5):
+        x = torch.randn(n, 3, 16, 16)
+        (y,) = edge.load(art.path).run(x)
+        np.testing.assert_allclose(y, tiny(x).detach().numpy(), atol=1e-5)
 
 
 def test_fp16_and_int8_onnx(tmp_path):
