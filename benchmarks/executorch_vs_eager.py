@@ -51,6 +51,10 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=40, help="timed iterations per path per round")
     ap.add_argument("--out", default=None, help="artifact folder (default: a temporary one)")
     ap.add_argument("--json", default=None, help="write the figures here as JSON")
+    ap.add_argument("--reuse", action="store_true", help="open artifacts already under --out instead of converting")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="threads for both eager (torch.set_num_threads) and XNNPACK's threadpool; on a loaded "
+                         "machine 1 avoids OpenMP oversubscription stalls that make eager look far slower")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
 
@@ -63,14 +67,21 @@ def main() -> None:
         prep = prepared if optimize else prepare(args.model, optimize=False)
         tag = "passes" if optimize else "raw"
         t0 = time.perf_counter()
+        if args.reuse and all((out / tag / f"executorch-{p}" / "manifest.json").is_file() for p in precisions):
+            from edge.artifact import Artifact
+            for p in precisions:
+                arts[f"executorch {p} ({tag})"] = Artifact.open(out / tag / f"executorch-{p}")
+            continue
         for a in edge.convert_all(args.model, targets=["executorch"], precisions=precisions,
                                   out=out / tag, prepared=prep):
             arts[f"executorch {a.manifest.precision} ({tag})"] = a
         print(f"converted {tag}: {time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     sessions = {"eager": EagerSession(prepared.spec.module.eval())}
     for name, a in arts.items():
-        sessions[name] = edge.load(a.path)
+        sessions[name] = edge.load(a.path, **({"threads": args.threads} if args.threads else {}))
     inputs = {n: (x if n == "eager" else [t.numpy() for t in x]) for n in sessions}
     samples: dict[str, list[float]] = {n: [] for n in sessions}
     for r in range(args.rounds):
