@@ -78,6 +78,7 @@ class CoreMLConverter(Converter):
         try:
             ep = program.run_decompositions(_extra_decompositions())
             details["sdpa_default_scale_dropped"] = drop_default_sdpa_scale(ep)
+            details["aliases_removed"] = drop_aliases(ep)
             mlmodel = ct.convert(ep, convert_to="mlprogram", inputs=in_types, outputs=out_types,
                                  minimum_deployment_target=getattr(ct.target, TARGETS[target][0]),
                                  compute_precision=ct.precision.FLOAT32 if fp32 else ct.precision.FLOAT16,
@@ -221,6 +222,21 @@ def drop_default_sdpa_scale(program: Any) -> int:
             continue
         if abs(float(scale) - q.shape[-1] ** -0.5) <= 1e-7 * abs(float(scale)):
             node.kwargs = {k: v for k, v in node.kwargs.items() if k != "scale"}
+            n += 1
+    if n:
+        program.graph_module.recompile()
+    return n
+
+
+def drop_aliases(program: Any) -> int:
+    """Replace ``aten.alias`` (an identity view coremltools has no converter for) by its input; returns how many."""
+    import torch
+    targets = {torch.ops.aten.alias.default, getattr(torch.ops.aten, "alias_copy").default}
+    graph, n = program.graph_module.graph, 0
+    for node in list(graph.nodes):
+        if node.op == "call_function" and node.target in targets:
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
             n += 1
     if n:
         program.graph_module.recompile()
