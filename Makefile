@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 TARGETS ?= onnx,openvino,executorch
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup web-setup demo test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -20,12 +20,21 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip check
 	touch $@
 
+# Chromium (Debian) and the pinned npm packages for the PWA and its browser test.
+web-setup:
+	sh apps/web/setup.sh
+
 demo: setup
 	$(BIN)/edge convert vit_tiny_digits --target $(TARGETS) -o out/demo --progress
-	$(BIN)/edge bench out/demo/* --warmup 10 --iters 200
+	$(BIN)/edge bench vit_tiny_digits --targets $(TARGETS) --warmup 10 --iters 200 -o out/demo-report
+	@echo
+	@echo "Report: open out/demo-report/report.html (also report.md, results.csv, results.json)"
+	@echo "Phone:  $(BIN)/edge serve out/demo/onnx --host 0.0.0.0 --results out/demo-report/results.json"
+	@echo "        then open the printed URL on the phone; its timings join the report as a 'browser' cell"
 
-test: setup
-	$(BIN)/python -m pytest -q -ra --durations=15 $(PYTEST_ARGS)
+# In CI (CI=true) the browser test must run: a missing Chromium fails instead of skipping.
+test: setup web-setup
+	EDGE_REQUIRE_BROWSER=$(if $(CI),1,0) $(BIN)/python -m pytest -q -ra --durations=20 $(PYTEST_ARGS)
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)

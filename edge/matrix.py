@@ -551,6 +551,13 @@ def are_artifacts(paths: Sequence[str]) -> bool:
     if all(kinds):
         return True
     if not any(kinds):
+        for p in paths:   # a folder or path that is not a model source: say what is wrong with it as an artifact
+            if ":" not in p and not p.endswith(".pt2") and (Path(p).is_dir() or "/" in p):
+                from edge.artifact import Artifact
+                Artifact.open(p)
+            elif ":" not in p and not p.endswith(".pt2"):
+                from edge.zoo import get_entry
+                get_entry(p)   # unknown model names are bad input, before any work starts
         return False
     raise UsageError("`edge bench` takes either artifact folders or model names, not both: "
                      + ", ".join(f"{p} ({'artifact' if k else 'model'})" for p, k in zip(paths, kinds)))
