@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 
 # Chromium (Debian) and the pinned npm packages for the PWA and its browser test.
 web-setup:
-	sh apps/web/setup.sh
+	-sh apps/web/setup.sh
 
 demo: setup
 	$(BIN)/edge convert vit_tiny_digits --target $(TARGETS) -o out/demo --progress
