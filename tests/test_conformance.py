@@ -2,8 +2,9 @@
 
 Each conversion is verified against PyTorch by edge.convert itself (it raises on a parity failure). A target whose
 backend is not installed is skipped with the pip extra in the reason; a target that cannot execute here
-(CoreML off macOS) is spec-checked. Models tagged "large" (>= 20M parameters) run only with EDGE_FULL_CONFORMANCE=1
-to keep CI near its time budget; the small models cover the same code paths.
+(CoreML off macOS) is spec-checked. To keep CI within its time budget, models that take any resolution or length
+run at their entry's ``test_shapes``, and models tagged "large" (>= 20M parameters) or identical in architecture to
+another zoo model (``same_as``) run only with EDGE_FULL_CONFORMANCE=1; the models that run cover the same code paths.
 """
 from __future__ import annotations
 
@@ -22,8 +23,10 @@ FULL = os.environ.get("EDGE_FULL_CONFORMANCE") == "1"
 def _models() -> list:
     out = []
     for name in list_models():
-        large = "large" in get_entry(name).tags
-        marks = [pytest.mark.skip(reason="large model: run with EDGE_FULL_CONFORMANCE=1")] if large and not FULL else []
+        entry = get_entry(name)
+        reason = ("large model (>= 20M parameters)" if "large" in entry.tags else
+                  f"same architecture as {entry.same_as}" if entry.same_as else None)
+        marks = [pytest.mark.skip(reason=f"{reason}: run with EDGE_FULL_CONFORMANCE=1")] if reason and not FULL else []
         out.append(pytest.param(name, marks=marks))
     return out
 
@@ -43,7 +46,9 @@ def test_target_converts_and_verifies_model(model, target, tmp_path):
     if missing:
         pytest.skip(f"{missing} not installed: pip install 'edge[{conv.extra}]'")
     precision = "fp16" if target == "coreml" else "fp32"
-    art = edge.convert(model, target=target, precision=precision, out=tmp_path / "a", options=_target_options(target))
+    shapes = None if FULL else get_entry(model).test_shapes
+    art = edge.convert(model, target=target, precision=precision, out=tmp_path / "a", input_shapes=shapes,
+                       options=_target_options(target))
     m = art.manifest
     assert m.target == target and m.files and all(len(h) == 64 for h in m.files.values())
     if conv.can_execute():

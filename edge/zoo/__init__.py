@@ -29,6 +29,9 @@ class ModelEntry:
         preprocessing: ``{"size": [h, w], "mean": [...], "std": [...], "channels": c}`` for image inputs.
         weights: bundled safetensors file name under ``edge/zoo/weights`` (None: random init).
         test_set: returns ``(inputs, labels)`` numpy arrays for models trained here (digits).
+        test_shapes: smaller input shapes the conformance suite uses, for models that take any
+            resolution or sequence length (the architecture and code path stay the same).
+        same_as: another zoo model with the identical architecture (the conformance suite runs one of them).
     """
 
     name: str
@@ -42,6 +45,8 @@ class ModelEntry:
     labels: list[str] | None = None
     description: str = ""
     tags: tuple[str, ...] = ()
+    test_shapes: list[tuple[int, ...]] | None = None
+    same_as: str | None = None
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "task": self.task, "num_classes": self.num_classes,

@@ -32,7 +32,7 @@ class GRUClassifier(nn.Module):
 
 
 @register_model("gru_classifier", input_shape=(1, 196, 64), num_classes=10, task="classification",
-                tags=("recurrent", "gru"))
+                tags=("recurrent", "gru"), test_shapes=[(1, 24, 64)])
 def gru_classifier(**kw) -> nn.Module:
     """nn.GRU 64->128 over 196 steps + a linear head (the STACK.md GRU case), random init."""
     return GRUClassifier(**kw)

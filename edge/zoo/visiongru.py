@@ -132,14 +132,14 @@ class VisionGRU(nn.Module):
 
 
 @register_model("visiongru_tiny", input_shape=(1, 3, 224, 224), num_classes=1000, preprocessing=IMAGENET,
-                tags=("visiongru", "recurrent", "imagenet"))
+                tags=("visiongru", "recurrent", "imagenet", "large"), test_shapes=[(1, 3, 64, 64)])
 def visiongru_tiny(**kw) -> nn.Module:
     """VisionGRU-Ti (C=72, depths 2-2-8-2, 30M params), the paper's layout; any input resolution."""
     return VisionGRU(**{"dim": 72, "depths": (2, 2, 8, 2), **kw})
 
 
 @register_model("visiongru_base", input_shape=(1, 3, 224, 224), num_classes=1000, preprocessing=IMAGENET,
-                tags=("visiongru", "recurrent", "imagenet", "large"))
+                tags=("visiongru", "recurrent", "imagenet", "large"), test_shapes=[(1, 3, 64, 64)])
 def visiongru_base(**kw) -> nn.Module:
     """VisionGRU-B (C=104, depths 2-2-15-2, 87M params), the paper's layout; any input resolution."""
     return VisionGRU(**{"dim": 104, "depths": (2, 2, 15, 2), **kw})

@@ -101,14 +101,14 @@ def vit_tiny(**kw) -> nn.Module:
 
 
 @register_model("deit_tiny", input_shape=(1, 3, 224, 224), num_classes=1000, preprocessing=IMAGENET,
-                tags=("vit", "imagenet"))
+                tags=("vit", "imagenet"), same_as="vit_tiny")
 def deit_tiny(**kw) -> nn.Module:
     """DeiT-Ti/16 at 224 (5.7M params), timm's deit_tiny_patch16_224 layout."""
     return _vit(**{"embed_dim": 192, "depth": 12, "num_heads": 3, **kw})
 
 
 @register_model("deit_small", input_shape=(1, 3, 224, 224), num_classes=1000, preprocessing=IMAGENET,
-                tags=("vit", "imagenet"))
+                tags=("vit", "imagenet", "large"))
 def deit_small(**kw) -> nn.Module:
     """DeiT-S/16 at 224 (22M params), timm's deit_small_patch16_224 layout."""
     return _vit(**{"embed_dim": 384, "depth": 12, "num_heads": 6, **kw})
