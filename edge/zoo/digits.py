@@ -63,7 +63,7 @@ def split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 
 def test_set() -> tuple[np.ndarray, np.ndarray]:
-    """The held-out 20% (360 images): ``(inputs [N, 1, 32, 32] float32, labels [N] int64)``."""
+    """The held-out 20% (359 images): ``(inputs [N, 1, 32, 32] float32, labels [N] int64)``."""
     _, _, x, y = split()
     return x, y
 
