@@ -2,7 +2,7 @@
 
 Part 1, nn.GRU 64->128 over 196 steps, batch 1 (zoo ``gru_classifier``, STACK.md's case):
   eager nn.GRU, eager tuned GRU, and per target edge.convert's artifact (the ``gru`` pass picks
-  ``native`` on ONNX/OpenVINO and ``unrolled`` on ExecuTorch) against the runtime's own GRU op
+  ``native`` on ONNX/OpenVINO, ``scan`` on ExecuTorch: one XNNPACK call per step) against the runtime's own GRU op
   (``optimize=False``: the raw toolchain path). ExecuTorch: lowering seconds and delegate count.
 Part 2, minGRU (dim 72, expansion 2: VisionGRU-Ti's stage 1) over 56x56 = 3136 tokens:
   the chunked scan (``mingru_scan`` pass) per runtime against the sequential loop. The loop's

@@ -221,6 +221,35 @@ def test_token_drop_keeps_top_patches_by_cls_attention():
         assert close(blk(x), want)
 
 
+def test_token_drop_split_block_equals_whole_block():
+    """The dropping block runs queries/proj/MLP on kept tokens only: the kept rows are the same numbers."""
+    model = tiny_vit(depth=3)
+    dropped = P.optimize(model, keep_tokens=0.5, drop_layer=1)
+    blk = dropped.blocks[1]
+    assert dropped.edge_passes[0]["split_block"] is True and blk.split
+    whole = TokenDropBlock(blk.block, blk.keep, blk.num_prefix)
+    x = torch.randn(4, 17, 32)
+    with torch.no_grad():
+        assert close(blk(x), whole(x))
+        assert blk(x).shape == (4, 9, 32)
+
+
+def test_token_drop_unfamiliar_block_runs_whole():
+    class PostNorm(nn.Module):   # norm1/attn/norm2/mlp children but a post-norm forward: not split
+        def __init__(self, blk):
+            super().__init__()
+            self.norm1, self.attn, self.norm2, self.mlp = blk.norm1, blk.attn, blk.norm2, blk.mlp
+
+        def forward(self, x):
+            x = self.norm1(x + self.attn(x))
+            return self.norm2(x + self.mlp(x))
+
+    model = tiny_vit(depth=3)
+    model.blocks[0] = PostNorm(model.blocks[0])
+    dropped = P.optimize(model, keep_tokens=0.5, drop_layer=0)
+    assert dropped.edge_passes[0]["split_block"] is False and not dropped.blocks[0].split
+
+
 def test_token_drop_bad_input():
     with pytest.raises(UsageError, match="keep_tokens"):
         P.optimize(tiny_vit(), keep_tokens=1.5)

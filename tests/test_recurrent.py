@@ -27,8 +27,9 @@ def _max_diff(a, b) -> float:
 
 @FAST
 @given(kind=st.sampled_from(["gru", "lstm"]), layers=st.integers(1, 3), bi=st.booleans(), batch_first=st.booleans(),
-       bias=st.booleans(), init=st.booleans(), T=st.integers(1, 9), B=st.integers(1, 3), seed=st.integers(0, 99))
-def test_tuned_rnn_matches_pytorch(kind, layers, bi, batch_first, bias, init, T, B, seed):
+       bias=st.booleans(), init=st.booleans(), T=st.integers(1, 9), B=st.integers(1, 3), seed=st.integers(0, 99),
+       form=st.sampled_from(["unrolled", "scan"]))
+def test_tuned_rnn_matches_pytorch(kind, layers, bi, batch_first, bias, init, T, B, seed, form):
     torch.manual_seed(seed)
     cls, tuned = (nn.GRU, R.TunedGRU) if kind == "gru" else (nn.LSTM, R.TunedLSTM)
     ref = cls(5, 6, num_layers=layers, bidirectional=bi, batch_first=batch_first, bias=bias).eval()
@@ -38,7 +39,24 @@ def test_tuned_rnn_matches_pytorch(kind, layers, bi, batch_first, bias, init, T,
         h = torch.randn(layers * (2 if bi else 1), B, 6)
         hx = h if kind == "gru" else (h, torch.randn_like(h))
     with torch.no_grad():
-        assert _max_diff(ref(x, hx), tuned(ref)(x, hx)) < 1e-5
+        assert _max_diff(ref(x, hx), tuned(ref, form)(x, hx)) < 1e-5
+
+
+@pytest.mark.parametrize("form", ["unrolled", "scan"])
+@pytest.mark.parametrize("kind", ["gru", "lstm"])
+def test_tuned_rnn_exports_exactly(kind, form):
+    """Both forms survive torch.export (scan: one higher-order op, however long the sequence)."""
+    torch.manual_seed(0)
+    ref = (nn.GRU if kind == "gru" else nn.LSTM)(5, 6, num_layers=2, bidirectional=True, batch_first=True).eval()
+    tuned = (R.TunedGRU if kind == "gru" else R.TunedLSTM)(ref, form).eval()
+    x = torch.randn(2, 7, 5)
+    ep = torch.export.export(tuned, (x,), strict=False)
+    scans = [n for n in ep.graph.nodes if n.target is torch.ops.higher_order.scan]
+    assert len(scans) == (4 if form == "scan" else 0)
+    with torch.no_grad():
+        assert _max_diff(ref(x), ep.module()(x)) < 1e-5
+    with pytest.raises(UsageError, match="form"):
+        R.TunedGRU(nn.GRU(2, 2), "loop")
 
 
 def test_tuned_rnn_unbatched_and_packed():
@@ -69,9 +87,11 @@ def test_pass_variants_and_records():
     x = torch.randn(2, 10, 8)
     fast = edge.optimize(model, target="executorch")
     rec = {r["pass"]: r for r in fast.edge_passes}
-    assert rec["gru"] == {"pass": "gru", "rewrites": 1, "variant": "unrolled"}
+    assert rec["gru"] == {"pass": "gru", "rewrites": 1, "variant": "scan"}
     assert rec["lstm"]["rewrites"] == 1
     assert isinstance(fast.gru, R.TunedGRU) and isinstance(fast.lstm, R.TunedLSTM)
+    assert fast.gru.form == fast.lstm.form == "scan"
+    assert edge.optimize(model, target="coreml").gru.form == "unrolled"
     assert type(fast.proj_lstm) is nn.LSTM and type(model.gru) is nn.GRU      # the user's model is untouched
     with torch.no_grad():
         assert _max_diff(model(x), fast(x)) < 1e-5
@@ -170,8 +190,8 @@ def test_native_and_tuned_gru_through_onnx(tmp_path):
     art = edge.convert(model, example_inputs=(x,), target="onnx", out=tmp_path / "native")
     assert art.manifest.parity["passed"]
     assert art.manifest.details["op_histogram"].get("GRU", 0) >= 1
-    tuned = edge.optimize(model, target="executorch")          # the unrolled form, checked on ONNX Runtime
-    assert isinstance(tuned.gru, R.TunedGRU)
+    tuned = edge.optimize(model, target="coreml")              # the unrolled form, checked on ONNX Runtime
+    assert isinstance(tuned.gru, R.TunedGRU) and tuned.gru.form == "unrolled"
     art = edge.convert(tuned, example_inputs=(x,), target="onnx", out=tmp_path / "tuned")
     assert art.manifest.parity["passed"] and "GRU" not in art.manifest.details["op_histogram"]
     with torch.no_grad():                                       # and the tuned form equals the original

@@ -5,6 +5,7 @@ import importlib.util
 
 import pytest
 import torch
+from torch import nn
 
 import edge
 from edge.passes.recurrent import ChunkedMinGRU, TunedGRU
@@ -116,13 +117,40 @@ def _executorch_ok() -> bool:
 @pytest.mark.slow
 @pytest.mark.skipif(not _executorch_ok(), reason="the executorch target is not available")
 def test_tuned_gru_through_executorch_is_one_delegate(tmp_path):
-    """The tuned GRU lowers to XNNPACK with no portable op between the steps (nn.GRU: 198 delegate calls)."""
-    art = _convert("gru_classifier", "executorch", tmp_path, input_shapes=[(1, 12, 64)])
+    """The 196-step GRU lowers as one torch.scan loop whose step is one XNNPACK call (nn.GRU: 198 calls and
+    392 portable split_with_sizes_copy); before and after the loop one call each, nothing on portable kernels."""
+    art = _convert("gru_classifier", "executorch", tmp_path)
     d = art.manifest.details
-    assert {p["pass"]: p["rewrites"] for p in d["optimize_passes"]}["gru"] == 1
-    # nothing on portable kernels between the steps (nn.GRU: split_with_sizes_copy x196); the partitioner still
-    # cuts the graph into 3 XNNPACK calls (open: one call is the goal)
-    assert d["delegation"]["portable_nodes"] == 0, d["delegation"]
+    assert {p["pass"]: p["variant"] for p in d["optimize_passes"]}["gru"] == "scan"
+    deleg = d["delegation"]
+    assert deleg["fully_delegated"], deleg
+    assert deleg["loops"] == [{"steps": 195, "delegate_calls_per_step": 1, "portable_ops_per_step": []}]
+    assert deleg["portable_ops"] == {"scan": 1} and deleg["delegate_calls"] == 2
+    assert art.manifest.parity["passed"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _executorch_ok(), reason="the executorch target is not available")
+@pytest.mark.parametrize("kind", ["gru", "lstm"])
+def test_bidirectional_stacked_rnn_through_executorch(tmp_path, kind):
+    """Two layers, both directions, an initial state and the final state out: verified against PyTorch."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = (nn.GRU if kind == "gru" else nn.LSTM)(8, 16, num_layers=2, bidirectional=True,
+                                                               batch_first=True)
+
+        def forward(self, x, h0):
+            y, st = self.rnn(x, h0 if kind == "gru" else (h0, h0 * 0.5))
+            return y, (st if kind == "gru" else st[1])
+
+    torch.manual_seed(0)
+    x, h0 = torch.randn(2, 30, 8), torch.randn(4, 2, 16)
+    art = edge.convert(Net().eval(), example_inputs=(x, h0), target="executorch", out=tmp_path / kind)
+    deleg = art.manifest.details["delegation"]
+    assert art.manifest.parity["passed"]
+    assert len(deleg["loops"]) == 4 and all(lp["delegate_calls_per_step"] == 1 and not lp["portable_ops_per_step"]
+                                            for lp in deleg["loops"]), deleg
 
 
 @pytest.mark.slow

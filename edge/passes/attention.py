@@ -264,13 +264,39 @@ def layernorm_pass(module: nn.Module, ctx: OptimizeContext) -> int:
 
 # ------------------------------------------------------------------------------------------ token dropping
 
+_BLOCK_CHILDREN = {"norm1", "attn", "norm2", "mlp", "ls1", "ls2", "drop_path", "drop_path1", "drop_path2"}
+
+
 class TokenDropBlock(nn.Module):
     """Runs ``block`` on all tokens, then keeps the class token and the ``keep`` patch tokens that the
-    class token attended to most in this block (attention summed over heads), in their original order."""
+    class token attended to most in this block (attention summed over heads), in their original order.
 
-    def __init__(self, block: nn.Module, keep: int, num_prefix: int = 1):
+    With a pre-norm block of timm's layout (norm1/attn/norm2/mlp, optional ls*/drop_path*) the tokens
+    are picked inside the block (``split``): keys and values still come from every token, but queries,
+    the attention output projection and the MLP run on the kept tokens only. A dropped token's output
+    is thrown away anyway, so the kept outputs are the same numbers (checked on a probe input when the
+    pass installs it; otherwise the whole block runs and the rows are gathered after it).
+    """
+
+    def __init__(self, block: nn.Module, keep: int, num_prefix: int = 1, split: bool = False):
         super().__init__()
-        self.block, self.keep, self.num_prefix = block, int(keep), int(num_prefix)
+        self.block, self.keep, self.num_prefix, self.split = block, int(keep), int(num_prefix), bool(split)
+
+    def _qkv(self, h: torch.Tensor):
+        """[B, H, N, D] q, k, v of this block's attention on normed input ``h``, and the scale."""
+        attn = self.block.attn
+        B, N, C = h.shape
+        H = attn.num_heads
+        qkv = attn.qkv(h)
+        q, k, v = (qkv[..., i * C:(i + 1) * C].reshape(B, N, H, C // H).permute(0, 2, 1, 3) for i in range(3))
+        q, k = getattr(attn, "q_norm", nn.Identity())(q), getattr(attn, "k_norm", nn.Identity())(k)
+        return q, k, v, float(getattr(attn, "scale", (C // H) ** -0.5))
+
+    @staticmethod
+    def _cls_scores(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+        B, H, N, D = k.shape
+        s = torch.bmm((q[:, :, :1] * scale).reshape(B * H, 1, D), k.reshape(B * H, N, D).transpose(1, 2))
+        return s.softmax(dim=-1).reshape(B, H, N).sum(dim=1)
 
     def cls_attention(self, x: torch.Tensor) -> torch.Tensor:
         """[B, N] class-token attention of this block on its input ``x`` (summed over heads)."""
@@ -282,16 +308,55 @@ class TokenDropBlock(nn.Module):
         q = F.linear(h[:, :1], w[:C], None if bias is None else bias[:C]).reshape(B, 1, H, D).permute(0, 2, 1, 3)
         k = F.linear(h, w[C:2 * C], None if bias is None else bias[C:2 * C]).reshape(B, N, H, D).permute(0, 2, 1, 3)
         q, k = getattr(attn, "q_norm", nn.Identity())(q), getattr(attn, "k_norm", nn.Identity())(k)
-        scale = float(getattr(attn, "scale", D ** -0.5))
-        s = torch.bmm((q * scale).reshape(B * H, 1, D), k.reshape(B * H, N, D).transpose(1, 2))
-        return s.softmax(dim=-1).reshape(B, H, N).sum(dim=1)
+        return self._cls_scores(q, k, float(getattr(attn, "scale", D ** -0.5)))
+
+    def _kept(self, score: torch.Tensor) -> torch.Tensor:
+        """[B, prefix + keep] indices: the prefix tokens, then the top-``keep`` patches in token order."""
+        B = score.shape[0]
+        idx = torch.topk(score[:, self.num_prefix:], self.keep, dim=1).indices.sort(dim=1).values + self.num_prefix
+        if self.num_prefix == 0:
+            return idx
+        prefix = torch.arange(self.num_prefix, device=idx.device, dtype=idx.dtype).unsqueeze(0).expand(B, -1)
+        return torch.cat([prefix, idx], dim=1)
+
+    @staticmethod
+    def _rows(t: torch.Tensor, idx: torch.Tensor, dim: int = 1) -> torch.Tensor:
+        shape = list(t.shape)
+        shape[dim] = idx.shape[1]
+        view = [idx.shape[0]] + [1] * (t.dim() - 1)
+        view[dim] = idx.shape[1]
+        return torch.gather(t, dim, idx.view(view).expand(shape))
+
+    def _forward_split(self, x: torch.Tensor) -> torch.Tensor:
+        blk, attn = self.block, self.block.attn
+        ident = nn.Identity()
+        q, k, v, scale = self._qkv(blk.norm1(x))
+        idx = self._kept(self._cls_scores(q, k, scale))
+        o = attend(self._rows(q, idx, 2), k, v, scale, getattr(attn, "form", SDPA))   # kept queries, all keys
+        B, H, n, D = o.shape
+        o = getattr(attn, "norm", ident)(o.permute(0, 2, 1, 3).reshape(B, n, H * D))
+        y = self._rows(x, idx) + getattr(blk, "drop_path1", getattr(blk, "drop_path", ident))(
+            getattr(blk, "ls1", ident)(attn.proj(o)))
+        return y + getattr(blk, "drop_path2", getattr(blk, "drop_path", ident))(
+            getattr(blk, "ls2", ident)(blk.mlp(blk.norm2(y))))
+
+    def _forward_whole(self, x: torch.Tensor) -> torch.Tensor:
+        idx = self._kept(self.cls_attention(x))
+        return self._rows(self.block(x), idx)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        score = self.cls_attention(x)[:, self.num_prefix:]
-        y = self.block(x)
-        idx = torch.topk(score, self.keep, dim=1).indices.sort(dim=1).values + self.num_prefix
-        kept = torch.gather(y, 1, idx.unsqueeze(-1).expand(-1, -1, y.shape[-1]))
-        return torch.cat([y[:, :self.num_prefix], kept], dim=1)
+        return self._forward_split(x) if self.split else self._forward_whole(x)
+
+    @classmethod
+    def install(cls, block: nn.Module, keep: int, num_prefix: int, tokens: int) -> "TokenDropBlock":
+        """The split form when the block has timm's pre-norm layout and computes the same rows on a probe."""
+        whole = cls(block, keep, num_prefix)
+        names = {n for n, _ in block.named_children()}
+        if not ({"norm1", "attn", "norm2", "mlp"} <= names <= _BLOCK_CHILDREN):
+            return whole
+        split = cls(block, keep, num_prefix, split=True)
+        dim = block.attn.qkv.in_features
+        return split if _probe_equal(whole, split, lambda: (torch.randn(2, tokens, dim),)) else whole
 
 
 def _vit_parts(module: nn.Module) -> tuple[nn.Module, int] | None:
@@ -337,8 +402,9 @@ def token_drop_pass(module: nn.Module, ctx: OptimizeContext) -> tuple[int, dict[
         if k >= patches or isinstance(blocks[layer], TokenDropBlock):
             continue
         prefix = int(getattr(vit, "num_prefix_tokens", 1))   # timm: class token + register tokens
-        blocks[layer] = TokenDropBlock(blocks[layer], k, num_prefix=prefix)
+        blocks[layer] = TokenDropBlock.install(blocks[layer], k, prefix, patches + prefix)
         info.update(drop_layer=layer, depth=depth, tokens_before=patches + prefix, tokens_after=k + prefix,
+                    split_block=blocks[layer].split,   # queries/MLP of the dropping block on kept tokens only
                     options={"keep_tokens": float(keep), "drop_layer": layer})   # to rebuild the reference
         n += 1
     return n, info

@@ -8,10 +8,15 @@ converts to silently wrong numbers (see STACK.md). The forms here use only ops t
 keeps in its fast path: matmul (Linear), sigmoid/tanh, mul/add/sub, static slices and one ``cat``.
 
 * ``gru`` / ``lstm``: :class:`TunedGRU` / :class:`TunedLSTM` hold the same weights; the input
-  projection of all time steps is one matmul, each step is a slice of that tensor plus one
-  hidden matmul and elementwise gates. Outputs (``output, h_n`` / ``output, (h_n, c_n)``) are
-  PyTorch's. ONNX and OpenVINO keep their own native GRU/LSTM op (variant ``native``), which is
-  faster there (see ``benchmarks/gru_paths.py``).
+  projection of all time steps is one matmul, each step is one hidden matmul and elementwise
+  gates. Outputs (``output, h_n`` / ``output, (h_n, c_n)``) are PyTorch's. Three forms, picked
+  per target (the pass variant):
+  ``native`` (ONNX, OpenVINO) keeps nn.GRU/nn.LSTM: their own GRU/LSTM op is fastest there;
+  ``scan`` (ExecuTorch) writes the steps as one ``torch.scan`` whose body (hidden matmul +
+  gates) the ExecuTorch converter lowers as ONE XNNPACK delegate that the program's loop calls
+  per step: lowering takes seconds whatever the length (the unrolled graph took 127 s at 196
+  steps), no portable op runs between steps;
+  ``unrolled`` (CoreML, CUDA, anything else) writes every step out as slices + matmul + gates.
 * ``mingru_scan``: :class:`ChunkedMinGRU` replaces each minGRU (edge.zoo.visiongru.MinGRU or a
   module with minGRU-pytorch's layout) by a chunked scan: inside a chunk of ``CHUNK`` tokens an
   unrolled recurrence runs over all chunks at once (products of gates in [0, 1]: nothing can
@@ -22,7 +27,9 @@ keeps in its fast path: matmul (Linear), sigmoid/tanh, mul/add/sub, static slice
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch._higher_order_ops.scan import scan
 
 from edge.errors import UsageError
 from edge.passes import OptimizeContext, register_pass
@@ -30,11 +37,15 @@ from edge.passes import OptimizeContext, register_pass
 # Targets whose runtimes run a native recurrent op faster than any unrolled form (measured in
 # benchmarks/gru_paths.py); their converters keep nn.GRU / nn.LSTM as one GRU/LSTM(Sequence) op.
 NATIVE_RNN_TARGETS = ("onnx", "openvino")
+# Targets whose converter lowers a torch.scan body as one delegate called per step (converters/executorch.py).
+SCAN_RNN_TARGETS = ("executorch",)
 CHUNK = 16
 
 
 def _rnn_variant(target: str | None) -> str:
-    return "native" if target in NATIVE_RNN_TARGETS else "unrolled"
+    if target in NATIVE_RNN_TARGETS:
+        return "native"
+    return "scan" if target in SCAN_RNN_TARGETS else "unrolled"
 
 
 def _replace(root: nn.Module, match, make) -> int:
@@ -60,8 +71,11 @@ class _TunedRNN(nn.Module):
 
     gates = 3
 
-    def __init__(self, rnn: nn.RNNBase):
+    def __init__(self, rnn: nn.RNNBase, form: str = "unrolled"):
         super().__init__()
+        if form not in ("unrolled", "scan"):
+            raise UsageError(f"tuned RNN form {form!r} is not one of unrolled, scan")
+        self.form = form
         if getattr(rnn, "proj_size", 0):
             raise UsageError("nn.LSTM with proj_size > 0 is not rewritten by the 'lstm' pass")
         self.input_size, self.hidden_size = rnn.input_size, rnn.hidden_size
@@ -86,7 +100,19 @@ class _TunedRNN(nn.Module):
                         hh.bias.copy_(self._hh_bias(b_hh.detach()))
                 self.ih.append(ih)
                 self.hh.append(hh)
+        # b_hn for a first step from h = 0, as its own tensor: a parameter shared between that step and
+        # the hidden matmul makes XNNPACK's partitioner split the unrolled graph into 3 delegates
+        for k, hh in enumerate(self.hh):
+            self.register_buffer(f"first_bias{k}", self._first_bias(hh), persistent=False)
 
+    def _first_bias(self, hh: nn.Linear) -> torch.Tensor:
+        return torch.zeros(0)
+
+    def _cell(self, gx, gh, state):
+        raise NotImplementedError
+
+    def _first(self, gx, k):
+        raise NotImplementedError
     def _hh_has_bias(self, bias: bool) -> bool:
         return False
 
@@ -109,11 +135,45 @@ class _TunedRNN(nn.Module):
             for d in range(self.dirs):
                 k = layer * self.dirs + d
                 xp = self.ih[k](x)                                  # [T, B, G*H]: all steps in one matmul
-                y, fin = self._direction(xp, self.hh[k], states[k], reverse=bool(d))
+                run = self._scan if self.form == "scan" else self._direction
+                y, fin = run(xp, k, states[k], reverse=bool(d))
                 outs.append(y)
                 finals.append(fin)
             x = _cat(outs, -1)
         return x, finals
+
+    def _direction(self, xp, k, state, reverse):
+        """Unrolled: every step written out. ``state``: tuple of [1, B, H] (None entries: zeros)."""
+        T, hh = xp.shape[0], self.hh[k]
+        ys = [None] * T
+        for t in (range(T - 1, -1, -1) if reverse else range(T)):
+            gx = xp[t:t + 1]                                       # [1, B, G*H]
+            # from a zero state W_hh h vanishes: no zeros tensor (a full() op ExecuTorch leaves on portable)
+            state = self._first(gx, k) if state[0] is None else self._cell(gx, hh(state[0]), state)
+            ys[t] = state[0]
+        return _cat(ys, 0), state
+
+    def _scan(self, xp, k, state, reverse):
+        """One torch.scan over the steps; a first step from a zero state runs before the loop."""
+        T, lead = xp.shape[0], None
+        if state[0] is None:
+            i = T - 1 if reverse else 0
+            state = self._first(xp[i:i + 1], k)
+            lead = state[0]
+            if T == 1:
+                return lead, state
+            xp = xp[:T - 1] if reverse else xp[1:]
+        w, b = self.hh[k].weight, self.hh[k].bias
+
+        def body(carry, gx):
+            gh = F.linear(carry[0], w, b)
+            # the step's output is computed a second time from the same inputs: scan's outputs must not
+            # alias its carry, and a copy would run on a portable kernel between two delegate calls
+            return self._cell(gx, gh, carry), self._cell(gx, gh, carry)[0]
+        carry, ys = scan(body, tuple(s[0] for s in state), xp, reverse=reverse)
+        if lead is not None:
+            ys = torch.cat([ys, lead] if reverse else [lead, ys], dim=0)
+        return ys, tuple(c.view(1, *c.shape) for c in carry)   # a view XNNPACK takes (unsqueeze: portable)
 
 
 class TunedGRU(_TunedRNN):
@@ -132,24 +192,23 @@ class TunedGRU(_TunedRNN):
         H = self.hidden_size
         return torch.cat([torch.zeros(2 * H), b_hh[2 * H:]])
 
-    def _direction(self, xp, hh, state, reverse):
-        (h,) = state                                               # [1, B, H], None: zeros
-        H, T = self.hidden_size, xp.shape[0]
-        ys = [None] * T
-        for t in (range(T - 1, -1, -1) if reverse else range(T)):
-            gx = xp[t:t + 1]                                       # [1, B, 3H]
-            if h is None:   # h = 0: W_hh h vanishes; no zeros tensor (a full() op ExecuTorch leaves on portable)
-                rz = torch.sigmoid(gx[..., :2 * H])
-                n = gx[..., 2 * H:] if hh.bias is None else gx[..., 2 * H:] + rz[..., :H] * hh.bias[2 * H:]
-                n = torch.tanh(n)
-                h = n - rz[..., H:] * n
-            else:
-                gh = hh(h)
-                rz = torch.sigmoid(gx[..., :2 * H] + gh[..., :2 * H])
-                n = torch.tanh(gx[..., 2 * H:] + rz[..., :H] * gh[..., 2 * H:])
-                h = n + rz[..., H:] * (h - n)
-            ys[t] = h
-        return _cat(ys, 0), (h,)
+    def _first_bias(self, hh: nn.Linear) -> torch.Tensor:
+        H = self.hidden_size
+        return torch.zeros(H) if hh.bias is None else hh.bias.detach()[2 * H:].clone()
+
+    def _cell(self, gx, gh, state):
+        """One GRU step from the input part ``gx`` and hidden part ``gh`` (both [..., 3H]) of the gates."""
+        H, (h,) = self.hidden_size, state
+        rz = torch.sigmoid(gx[..., :2 * H] + gh[..., :2 * H])
+        n = torch.tanh(gx[..., 2 * H:] + rz[..., :H] * gh[..., 2 * H:])
+        return (n + rz[..., H:] * (h - n),)
+
+    def _first(self, gx, k):
+        """The step from h = 0: the hidden part is just b_hn."""
+        H = self.hidden_size
+        rz = torch.sigmoid(gx[..., :2 * H])
+        n = torch.tanh(gx[..., 2 * H:] + rz[..., :H] * getattr(self, f"first_bias{k}"))
+        return (n - rz[..., H:] * n,)
 
     def forward(self, x: torch.Tensor, hx: torch.Tensor | None = None):
         self._check(x)
@@ -159,7 +218,7 @@ class TunedGRU(_TunedRNN):
             hx = hx.unsqueeze(1) if hx is not None else None
         elif self.batch_first:
             x = x.transpose(0, 1)
-        L, B = self.num_layers * self.dirs, x.shape[1]
+        L = self.num_layers * self.dirs
         y, finals = self._layers(x, [(None if hx is None else hx[k:k + 1],) for k in range(L)])
         h_n = _cat([f[0] for f in finals], 0)
         if unbatched:
@@ -172,17 +231,18 @@ class TunedLSTM(_TunedRNN):
 
     gates = 4
 
-    def _direction(self, xp, hh, state, reverse):
-        h, c = state
-        H, T = self.hidden_size, xp.shape[0]
-        ys = [None] * T
-        for t in (range(T - 1, -1, -1) if reverse else range(T)):
-            g = xp[t:t + 1] + hh(h)                                # [1, B, 4H]
-            i_f = torch.sigmoid(g[..., :2 * H])
-            c = i_f[..., H:] * c + i_f[..., :H] * torch.tanh(g[..., 2 * H:3 * H])
-            h = torch.sigmoid(g[..., 3 * H:]) * torch.tanh(c)
-            ys[t] = h
-        return _cat(ys, 0), (h, c)
+    def _cell(self, gx, gh, state):
+        """One LSTM step from the input and hidden parts of the gates (i, f, g, o) and the state (h, c)."""
+        H, g = self.hidden_size, gx + gh
+        i_f = torch.sigmoid(g[..., :2 * H])
+        c = i_f[..., H:] * state[1] + i_f[..., :H] * torch.tanh(g[..., 2 * H:3 * H])
+        return torch.sigmoid(g[..., 3 * H:]) * torch.tanh(c), c
+
+    def _first(self, gx, k):
+        """The step from h = c = 0: no hidden matmul, no forget term."""
+        H = self.hidden_size
+        c = torch.sigmoid(gx[..., :H]) * torch.tanh(gx[..., 2 * H:3 * H])
+        return torch.sigmoid(gx[..., 3 * H:]) * torch.tanh(c), c
 
     def forward(self, x: torch.Tensor, hx: tuple[torch.Tensor, torch.Tensor] | None = None):
         self._check(x)
@@ -192,11 +252,9 @@ class TunedLSTM(_TunedRNN):
             hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1)) if hx is not None else None
         elif self.batch_first:
             x = x.transpose(0, 1)
-        L, B = self.num_layers * self.dirs, x.shape[1]
-        if hx is None:
-            z = x.new_zeros(L, B, self.hidden_size)
-            hx = (z, z)
-        y, finals = self._layers(x, [(hx[0][k:k + 1], hx[1][k:k + 1]) for k in range(L)])
+        L = self.num_layers * self.dirs
+        states = [(None, None) if hx is None else (hx[0][k:k + 1], hx[1][k:k + 1]) for k in range(L)]
+        y, finals = self._layers(x, states)
         h_n = _cat([f[0] for f in finals], 0)
         c_n = _cat([f[1] for f in finals], 0)
         if unbatched:
@@ -204,12 +262,12 @@ class TunedLSTM(_TunedRNN):
         return (y.transpose(0, 1) if self.batch_first else y), (h_n, c_n)
 
 
-@register_pass("gru", "nn.GRU -> one input matmul + sliced per-step gates (ExecuTorch: one XNNPACK delegate); "
-               "ONNX/OpenVINO keep their native GRU op", order=20, variant=_rnn_variant)
+@register_pass("gru", "nn.GRU -> one input matmul + per-step hidden matmul and gates (ExecuTorch: a torch.scan "
+               "whose body is one XNNPACK delegate); ONNX/OpenVINO keep their native GRU op", order=20, variant=_rnn_variant)
 def gru_pass(module: nn.Module, ctx: OptimizeContext) -> int:
     if _rnn_variant(ctx.target) == "native":
         return 0
-    return _replace(module, lambda m: type(m) is nn.GRU, TunedGRU)
+    return _replace(module, lambda m: type(m) is nn.GRU, lambda m: TunedGRU(m, _rnn_variant(ctx.target)))
 
 
 @register_pass("lstm", "nn.LSTM -> one input matmul + sliced per-step gates; ONNX/OpenVINO keep their native "
@@ -217,7 +275,8 @@ def gru_pass(module: nn.Module, ctx: OptimizeContext) -> int:
 def lstm_pass(module: nn.Module, ctx: OptimizeContext) -> int:
     if _rnn_variant(ctx.target) == "native":
         return 0
-    return _replace(module, lambda m: type(m) is nn.LSTM and not m.proj_size, TunedLSTM)
+    return _replace(module, lambda m: type(m) is nn.LSTM and not m.proj_size,
+                    lambda m: TunedLSTM(m, _rnn_variant(ctx.target)))
 
 
 # ---------------------------------------------------------------------------------------------- minGRU
