@@ -62,7 +62,7 @@ class ExecuTorchConverter(Converter):
             details["prepare_cpu_seconds"] = round(time.process_time() - c0, 2)
             t1, c1 = time.perf_counter(), time.process_time()
             want_etrecord = bool(job.options.get("etrecord", True))
-            if want_etrecord and _scan_nodes(program.graph_module):
+            if want_etrecord and _scan_bodies(program.graph_module):
                 want_etrecord = False   # ExecuTorch 1.5.1's ETRecord serializer has no torch.scan: not worth building
                 details["etrecord"] = ("not written: ExecuTorch's ETRecord serializer cannot write torch.scan (the "
                                        "GRU/LSTM loop); the ETDump profile names delegate calls, not source ops")
@@ -86,13 +86,8 @@ class ExecuTorchConverter(Converter):
             pte.unlink()   # the bundled program holds the same program: one copy only
             files = [BPTE]
         if want_etrecord:
-            try:
-                et_program.get_etrecord().save(str(job.out_dir / ETRECORD))
-                files.append(ETRECORD)
-            except Exception as e:   # ExecuTorch 1.5's ETRecord serializer has no torch.scan (the GRU/LSTM loops)
-                (job.out_dir / ETRECORD).unlink(missing_ok=True)
-                details["etrecord"] = (f"not written ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
-                                       f"the ETDump profile then names delegate calls, not source ops")
+            et_program.get_etrecord().save(str(job.out_dir / ETRECORD))
+            files.append(ETRECORD)
         details["program_bytes"] = len(et_program.buffer)
         return ConversionResult(files=files, details=details, format="bpte" if job.options.get("bundle") else None)
 
@@ -212,9 +207,11 @@ def _delegable_forms_pass():
     return DelegableForms()
 
 
-def _scan_nodes(graph_module) -> list:
+def _scan_bodies(graph_module) -> list:
+    """(scan node, its body GraphModule) for each ``torch.scan`` in the top-level graph."""
     import torch
-    return [n for n in graph_module.graph.nodes if n.target is torch.ops.higher_order.scan]
+    return [(n, getattr(graph_module, n.args[0].target)) for n in graph_module.graph.nodes
+            if n.target is torch.ops.higher_order.scan]
 
 
 def _scan_constants_pass(program):
@@ -232,9 +229,8 @@ def _scan_constants_pass(program):
 
     def inline(graph_module):
         changed = False
-        for node in _scan_nodes(graph_module):
+        for node, body in _scan_bodies(graph_module):
             body_ref, init, xs, extra = node.args
-            body = getattr(graph_module, body_ref.target)
             phs = [n for n in body.graph.nodes if n.op == "placeholder"][len(init) + len(xs):]
             keep = []
             for arg, ph in zip(extra, phs):
@@ -261,7 +257,8 @@ def _scan_partitioner():
 
     The stock partitioner only looks at the top-level graph, so a scan body (a GRU step) would run on
     portable kernels. Here the same XNNPACK configs tag each body's nodes; the loop then calls one
-    delegate per step. The body's output copy (scan outputs must not alias the carry) stays outside.
+    delegate per step. A copy of the carry as the step's output (scan outputs must not alias it) is
+    left outside: XNNPACK cannot return one value twice. edge's own forms compute it twice instead.
     """
     from types import SimpleNamespace
 
@@ -269,7 +266,6 @@ def _scan_partitioner():
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir.backend.canonical_partitioners.pattern_op_partitioner import (
         generate_grouped_partitions_from_list_of_nodes)
-    from executorch.exir.graph_module import get_control_flow_submodules
 
     class ScanBodyXnnpackPartitioner(XnnpackPartitioner):
         def ops_to_not_decompose(self, ep):
@@ -285,9 +281,7 @@ def _scan_partitioner():
         def partition(self, exported_program):
             result = super().partition(exported_program)
             k = 0
-            for _, body, node in get_control_flow_submodules(exported_program.graph_module):
-                if node.target is not torch.ops.higher_order.scan:
-                    continue
+            for _, body in _scan_bodies(exported_program.graph_module):
                 view = SimpleNamespace(graph_module=body, graph=body.graph, state_dict=exported_program.state_dict,
                                        graph_signature=exported_program.graph_signature,
                                        constants=exported_program.constants)
@@ -312,7 +306,7 @@ def lower(program, *, etrecord: bool = True):
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
     passes, partitioner = [_delegable_forms_pass()], XnnpackPartitioner()
-    if _scan_nodes(program.graph_module):
+    if _scan_bodies(program.graph_module):
         passes.append(_scan_constants_pass(program))
         partitioner = _scan_partitioner()
     try:
@@ -328,8 +322,8 @@ def delegation_summary(graph_module) -> dict[str, Any]:
     """Delegate calls, delegated/portable node counts and the ops left on portable kernels.
 
     ``torch.scan`` loops are listed under ``loops``: per loop its length and what one step runs
-    (delegate calls, portable ops). A loop whose body is one delegate call and nothing else on
-    portable kernels except the copy of the step's output counts as delegated.
+    (delegate calls, portable ops). A program counts as fully delegated when the loop ops
+    themselves are all that runs outside XNNPACK and each loop body is one delegate call.
     """
     from executorch.devtools.backend_debug import get_delegation_info
     info = get_delegation_info(graph_module)
@@ -340,8 +334,7 @@ def delegation_summary(graph_module) -> dict[str, Any]:
         if n and name not in ("Total", "getitem"):   # getitem only unpacks delegate outputs
             portable[name] = n
     loops = []
-    for node in _scan_nodes(graph_module):
-        body = getattr(graph_module, node.args[0].target)
+    for node, body in _scan_bodies(graph_module):
         calls = [n for n in body.graph.nodes if "executorch_call_delegate" in str(n.target)]
         ops = [str(getattr(n.target, "__name__", n.target)) for n in body.graph.nodes
                if n.op == "call_function" and n not in calls and "getitem" not in str(n.target)]

@@ -29,7 +29,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch._higher_order_ops.scan import scan
 
 from edge.errors import UsageError
 from edge.passes import OptimizeContext, register_pass
@@ -100,19 +99,15 @@ class _TunedRNN(nn.Module):
                         hh.bias.copy_(self._hh_bias(b_hh.detach()))
                 self.ih.append(ih)
                 self.hh.append(hh)
-        # b_hn for a first step from h = 0, as its own tensor: a parameter shared between that step and
-        # the hidden matmul makes XNNPACK's partitioner split the unrolled graph into 3 delegates
-        for k, hh in enumerate(self.hh):
-            self.register_buffer(f"first_bias{k}", self._first_bias(hh), persistent=False)
-
-    def _first_bias(self, hh: nn.Linear) -> torch.Tensor:
-        return torch.zeros(0)
 
     def _cell(self, gx, gh, state):
+        """One step from the input part ``gx`` and hidden part ``gh`` of the gates: the new state tuple."""
         raise NotImplementedError
 
     def _first(self, gx, k):
+        """The step of direction ``k`` from a zero state (no hidden matmul): the new state tuple."""
         raise NotImplementedError
+
     def _hh_has_bias(self, bias: bool) -> bool:
         return False
 
@@ -155,6 +150,7 @@ class _TunedRNN(nn.Module):
 
     def _scan(self, xp, k, state, reverse):
         """One torch.scan over the steps; a first step from a zero state runs before the loop."""
+        from torch._higher_order_ops.scan import scan   # torch's private loop op: only this form needs it
         T, lead = xp.shape[0], None
         if state[0] is None:
             i = T - 1 if reverse else 0
@@ -192,9 +188,14 @@ class TunedGRU(_TunedRNN):
         H = self.hidden_size
         return torch.cat([torch.zeros(2 * H), b_hh[2 * H:]])
 
-    def _first_bias(self, hh: nn.Linear) -> torch.Tensor:
+    def __init__(self, rnn: nn.GRU, form: str = "unrolled"):
+        super().__init__(rnn, form)
+        # b_hn for a first step from h = 0, as its own tensor: a parameter shared between that step and
+        # the hidden matmul makes XNNPACK's partitioner split the unrolled graph into 3 delegates
         H = self.hidden_size
-        return torch.zeros(H) if hh.bias is None else hh.bias.detach()[2 * H:].clone()
+        for k, hh in enumerate(self.hh):
+            b = torch.zeros(H) if hh.bias is None else hh.bias.detach()[2 * H:].clone()
+            self.register_buffer(f"first_bias{k}", b, persistent=False)
 
     def _cell(self, gx, gh, state):
         """One GRU step from the input part ``gx`` and hidden part ``gh`` (both [..., 3H]) of the gates."""
