@@ -72,6 +72,7 @@ def test_digits_int8_accuracy_within_one_point_of_fp32(digits):
     assert abs(int8["accuracy"] - fp32["accuracy"]) <= 0.01, (int8["accuracy"], fp32["accuracy"])
     q = digits["int8"].manifest.details["quantization"]
     assert "per-channel" in q["weights"] and "static" in q["activations"]
+    assert q["fp32_modules"] == ["EdgeLayerNorm", "EdgeAttention"]   # LayerNorm and q*scale stay fp32
     assert digits["int8"].manifest.details["calibration"]["kind"] == "testset"
 
 
@@ -169,6 +170,45 @@ def test_run_bundled_test_needs_a_bundle(digits):
     with edge.load(digits["fp32"].path) as s:
         with pytest.raises(ArtifactError, match="--bundle"):
             s.run_bundled_test()
+
+
+def test_skipped_xnnpack_passes_could_not_have_matched():
+    """The lowering skips XNNPACK preprocess passes only when they provably have nothing to rewrite.
+
+    The cheap gates must hold for the installed ExecuTorch: every pattern graph of a gated pattern pass
+    holds the gate's ops (an upgrade that changes the patterns fails here, not silently in a model).
+    """
+    from executorch.backends.xnnpack.partition.graphs import bilinear_2d, sdpa
+    from edge.converters.executorch import lower
+
+    def names(g):
+        return {str(getattr(n.target, "__name__", n.target)) for n in g.graph.nodes if n.op == "call_function"}
+    for g in sdpa.get_graphs():
+        assert all(any(part in t for t in names(g)) for part in ("aten.bmm", "aten._softmax", "aten.any"))
+    for g in bilinear_2d.get_graphs():
+        assert any("upsample_bilinear2d" in t for t in names(g))
+
+    nn = torch.nn
+    up = type("Up", (nn.Module,), {"forward": lambda self, x: nn.functional.interpolate(x, scale_factor=2.0,
+                                                                                         mode="bilinear")})
+    cat6 = type("Cat6", (nn.Module,), {"forward": lambda self, x: torch.cat([x * i for i in range(6)], dim=1)})
+    cases = [  # (module, input, passes that must run on it)
+        (nn.Sequential(nn.Conv1d(2, 2, 1), nn.BatchNorm1d(2)), (1, 2, 4), {"Conv1dUnsqueezePass", "FuseBatchNormPass"}),
+        (nn.Sequential(nn.Conv2d(2, 2, 1), nn.ReLU(), nn.BatchNorm2d(2)), (1, 2, 4, 4), {"DecomposeBatchNorm"}),
+        (nn.Sequential(nn.Conv2d(2, 2, 1), nn.PReLU()), (1, 2, 4, 4), {"PReLUReshapePass"}),
+        (cat6(), (1, 2, 4), {"DecomposeConcatenate"}),
+        (up(), (1, 2, 4, 4), {"ConvertToUpsampleBilinear2d"}),
+    ]
+    for module, shape, must_run in cases:
+        details: dict = {}
+        lowered = lower(torch.export.export(module.eval(), (torch.randn(*shape),)), etrecord=False, details=details)
+        assert not must_run & set(details["xnnpack_passes_skipped"]), (module, details)
+        assert lowered.exported_program() is not None
+    model, args = small()
+    details = {}
+    lower(torch.export.export(model, args), etrecord=False, details=details)
+    assert {"PReLUReshapePass", "ConvertToSDPAPass", "DecomposeConcatenate"} <= set(details["xnnpack_passes_skipped"])
+    assert "Conv1dUnsqueezePass" in details["xnnpack_passes_skipped"]   # a 2-D convolution only
 
 
 def test_import_does_not_load_executorch():
