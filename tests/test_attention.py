@@ -163,6 +163,10 @@ def test_edge_layernorm_matches_layernorm(shape, c, affine, eps):
 
 def test_variants_per_target_share_programs():
     model = tiny_vit()
+    for m in model.modules():   # trained-like LayerNorms (a fresh one's scale 1 / shift 0 folds trivially)
+        if isinstance(m, nn.LayerNorm):
+            nn.init.normal_(m.weight)
+            nn.init.normal_(m.bias)
     onnx, ov, et = (P.optimize(model, target=t) for t in ("onnx", "openvino", "executorch"))
     x = torch.randn(2, 1, 16, 16)
     with torch.no_grad():
@@ -176,6 +180,30 @@ def test_variants_per_target_share_programs():
     assert rec["layernorm"]["rewrites"] == 7 and not any(isinstance(m, nn.LayerNorm) for m in et.modules())
     assert {r["pass"]: r["rewrites"] for r in onnx.edge_passes}["layernorm"] == 0
     assert "token_drop" not in rec    # off unless keep_tokens is given
+    # ExecuTorch: each block's norms carry no scale/shift (folded into qkv / fc1), q * scale folded into qkv
+    for blk in et.blocks:
+        assert blk.norm1.weight is None and blk.norm1.bias is None and blk.norm2.weight is None
+        assert blk.attn.scale == 1.0 and blk.attn.qkv is not model.blocks[0].attn.qkv
+    assert et.norm.weight is not None   # the final norm feeds a class-token slice, not a Linear: kept
+    assert all(b.norm1.weight is not None for b in model.blocks)   # the user's model is untouched
+
+
+def test_norm_fold_keeps_a_block_whose_norm_feeds_more_than_the_linear():
+    """A block using norm1's output outside attn.qkv cannot take the fold: the probe keeps it whole."""
+    model = tiny_vit(depth=1)
+    blk = model.blocks[0]
+
+    class NormTwice(type(blk)):
+        def forward(self, x):
+            return super().forward(x) + self.norm1(x)   # norm1's output used outside attn.qkv too
+    blk.__class__ = NormTwice
+    nn.init.normal_(blk.norm1.weight)   # a fresh LayerNorm's scale 1 / shift 0 would make any fold exact
+    nn.init.normal_(blk.norm1.bias)
+    et = P.optimize(model, target="executorch")
+    assert et.blocks[0].norm1.weight is not None
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        assert close(et(x), model(x))
 
 
 # ------------------------------------------------------------------------------------------ token dropping

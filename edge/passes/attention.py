@@ -19,6 +19,7 @@ a ``qkv`` Linear (or a timm version with extra norms) is left alone rather than 
 """
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -56,13 +57,34 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, form
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
     q3, k3, v3 = q.reshape(B * H, Nq, D), k.reshape(B * H, Nk, D), v.reshape(B * H, Nk, v.shape[-1])
-    s = torch.bmm(q3 * scale, k3.transpose(1, 2))
+    s = torch.bmm(q3 if scale == 1.0 else q3 * scale, k3.transpose(1, 2))
     if attn_mask is not None:
         s = s + attn_mask.expand(B, H, Nq, Nk).reshape(B * H, Nq, Nk)
     return torch.bmm(s.softmax(dim=-1), v3).reshape(B, H, Nq, v.shape[-1])
 
 
 # ------------------------------------------------------------------------------------- timm-style attention
+
+def _refit(linear: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    """A new Linear like ``linear`` with ``weight``/``bias`` (computed in fp64) in its dtype."""
+    new = nn.Linear(linear.in_features, linear.out_features, bias=bias is not None,
+                    device=linear.weight.device, dtype=linear.weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        if bias is not None:
+            new.bias.copy_(bias)
+    return new
+
+
+def _scaled_rows(qkv: nn.Linear, rows: int, scale: float) -> nn.Linear:
+    """``qkv`` with its first ``rows`` outputs (the queries) multiplied by ``scale``."""
+    w = qkv.weight.detach().double().clone()
+    w[:rows] *= scale
+    b = None if qkv.bias is None else qkv.bias.detach().double().clone()
+    if b is not None:
+        b[:rows] *= scale
+    return _refit(qkv, w, b)
+
 
 def _is_qkv_attention(m: nn.Module) -> bool:
     qkv, proj, heads = getattr(m, "qkv", None), getattr(m, "proj", None), getattr(m, "num_heads", None)
@@ -84,6 +106,9 @@ class EdgeAttention(nn.Module):
         self.q_norm = getattr(src, "q_norm", None) or nn.Identity()
         self.k_norm = getattr(src, "k_norm", None) or nn.Identity()
         self.form = form
+        if form == XNNPACK and isinstance(self.q_norm, nn.Identity):   # q * scale folded into q's rows of qkv
+            self.qkv = _scaled_rows(src.qkv, dim, self.scale)
+            self.scale = 1.0
 
     def qk(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q, k, v as [B, H, N, D]; the qkv output is sliced (not unbound: unbind exports as squeeze_copy)."""
@@ -260,7 +285,45 @@ def layernorm_pass(module: nn.Module, ctx: OptimizeContext) -> int:
         if type(child) is nn.LayerNorm and len(child.normalized_shape) == 1:
             return EdgeLayerNorm(child)
         return None
-    return _replace_children(module, swap)
+    n = _replace_children(module, swap)
+    _fold_block_norms(module)
+    return n
+
+
+def _fold_norm(norm: EdgeLayerNorm, linear: nn.Linear) -> nn.Linear:
+    """The Linear that computes ``linear(norm(x))`` from the unscaled normalized x: W*g, W@b + c."""
+    w = linear.weight.detach().double()
+    g = None if norm.weight is None else norm.weight.detach().double()
+    b = None if norm.bias is None else norm.bias.detach().double()
+    bias = None if linear.bias is None else linear.bias.detach().double()
+    if b is not None:
+        bias = w @ b + (0 if bias is None else bias)
+    return _refit(linear, w * g if g is not None else w, bias)
+
+
+def _fold_block_norms(module: nn.Module) -> None:
+    """In timm-layout pre-norm blocks, fold norm1's/norm2's scale and shift into attn.qkv / mlp.fc1.
+
+    Saves a multiply and an add per LayerNorm (and their int8 conversions). A block is changed only
+    when a probe input gives the same output with the folded copy (its norms must feed only those Linears).
+    """
+    for parent in list(module.modules()):
+        for name, blk in list(parent.named_children()):
+            pairs = [(getattr(blk, n, None), getattr(getattr(blk, a, None), lin, None))
+                     for n, a, lin in (("norm1", "attn", "qkv"), ("norm2", "mlp", "fc1"))]
+            pairs = [(n, lin) for n, lin in pairs if isinstance(n, EdgeLayerNorm) and isinstance(lin, nn.Linear)
+                     and (n.weight is not None or n.bias is not None)]
+            if not pairs:
+                continue
+            folded = copy.deepcopy(blk)
+            for norm_name, owner, lin in (("norm1", "attn", "qkv"), ("norm2", "mlp", "fc1")):
+                norm, host = getattr(folded, norm_name, None), getattr(folded, owner, None)
+                if isinstance(norm, EdgeLayerNorm) and isinstance(getattr(host, lin, None), nn.Linear):
+                    setattr(host, lin, _fold_norm(norm, getattr(host, lin)))
+                    norm.weight = norm.bias = None
+            dim = pairs[0][0].average.shape[0]
+            if _probe_equal(blk, folded, lambda: (torch.randn(2, 5, dim),)):
+                setattr(parent, name, folded)
 
 
 # ------------------------------------------------------------------------------------------ token dropping
