@@ -6,9 +6,11 @@
                fuses it (ONNX Runtime, OpenVINO, CoreML iOS18, CUDA), and on ExecuTorch a form made of
                ops XNNPACK delegates whole (slices, 3-D ``bmm``, softmax): SDPA's decomposition leaves
                ``any/eq/where/logical_not/full_like`` on portable kernels and splits the graph.
-``layernorm``  on ExecuTorch only, writes LayerNorm as mean/var/rsqrt with the reductions as 4-D means
-               over the last two dims (the one mean XNNPACK takes); ``native_layer_norm`` stays on
-               portable kernels.
+               On ExecuTorch the query rows of ``qkv`` carry the attention scale (no ``q * scale`` op).
+``layernorm``  on ExecuTorch only, writes LayerNorm with both means as a matmul by a column of 1/C
+               (``native_layer_norm`` stays on portable kernels; XNNPACK's 4-D mean needs layout
+               transposes), and folds the scale/shift of a pre-norm block's norm1/norm2 into
+               ``attn.qkv`` / ``mlp.fc1`` when a probe input shows the same block output.
 ``token_drop`` (off by default, ``keep_tokens=0.5``) keeps the class token and the top-k patch tokens by
                class-token attention (summed over heads) after one block, as in HiRED; k is a static
                ``round(keep * patches)`` so shapes stay static. Lossy by design: the record says so.
