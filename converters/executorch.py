@@ -452,10 +452,12 @@ def delegation_summary(graph_module) -> dict[str, Any]:
     return out
 
 
-# edge's own modules whose elementwise ops stay fp32 under PT2E int8 (their nn.Linear children are quantized):
-# a LayerNorm's mul/add quantized one by one cost ~6 int8<->fp32 conversions per LayerNorm and precision, and
-# the attention's q * scale one more; XNNPACK runs the attention's bmm in fp32 whatever the quantizer says.
-FLOAT_MODULES = ("edge.passes.attention.EdgeLayerNorm", "edge.passes.attention.EdgeAttention")
+def _float_modules() -> tuple[type, ...]:
+    """edge's own modules whose elementwise ops stay fp32 under PT2E int8 (their nn.Linear children are
+    quantized): a LayerNorm's mul/add quantized one by one cost ~6 int8<->fp32 conversions per LayerNorm and
+    precision; XNNPACK runs the attention's bmm in fp32 whatever the quantizer says."""
+    from edge.passes.attention import EdgeAttention, EdgeLayerNorm
+    return EdgeLayerNorm, EdgeAttention
 
 
 def _innermost_module(node) -> str | None:
@@ -467,7 +469,7 @@ def _innermost_module(node) -> str | None:
 def pt2e_quantize(job: ConversionJob, *, dynamic: bool, details: dict[str, Any]):
     """PT2E with the XNNPACK quantizer on ``job.module``, re-captured after convert_pt2e.
 
-    Ops directly inside ``FLOAT_MODULES`` are not annotated, so they run in fp32.
+    Ops directly inside ``_float_modules()`` are not annotated, so they run in fp32.
     """
     import torch
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
@@ -479,7 +481,9 @@ def pt2e_quantize(job: ConversionJob, *, dynamic: bool, details: dict[str, Any])
     graph = capture(copy.deepcopy(job.module).eval(), args, dynamic_batch=job.dynamic_batch).module()
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True,
                                                                                 is_dynamic=dynamic))
-    quantizer.set_filter_function(lambda node: _innermost_module(node) not in FLOAT_MODULES)
+    floats = _float_modules()
+    float_names = {f"{c.__module__}.{c.__qualname__}" for c in floats}
+    quantizer.set_filter_function(lambda node: _innermost_module(node) not in float_names)
     prepared = prepare_pt2e(graph, quantizer)
     with torch.no_grad():
         if dynamic:
@@ -497,7 +501,7 @@ def pt2e_quantize(job: ConversionJob, *, dynamic: bool, details: dict[str, Any])
     details["quantization"] = {"tool": "PT2E prepare_pt2e/convert_pt2e + XNNPACKQuantizer",
                                "weights": "int8 per-channel symmetric",
                                "activations": "int8 per-tensor " + ("dynamic" if dynamic else "static"),
-                               "fp32_modules": [m.rsplit(".", 1)[-1] for m in FLOAT_MODULES],
+                               "fp32_modules": [c.__name__ for c in floats],
                                "calibration": calib}
     details["source"] = "job.module quantized with PT2E, re-captured"
     return capture(converted, args, dynamic_batch=job.dynamic_batch)

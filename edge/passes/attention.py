@@ -309,21 +309,22 @@ def _fold_block_norms(module: nn.Module) -> None:
     Saves a multiply and an add per LayerNorm (and their int8 conversions). A block is changed only
     when a probe input gives the same output with the folded copy (its norms must feed only those Linears).
     """
+    def foldable(blk: nn.Module, norm: str, owner: str, linear: str) -> bool:
+        n, lin = getattr(blk, norm, None), getattr(getattr(blk, owner, None), linear, None)
+        return (isinstance(n, EdgeLayerNorm) and isinstance(lin, nn.Linear)
+                and (n.weight is not None or n.bias is not None))
+
     for parent in list(module.modules()):
         for name, blk in list(parent.named_children()):
-            pairs = [(getattr(blk, n, None), getattr(getattr(blk, a, None), lin, None))
-                     for n, a, lin in (("norm1", "attn", "qkv"), ("norm2", "mlp", "fc1"))]
-            pairs = [(n, lin) for n, lin in pairs if isinstance(n, EdgeLayerNorm) and isinstance(lin, nn.Linear)
-                     and (n.weight is not None or n.bias is not None)]
-            if not pairs:
+            folds = [f for f in (("norm1", "attn", "qkv"), ("norm2", "mlp", "fc1")) if foldable(blk, *f)]
+            if not folds:
                 continue
             folded = copy.deepcopy(blk)
-            for norm_name, owner, lin in (("norm1", "attn", "qkv"), ("norm2", "mlp", "fc1")):
-                norm, host = getattr(folded, norm_name, None), getattr(folded, owner, None)
-                if isinstance(norm, EdgeLayerNorm) and isinstance(getattr(host, lin, None), nn.Linear):
-                    setattr(host, lin, _fold_norm(norm, getattr(host, lin)))
-                    norm.weight = norm.bias = None
-            dim = pairs[0][0].average.shape[0]
+            for norm_name, owner, linear in folds:
+                norm, host = getattr(folded, norm_name), getattr(folded, owner)
+                setattr(host, linear, _fold_norm(norm, getattr(host, linear)))
+                norm.weight = norm.bias = None
+            dim = getattr(blk, folds[0][0]).average.shape[0]
             if _probe_equal(blk, folded, lambda: (torch.randn(2, 5, dim),)):
                 setattr(parent, name, folded)
 
