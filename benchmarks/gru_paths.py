@@ -5,8 +5,10 @@ Part 1, nn.GRU 64->128 over 196 steps, batch 1 (zoo ``gru_classifier``, STACK.md
   ``native`` on ONNX/OpenVINO, ``scan`` on ExecuTorch: one XNNPACK call per step) against the runtime's own GRU op
   (``optimize=False``: the raw toolchain path). ExecuTorch: lowering seconds and delegate count.
 Part 2, minGRU (dim 72, expansion 2: VisionGRU-Ti's stage 1) over 56x56 = 3136 tokens:
-  the chunked scan (``mingru_scan`` pass) per runtime against the sequential loop. The loop's
-  graph has ~4 nodes per token; with ``--seq-tokens`` below the length it is measured at that
+  the chunked scan (``mingru_scan`` pass) per runtime against the sequential loop, twice: the scan
+  alone (gates a, b [1, 3136, 144] in, states h out: the part the two differ in) and the whole
+  minGRU layer (plus its two projections and gate activations, which both run identically). The
+  loop's graph has ~4 nodes per token; with ``--seq-tokens`` below the length it is measured at that
   length and scaled linearly (its cost is exactly linear), which the output marks.
 
 Run:  .venv/bin/python benchmarks/gru_paths.py [--targets onnx,openvino,executorch] [--iters 50]
@@ -24,7 +26,7 @@ import torch
 from torch import nn
 
 import edge
-from edge.passes.recurrent import ChunkedMinGRU
+from edge.passes.recurrent import ChunkedMinGRU, chunked_linear_scan, sequential_mingru_scan
 from edge.zoo import create_model
 from edge.zoo.visiongru import MinGRU
 
@@ -43,7 +45,7 @@ def eager_ms(model: nn.Module, x: torch.Tensor, warmup: int, iters: int) -> floa
 
 def convert_and_time(model, x, target, out, args, **kw) -> tuple[float, dict]:
     t = time.perf_counter()
-    art = edge.convert(model, example_inputs=(x,), target=target, out=out, **kw)
+    art = edge.convert(model, example_inputs=x if isinstance(x, tuple) else (x,), target=target, out=out, **kw)
     conv_s = time.perf_counter() - t
     rep = edge.benchmark(art.path, warmup=args.warmup, iters=args.iters, native_profile=False)
     d = art.manifest.details
@@ -65,6 +67,17 @@ class _Seq(nn.Module):
 
     def forward(self, x):
         return self.inner(x)
+
+
+class _Scan(nn.Module):
+    """The scan alone: gates (a, b) -> states h, chunked or one token at a time."""
+
+    def __init__(self, sequential: bool):
+        super().__init__()
+        self.sequential = sequential
+
+    def forward(self, a, b):
+        return sequential_mingru_scan(a, b) if self.sequential else chunked_linear_scan(a, b)
 
 
 def part_gru(args, tmp: Path) -> None:
@@ -101,14 +114,17 @@ def part_mingru(args, tmp: Path) -> None:
     print(f"eager log-space (logcumsumexp) p50 {e_log:8.3f} ms   (does not convert: STACK.md)")
     print(f"eager sequential loop          p50 {e_seq:8.3f} ms")
     print(f"eager chunked scan             p50 {e_chunk:8.3f} ms   {e_seq / e_chunk:6.1f}x vs sequential")
+    a, b = torch.rand(1, N, 144), torch.randn(1, N, 144)
     for target in args.targets:
-        ms, info = convert_and_time(nn.Sequential(ref), x, target, tmp / f"min-{target}", args)
-        xs = x[:, :seq_n]
-        s_ms, s_info = convert_and_time(seq, xs, target, tmp / f"seq-{target}", args, optimize=False)
-        scaled = s_ms * N / seq_n
-        note = "" if seq_n == N else f" (measured at {seq_n} tokens: {s_ms:.3f} ms, scaled x{N / seq_n:g})"
-        print(f"{target:10s} chunked p50 {ms:8.3f} ms | sequential p50 {scaled:9.3f} ms{note} | "
-              f"{scaled / ms:6.1f}x   chunked: {info}")
+        for what, chunked_m, seq_m, inputs in (("scan alone", _Scan(False), _Scan(True), (a, b)),
+                                               ("minGRU layer", nn.Sequential(ref), seq, (x,))):
+            ms, info = convert_and_time(chunked_m, inputs, target, tmp / f"min-{target}-{what[:4]}", args)
+            short = tuple(t[:, :seq_n] for t in inputs)
+            s_ms, s_info = convert_and_time(seq_m, short, target, tmp / f"seq-{target}-{what[:4]}", args, optimize=False)
+            scaled = s_ms * N / seq_n
+            note = "" if seq_n == N else f" (measured at {seq_n} tokens: {s_ms:.3f} ms, scaled x{N / seq_n:g})"
+            print(f"{target:10s} {what:12s} chunked p50 {ms:8.3f} ms | sequential p50 {scaled:9.3f} ms{note} | "
+                  f"{scaled / ms:6.1f}x   chunked: {info}", flush=True)
 
 
 def main() -> None:

@@ -175,11 +175,13 @@ def HalfIO(inner):  # noqa: N802 - a class made lazily so importing this module 
 # ---------------------------------------------------------------------------------------------- steps
 
 def _delegable_forms_pass():
-    """An edge-dialect pass writing two ops XNNPACK has no kernel for in forms it delegates.
+    """An edge-dialect pass writing ops XNNPACK has no kernel for in forms it delegates.
 
     ``select_copy(x, d, i)`` (e.g. a ViT's class token ``x[:, 0]``) becomes ``slice_copy`` + ``view_copy``;
-    an ``expand_copy`` to the shape its input already has (``cls_token.expand(1, -1, -1)`` at batch 1) is
-    dropped. Both leave the numbers unchanged; each otherwise runs on a portable kernel and splits the
+    ``unsqueeze_copy`` / ``squeeze_copy`` / ``alias_copy`` (a slice that takes everything, e.g. one token of
+    one) become the ``view_copy`` to their output shape; an
+    ``expand_copy`` to the shape its input already has (``cls_token.expand(1, -1, -1)`` at batch 1) is
+    dropped. All leave the numbers unchanged; each otherwise runs on a portable kernel and splits the
     graph into more delegate calls. Shapes with symbolic dims are left alone.
 
     The rewrite edits the top-level FX graph in place (new nodes get their fake values from the
@@ -192,6 +194,9 @@ def _delegable_forms_pass():
 
     select, expand = exir_ops.edge.aten.select_copy.int, exir_ops.edge.aten.expand_copy.default
     slice_, view = exir_ops.edge.aten.slice_copy.Tensor, exir_ops.edge.aten.view_copy.default
+    reshapes = {exir_ops.edge.aten.unsqueeze_copy.default, exir_ops.edge.aten.squeeze_copy.dims,
+                exir_ops.edge.aten.squeeze_copy.dim, exir_ops.edge.aten.squeeze_copy.default,
+                exir_ops.edge.aten.alias_copy.default}
 
     def static(node) -> bool:
         val = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
@@ -213,6 +218,13 @@ def _delegable_forms_pass():
                 with x.meta["val"].fake_mode:
                     sliced.meta = {**node.meta, "val": torch.ops.aten.slice_copy.Tensor(x.meta["val"], dim, idx,
                                                                                         idx + 1, 1)}
+                flat.meta = dict(node.meta)
+                node.replace_all_uses_with(flat)
+                graph.erase_node(node)
+                changed = True
+            elif node.target in reshapes and static(node):
+                with graph.inserting_before(node):
+                    flat = graph.call_function(view, (x, list(node.meta["val"].shape)))
                 flat.meta = dict(node.meta)
                 node.replace_all_uses_with(flat)
                 graph.erase_node(node)

@@ -118,6 +118,9 @@ def test_chunked_scan_matches_sequential_and_reference(N, chunk, B, seed, scale)
     for init in (None, h0):
         seq = R.sequential_mingru_scan(a, b, init)
         assert float((R.chunked_linear_scan(a, b, init, chunk) - seq).abs().max()) <= 1e-4 * (1 + float(seq.abs().max()))
+        back = R.sequential_mingru_scan(a.flip(1), b.flip(1), init).flip(1)      # right to left, by flipping
+        assert float((R.chunked_linear_scan(a, b, init, chunk, reverse=True) - back).abs().max()) <= \
+            1e-4 * (1 + float(back.abs().max()))
     m = _mingru(seed=seed)
     x = torch.randn(B, N, 8, generator=g) * scale
     with torch.no_grad():
@@ -208,10 +211,19 @@ def test_chunked_mingru_through_onnx(tmp_path):
     assert {r["pass"]: r["rewrites"] for r in art.manifest.details["optimize_passes"]}["mingru_scan"] == 1
 
 
-@pytest.mark.parametrize("T", [1, 3, 16, 17])
-def test_doubling_local_scan_equals_unrolled(T):
-    g = torch.Generator().manual_seed(T)
-    a, b, h0 = torch.rand(2, 3, T, 4, generator=g), torch.rand(2, 3, T, 4, generator=g), torch.rand(2, 1, 1, 4, generator=g)
-    for init in (None, h0):
-        for x, y in zip(R._local_scan_doubling(a, b, init), R._local_scan(a, b, init)):
-            assert float((x - y).abs().max()) < 1e-6
+def test_visiongru_block_backward_minGRU_becomes_a_reverse_scan_without_flips():
+    """m(y.flip(1)).flip(1) -> a reverse scan reading y as it is: same numbers, no flip left in the program."""
+    from edge.zoo.visiongru import Block2DGRU
+    torch.manual_seed(0)
+    blk = Block2DGRU(8).eval()
+    fast = edge.optimize(blk, target="executorch")
+    assert fast.min_gru_2.reverse and not fast.min_gru_1.reverse and not hasattr(blk.min_gru_2, "reverse")
+    assert {r["pass"]: r["rewrites"] for r in fast.edge_passes}["mingru_scan"] == 2
+    x = torch.randn(2, 7 * 5, 8)
+    with torch.no_grad():
+        assert _max_diff(fast(x, (7, 5)), blk(x, (7, 5))) < 1e-5
+        y, h = fast.min_gru_2(x, return_state=True)            # the state after the FIRST token (scan order)
+        seq, hs = R.ChunkedMinGRU(blk.min_gru_2, sequential=True, reverse=True)(x, return_state=True)
+        assert _max_diff(y, seq) < 1e-5 and _max_diff(h, hs) < 1e-5
+    ops = {str(n.target) for n in torch.export.export(fast, (x, (7, 5))).graph.nodes}
+    assert not any("flip" in op for op in ops), ops

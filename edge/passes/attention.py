@@ -209,6 +209,8 @@ class EdgeLayerNorm(nn.Module):
     as a global average pooling wrapped in layout transposes: 25 such LayerNorms cost 8.5 ms where the
     matmul form (one small fully-connected op per mean, no transposes) costs 5.4 ms (measured with
     ExecuTorch 1.5.1, 197 x 192 tokens). ``matmul`` is not ``linear``, so PT2E int8 leaves it in fp32.
+    The input is flattened to 2-D first: a 4-D matmul (VisionGRU's NHWC LayerNorms) lowers with an
+    ``expand`` of the column that runs on a portable kernel between delegate calls.
     """
 
     def __init__(self, src: nn.LayerNorm):
@@ -217,10 +219,12 @@ class EdgeLayerNorm(nn.Module):
         c = src.normalized_shape[-1]
         self.register_buffer("average", torch.full((c, 1), 1.0 / c), persistent=False)
 
+    def _mean(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.reshape(-1, x.shape[-1]) @ self.average).view(*x.shape[:-1], 1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mu = x @ self.average
-        d = x - mu
-        y = d * torch.rsqrt((d * d) @ self.average + self.eps)
+        d = x - self._mean(x)
+        y = d * torch.rsqrt(self._mean(d * d) + self.eps)
         if self.weight is not None:
             y = y * self.weight
         if self.bias is not None:

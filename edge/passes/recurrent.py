@@ -23,6 +23,7 @@ keeps in its fast path: matmul (Linear), sigmoid/tanh, mul/add/sub, static slice
   overflow, nothing is divided), the chunk end states are scanned the same way one level up,
   and the carried state is added back. Work is linear in the sequence length; graph size grows
   with ``log_CHUNK(length)``. :meth:`ChunkedMinGRU.step` is the streaming form (state in, state out).
+  A VisionGRU block's backward minGRU becomes a reverse scan, so its two flips go away.
 """
 from __future__ import annotations
 
@@ -290,36 +291,20 @@ def _softplus_free_gates(gate: torch.Tensor, hidden: torch.Tensor) -> tuple[torc
     return torch.sigmoid(-gate), torch.sigmoid(gate) * g
 
 
-def _local_scan_doubling(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None):
-    """Recurrence h_t = a_t h_{t-1} + b_t along dim 2 of [B, C, T, D] (all chunks at once).
+def _local_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, reverse: bool = False):
+    """h_t = a_t h_{t-1} + b_t along dim 2 of [B, C, L, D], one step at a time over all C chunks at once.
 
-    Returns (h [B, C, T, D], p [B, C, T, D]) with p_t = a_1 ... a_t (the weight of the state entering the chunk).
-    Hillis-Steele doubling (kept as an alternative with fewer graph nodes): log2(T) rounds of (a, b) <- (a * a_shift, b + a * b_shift), shifts filled
-    with the identity (a = 1, b = 0): few graph nodes, only products of numbers in [0, 1].
+    Returns (h, p), both [B, C, L, D], with p_t = a_1 ... a_t (the weight of the state entering the
+    chunk). ``reverse`` runs the steps from t = L-1 down to 0. L steps on [B, C, 1, D] slices do
+    N * D work in all; a Hillis-Steele doubling form does log2(L) times that (ONNX Runtime at 3136
+    tokens: 26.9 ms vs 58.5 ms), so it is not used. A ``torch.scan`` loop over the steps (the GRU's
+    ExecuTorch form) was measured slower on ExecuTorch here: 5.3 ms vs 4.0 ms at 3136 x 144 (its
+    loop copies every step's slices on portable kernels), and VisionGRU-Ti still took 283 s to lower.
     """
-    B, C, T, D = a.shape
-    k = 1
-    while k < T:
-        a_sh = torch.cat([a.new_ones(B, C, k, D), a[:, :, :T - k]], dim=2)
-        b_sh = torch.cat([b.new_zeros(B, C, k, D), b[:, :, :T - k]], dim=2)
-        b = b + a * b_sh
-        a = a * a_sh
-        k *= 2
-    if h0 is not None:
-        b = b + a * h0
-    return b, a
-
-
-def _local_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None):
-    """The same recurrence, one step at a time over all chunks at once (the form the scan uses).
-
-    T steps on [B, C, 1, D] slices do N * D work per level, against log2(T) * N * D for the doubling
-    form: on ONNX Runtime at 3136 tokens 26.9 ms vs 58.5 ms (chunk 16, same run), so this one is used.
-    """
-    T = a.shape[2]
-    hs, ps = [], []
+    L = a.shape[2]
+    hs, ps = [None] * L, [None] * L
     h = p = None
-    for t in range(T):
+    for t in (range(L - 1, -1, -1) if reverse else range(L)):
         a_t, b_t = a[:, :, t:t + 1], b[:, :, t:t + 1]
         if h is None:
             h = b_t if h0 is None else a_t * h0 + b_t
@@ -327,46 +312,55 @@ def _local_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None):
         else:
             h = a_t * h + b_t
             p = a_t * p
-        hs.append(h)
-        ps.append(p)
+        hs[t], ps[t] = h, p
     return _cat(hs, 2), _cat(ps, 2)
 
 
 def chunked_linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None,
-                        chunk: int = CHUNK) -> torch.Tensor:
+                        chunk: int = CHUNK, reverse: bool = False) -> torch.Tensor:
     """h_t = a_t * h_{t-1} + b_t over dim 1 of [B, N, D] (h_{-1} = h0 [B, D] or 0), with a in [0, 1].
 
-    Chunks of ``chunk`` tokens are scanned locally in parallel; their end states form a sequence of
-    length N / chunk with coefficients prod(a) that is scanned the same way (recursively), then each
-    chunk adds ``p_t * state_before_chunk``. Only mul/add/slice/cat: safe and convertible everywhere.
+    ``reverse=True`` scans from the last token to the first: ``flip(scan(flip(a), flip(b)))`` without
+    the flips. Chunks of ``chunk`` tokens are scanned locally in parallel; their end states form a
+    sequence of length N // chunk with coefficients prod(a) that is scanned the same way (recursively),
+    then each chunk adds ``p_t * state_before_chunk``. The N % chunk tokens left over (at the end in
+    scan order) continue from the last chunk's state. Only mul/add/slice/cat, no constants: safe and
+    convertible everywhere.
     """
     B, N, D = a.shape
     if N <= chunk:
-        h, _ = _local_scan(a.unsqueeze(1), b.unsqueeze(1), None if h0 is None else h0.view(B, 1, 1, D))
+        h, _ = _local_scan(a.unsqueeze(1), b.unsqueeze(1), None if h0 is None else h0.view(B, 1, 1, D), reverse)
         return h.squeeze(1)
-    C = -(-N // chunk)
-    pad = C * chunk - N
-    if pad:   # a = 1, b = 0 after the end: later positions only, earlier outputs are unchanged
-        a = torch.cat([a, a.new_ones(B, pad, D)], dim=1)
-        b = torch.cat([b, b.new_zeros(B, pad, D)], dim=1)
-    a4, b4 = a.reshape(B, C, chunk, D), b.reshape(B, C, chunk, D)
-    h, p = _local_scan(a4, b4, None)
-    ends = chunked_linear_scan(p[:, :, chunk - 1], h[:, :, chunk - 1], h0, chunk)   # [B, C, D]: state after chunk c
-    first = (h0 if h0 is not None else ends.new_zeros(B, D)).view(B, 1, D)
-    before = torch.cat([first, ends[:, :C - 1]], dim=1) if C > 1 else first
-    h = h + p * before.unsqueeze(2)
-    h = h.reshape(B, C * chunk, D)
-    return h[:, :N] if pad else h
+    C = N // chunk
+    M, r = C * chunk, N - C * chunk
+    am, bm = (a, b) if not r else ((a[:, r:], b[:, r:]) if reverse else (a[:, :M], b[:, :M]))
+    h, p = _local_scan(am.reshape(B, C, chunk, D), bm.reshape(B, C, chunk, D), None, reverse)
+    e = 0 if reverse else chunk - 1
+    ends = chunked_linear_scan(p[:, :, e], h[:, :, e], h0, chunk, reverse)   # [B, C, D]: after chunk c
+    # the state entering the first chunk in scan order: h0, or zeros made by arithmetic (a zeros() is a
+    # constant-fill op ExecuTorch runs on a portable kernel between delegate calls)
+    first = ends[:, :1] * 0.0 if h0 is None else h0.view(B, 1, D)
+    if C == 1:
+        before = first
+    else:
+        before = torch.cat([ends[:, 1:], first] if reverse else [first, ends[:, :C - 1]], dim=1)
+    h = (h + p * before.unsqueeze(2)).reshape(B, M, D)
+    if not r:
+        return h
+    rest = slice(0, r) if reverse else slice(M, N)
+    tail = chunked_linear_scan(a[:, rest], b[:, rest], h[:, 0] if reverse else h[:, M - 1], chunk, reverse)
+    return torch.cat([tail, h] if reverse else [h, tail], dim=1)
 
 
-def sequential_mingru_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
+def sequential_mingru_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None,
+                           reverse: bool = False) -> torch.Tensor:
     """The plain recurrence, one token at a time (the reference and the benchmark's baseline)."""
     B, N, D = a.shape
     h = h0.view(B, 1, D) if h0 is not None else None
-    hs = []
-    for t in range(N):
+    hs = [None] * N
+    for t in (range(N - 1, -1, -1) if reverse else range(N)):
         h = b[:, t:t + 1] if h is None else a[:, t:t + 1] * h + b[:, t:t + 1]
-        hs.append(h)
+        hs[t] = h
     return torch.cat(hs, dim=1)
 
 
@@ -375,17 +369,20 @@ class ChunkedMinGRU(nn.Module):
 
     ``forward(x)`` equals the log-space reference at 1e-4; ``forward(x, h0, return_state=True)``
     also returns the inner state after the last token. :meth:`step` runs one token (streaming).
+    ``reverse=True`` scans from the last token to the first, i.e. computes ``m(x.flip(1)).flip(1)``
+    of the source minGRU ``m`` without the two flips (a copy each; ExecuTorch runs flip on a
+    portable kernel); the returned state is then the one after the first token.
 
     Example:
         >>> y, h = layer(x_prefix, return_state=True)
         >>> y_t, h = layer.step(x_t, h)          # next token; equals the full scan's output at t
     """
 
-    def __init__(self, src: nn.Module, *, chunk: int = CHUNK, sequential: bool = False):
+    def __init__(self, src: nn.Module, *, chunk: int = CHUNK, sequential: bool = False, reverse: bool = False):
         super().__init__()
         self.to_hidden_and_gate = src.to_hidden_and_gate
         self.to_out = src.to_out
-        self.chunk, self.sequential = chunk, sequential
+        self.chunk, self.sequential, self.reverse = chunk, sequential, reverse
 
     def _gates(self, x: torch.Tensor):
         hg = self.to_hidden_and_gate(x)
@@ -394,9 +391,12 @@ class ChunkedMinGRU(nn.Module):
 
     def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None, return_state: bool = False):
         a, b = self._gates(x)
-        h = sequential_mingru_scan(a, b, h0) if self.sequential else chunked_linear_scan(a, b, h0, self.chunk)
+        if self.sequential:
+            h = sequential_mingru_scan(a, b, h0, self.reverse)
+        else:
+            h = chunked_linear_scan(a, b, h0, self.chunk, self.reverse)
         out = self.to_out(h)
-        return (out, h[:, -1]) if return_state else out
+        return (out, h[:, 0] if self.reverse else h[:, -1]) if return_state else out
 
     def step(self, x_t: torch.Tensor, h: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One token: ``x_t`` [B, dim], ``h`` [B, inner] (None at the start) -> (output [B, dim], new state)."""
@@ -419,5 +419,12 @@ def is_mingru(m: nn.Module) -> bool:
 @register_pass("mingru_scan", "minGRU's logcumsumexp scan -> chunked linear scan (mul/add/slice only; converts "
                "on every target, linear in length)", order=22)
 def mingru_pass(module: nn.Module, ctx: OptimizeContext) -> int:
-    chunk = int(ctx.options.get("mingru_chunk", CHUNK))
-    return _replace(module, is_mingru, lambda m: ChunkedMinGRU(m, chunk=chunk))
+    """A VisionGRU block's backward minGRU (run as ``m(y.flip(1)).flip(1)``) becomes a reverse scan: no flips."""
+    from edge.zoo.visiongru import Block2DGRU
+    kw = {"chunk": int(ctx.options.get("mingru_chunk", CHUNK))}
+    n = 0
+    for blk in module.modules():
+        if isinstance(blk, Block2DGRU) and is_mingru(blk.min_gru_2):
+            blk.min_gru_2 = ChunkedMinGRU(blk.min_gru_2, reverse=True, **kw)
+            n += 1
+    return n + _replace(module, is_mingru, lambda m: ChunkedMinGRU(m, **kw))

@@ -91,7 +91,8 @@ class Block2DGRU(nn.Module):
         B, N, C = x.shape
         y = self.norm(x).transpose(1, 2).reshape(B, C, hw[0], hw[1])
         y = self.dw_conv(y).flatten(2).transpose(1, 2)
-        x = x + self.min_gru_1(y) + self.min_gru_2(y.flip(1)).flip(1)
+        bwd = self.min_gru_2   # the mingru_scan pass makes it a reverse scan that reads y as it is
+        x = x + self.min_gru_1(y) + (bwd(y) if getattr(bwd, "reverse", False) else bwd(y.flip(1)).flip(1))
         return x + self.projection2(self.activation(self.projection1(self.norm2(x))))
 
 
@@ -116,7 +117,7 @@ class GRUBlocks(nn.Module):
             for blk in blocks:
                 t = blk(t, (H, W))
             x = t.transpose(1, 2).reshape(B, C, H, W)
-        return x.mean((2, 3))
+        return x.mean((2, 3), keepdim=True).flatten(1)   # keepdim: the mean XNNPACK delegates
 
 
 class VisionGRU(nn.Module):
