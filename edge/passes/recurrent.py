@@ -291,29 +291,33 @@ def _softplus_free_gates(gate: torch.Tensor, hidden: torch.Tensor) -> tuple[torc
     return torch.sigmoid(-gate), torch.sigmoid(gate) * g
 
 
-def _local_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, reverse: bool = False):
-    """h_t = a_t h_{t-1} + b_t along dim 2 of [B, C, L, D], one step at a time over all C chunks at once.
+def _steps(a: torch.Tensor, b: torch.Tensor, h: torch.Tensor | None, reverse: bool) -> torch.Tensor:
+    """All states of h_t = a_t h_{t-1} + b_t along dim 2 of [B, C, L, D], all C chunks at once.
 
-    Returns (h, p), both [B, C, L, D], with p_t = a_1 ... a_t (the weight of the state entering the
-    chunk). ``reverse`` runs the steps from t = L-1 down to 0. L steps on [B, C, 1, D] slices do
-    N * D work in all; a Hillis-Steele doubling form does log2(L) times that (ONNX Runtime at 3136
-    tokens: 26.9 ms vs 58.5 ms), so it is not used. A ``torch.scan`` loop over the steps (the GRU's
-    ExecuTorch form) was measured slower on ExecuTorch here: 5.3 ms vs 4.0 ms at 3136 x 144 (its
-    loop copies every step's slices on portable kernels), and VisionGRU-Ti still took 283 s to lower.
+    ``h``: the state entering each chunk, [B, C, 1, D] (None: zeros). ``reverse`` runs t = L-1 .. 0.
+    L steps on [B, C, 1, D] slices do N * D work in all; a Hillis-Steele doubling form does log2(L)
+    times that (ONNX Runtime at 3136 tokens: 26.9 ms vs 58.5 ms), so it is not used. A ``torch.scan``
+    loop over the steps (the GRU's ExecuTorch form) was slower on ExecuTorch: 5.3 ms vs 4.0 ms at
+    3136 x 144 (the loop copies every step's slices on portable kernels), and VisionGRU-Ti still took
+    283 s to lower.
     """
     L = a.shape[2]
-    hs, ps = [None] * L, [None] * L
+    hs = [None] * L
+    for t in (range(L - 1, -1, -1) if reverse else range(L)):
+        a_t, b_t = a[:, :, t:t + 1], b[:, :, t:t + 1]
+        h = b_t if h is None else a_t * h + b_t
+        hs[t] = h
+    return _cat(hs, 2)
+
+
+def _ends(a: torch.Tensor, b: torch.Tensor, reverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per chunk of [B, C, L, D]: the state after it from a zero state, and the product of its gates ([B, C, 1, D])."""
+    L = a.shape[2]
     h = p = None
     for t in (range(L - 1, -1, -1) if reverse else range(L)):
         a_t, b_t = a[:, :, t:t + 1], b[:, :, t:t + 1]
-        if h is None:
-            h = b_t if h0 is None else a_t * h0 + b_t
-            p = a_t
-        else:
-            h = a_t * h + b_t
-            p = a_t * p
-        hs[t], ps[t] = h, p
-    return _cat(hs, 2), _cat(ps, 2)
+        h, p = (b_t, a_t) if h is None else (a_t * h + b_t, a_t * p)
+    return h, p
 
 
 def chunked_linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None,
@@ -321,22 +325,24 @@ def chunked_linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | Non
     """h_t = a_t * h_{t-1} + b_t over dim 1 of [B, N, D] (h_{-1} = h0 [B, D] or 0), with a in [0, 1].
 
     ``reverse=True`` scans from the last token to the first: ``flip(scan(flip(a), flip(b)))`` without
-    the flips. Chunks of ``chunk`` tokens are scanned locally in parallel; their end states form a
-    sequence of length N // chunk with coefficients prod(a) that is scanned the same way (recursively),
-    then each chunk adds ``p_t * state_before_chunk``. The N % chunk tokens left over (at the end in
-    scan order) continue from the last chunk's state. Only mul/add/slice/cat, no constants: safe and
-    convertible everywhere.
+    the flips. Two passes over chunks of ``chunk`` tokens, all chunks at once: the first keeps only
+    each chunk's end state (from zero) and gate product; those form a sequence of length N // chunk
+    scanned the same way (recursively), giving the state entering each chunk; the second pass runs
+    the chunk's steps again from that state and keeps every state. (Keeping the gate products of
+    every step and adding ``p_t * state`` afterwards costs two more full-size concats: OpenVINO
+    19.1 ms vs 29.7 ms for a VisionGRU-Ti stage-1 layer at 512 px.) The N % chunk tokens left over
+    (at the end in scan order) continue from the last chunk's state. Only mul/add/slice/cat, no
+    constants, products of numbers in [0, 1] only: safe and convertible everywhere.
     """
     B, N, D = a.shape
     if N <= chunk:
-        h, _ = _local_scan(a.unsqueeze(1), b.unsqueeze(1), None if h0 is None else h0.view(B, 1, 1, D), reverse)
-        return h.squeeze(1)
+        return _steps(a.unsqueeze(1), b.unsqueeze(1), None if h0 is None else h0.view(B, 1, 1, D), reverse).squeeze(1)
     C = N // chunk
     M, r = C * chunk, N - C * chunk
     am, bm = (a, b) if not r else ((a[:, r:], b[:, r:]) if reverse else (a[:, :M], b[:, :M]))
-    h, p = _local_scan(am.reshape(B, C, chunk, D), bm.reshape(B, C, chunk, D), None, reverse)
-    e = 0 if reverse else chunk - 1
-    ends = chunked_linear_scan(p[:, :, e], h[:, :, e], h0, chunk, reverse)   # [B, C, D]: after chunk c
+    a4, b4 = am.reshape(B, C, chunk, D), bm.reshape(B, C, chunk, D)
+    h_end, p_end = _ends(a4, b4, reverse)
+    ends = chunked_linear_scan(p_end.squeeze(2), h_end.squeeze(2), h0, chunk, reverse)   # [B, C, D]: after chunk c
     # the state entering the first chunk in scan order: h0, or zeros made by arithmetic (a zeros() is a
     # constant-fill op ExecuTorch runs on a portable kernel between delegate calls)
     first = ends[:, :1] * 0.0 if h0 is None else h0.view(B, 1, D)
@@ -344,7 +350,7 @@ def chunked_linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | Non
         before = first
     else:
         before = torch.cat([ends[:, 1:], first] if reverse else [first, ends[:, :C - 1]], dim=1)
-    h = (h + p * before.unsqueeze(2)).reshape(B, M, D)
+    h = _steps(a4, b4, before.unsqueeze(2), reverse).reshape(B, M, D)
     if not r:
         return h
     rest = slice(0, r) if reverse else slice(M, N)
@@ -364,6 +370,20 @@ def sequential_mingru_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | 
     return torch.cat(hs, dim=1)
 
 
+def _row_halves(linear: nn.Linear) -> tuple[nn.Linear, nn.Linear]:
+    """Two Linears computing the first and the second half of ``linear``'s outputs (weights copied)."""
+    d = linear.out_features // 2
+    halves = []
+    for rows in (slice(0, d), slice(d, 2 * d)):
+        half = nn.Linear(linear.in_features, d, bias=linear.bias is not None)
+        with torch.no_grad():
+            half.weight.copy_(linear.weight[rows])
+            if linear.bias is not None:
+                half.bias.copy_(linear.bias[rows])
+        halves.append(half.to(linear.weight.device, linear.weight.dtype).requires_grad_(linear.weight.requires_grad))
+    return halves[0], halves[1]
+
+
 class ChunkedMinGRU(nn.Module):
     """A minGRU (minGRU-pytorch layout: ``to_hidden_and_gate``, ``to_out``) with the chunked scan.
 
@@ -380,14 +400,14 @@ class ChunkedMinGRU(nn.Module):
 
     def __init__(self, src: nn.Module, *, chunk: int = CHUNK, sequential: bool = False, reverse: bool = False):
         super().__init__()
-        self.to_hidden_and_gate = src.to_hidden_and_gate
+        # to_hidden_and_gate as two Linears (its rows split in half): the same dot products without a
+        # split of the output, which OpenVINO runs with a reference kernel (11% of VisionGRU-Ti at 1024 px)
+        self.to_hidden, self.to_gate = _row_halves(src.to_hidden_and_gate)
         self.to_out = src.to_out
         self.chunk, self.sequential, self.reverse = chunk, sequential, reverse
 
     def _gates(self, x: torch.Tensor):
-        hg = self.to_hidden_and_gate(x)
-        d = hg.shape[-1] // 2
-        return _softplus_free_gates(hg[..., d:], hg[..., :d])
+        return _softplus_free_gates(self.to_gate(x), self.to_hidden(x))
 
     def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None, return_state: bool = False):
         a, b = self._gates(x)
