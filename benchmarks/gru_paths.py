@@ -11,7 +11,9 @@ Part 2, minGRU (dim 72, expansion 2: VisionGRU-Ti's stage 1) over 56x56 = 3136 t
   loop's graph has ~4 nodes per token; with ``--seq-tokens`` below the length it is measured at that
   length and scaled linearly (its cost is exactly linear), which the output marks.
 
-Run:  .venv/bin/python benchmarks/gru_paths.py [--targets onnx,openvino,executorch] [--iters 50]
+The four minGRU artifacts of a runtime are timed in interleaved rounds (``--rounds``), medians quoted.
+
+Run:  .venv/bin/python benchmarks/gru_paths.py [--targets onnx,openvino,executorch] [--iters 50] [--rounds 5]
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from torch import nn
 
 import edge
 from edge.passes.recurrent import ChunkedMinGRU, chunked_linear_scan, sequential_mingru_scan
+from edge.profile import time_session
 from edge.zoo import create_model
 from edge.zoo.visiongru import MinGRU
 
@@ -43,11 +46,11 @@ def eager_ms(model: nn.Module, x: torch.Tensor, warmup: int, iters: int) -> floa
     return statistics.median(ts)
 
 
-def convert_and_time(model, x, target, out, args, **kw) -> tuple[float, dict]:
+def convert(model, x, target, out, **kw):
+    """(artifact, what its manifest says about the conversion)."""
     t = time.perf_counter()
     art = edge.convert(model, example_inputs=x if isinstance(x, tuple) else (x,), target=target, out=out, **kw)
     conv_s = time.perf_counter() - t
-    rep = edge.benchmark(art.path, warmup=args.warmup, iters=args.iters, native_profile=False)
     d = art.manifest.details
     info = {"convert_s": conv_s, "parity": art.manifest.parity.get("passed"),
             "passes": {p["pass"]: f'{p["variant"]}:{p["rewrites"]}' for p in d.get("optimize_passes", [])}}
@@ -57,7 +60,27 @@ def convert_and_time(model, x, target, out, args, **kw) -> tuple[float, dict]:
         info["delegation"] = d.get("delegation")
     if "op_histogram" in d:
         info["recurrent_ops"] = {k: v for k, v in d["op_histogram"].items() if "GRU" in k or "Loop" in k}
+    return art, info
+
+
+def convert_and_time(model, x, target, out, args, **kw) -> tuple[float, dict]:
+    art, info = convert(model, x, target, out, **kw)
+    rep = edge.benchmark(art.path, warmup=args.warmup, iters=args.iters, native_profile=False)
     return rep.p50_ms, info
+
+
+def interleaved_p50(runs: dict, args) -> dict:
+    """Median over ``--rounds`` rounds of each artifact's p50; the artifacts take turns within a round
+    (this machine's speed drifts by tens of percent over minutes: one block per artifact would compare drifts)."""
+    sessions = {k: (edge.load(art.path), [t.numpy() for t in inputs]) for k, (art, inputs) in runs.items()}
+    p50s: dict = {k: [] for k in runs}
+    for _ in range(args.rounds):
+        for k, (session, xs) in sessions.items():
+            _, ts = time_session(session, xs, warmup=max(args.warmup // 3, 1), iters=max(args.iters // 3, 3))
+            p50s[k].append(statistics.median(ts))
+    for session, _ in sessions.values():
+        session.close()
+    return {k: statistics.median(v) for k, v in p50s.items()}
 
 
 class _Seq(nn.Module):
@@ -115,16 +138,22 @@ def part_mingru(args, tmp: Path) -> None:
     print(f"eager sequential loop          p50 {e_seq:8.3f} ms")
     print(f"eager chunked scan             p50 {e_chunk:8.3f} ms   {e_seq / e_chunk:6.1f}x vs sequential")
     a, b = torch.rand(1, N, 144), torch.randn(1, N, 144)
+    cases = {"scan alone": (_Scan(False), _Scan(True), (a, b)), "minGRU layer": (nn.Sequential(ref), seq, (x,))}
     for target in args.targets:
-        for what, chunked_m, seq_m, inputs in (("scan alone", _Scan(False), _Scan(True), (a, b)),
-                                               ("minGRU layer", nn.Sequential(ref), seq, (x,))):
-            ms, info = convert_and_time(chunked_m, inputs, target, tmp / f"min-{target}-{what[:4]}", args)
+        runs, infos = {}, {}
+        for what, (chunked_m, seq_m, inputs) in cases.items():
             short = tuple(t[:, :seq_n] for t in inputs)
-            s_ms, s_info = convert_and_time(seq_m, short, target, tmp / f"seq-{target}-{what[:4]}", args, optimize=False)
+            art, infos[what] = convert(chunked_m, inputs, target, tmp / f"min-{target}-{what[:4]}")
+            runs[(what, "chunked")] = (art, inputs)
+            art, _ = convert(seq_m, short, target, tmp / f"seq-{target}-{what[:4]}", optimize=False)
+            runs[(what, "sequential")] = (art, short)
+        p50 = interleaved_p50(runs, args)
+        for what in cases:
+            ms, s_ms = p50[(what, "chunked")], p50[(what, "sequential")]
             scaled = s_ms * N / seq_n
             note = "" if seq_n == N else f" (measured at {seq_n} tokens: {s_ms:.3f} ms, scaled x{N / seq_n:g})"
             print(f"{target:10s} {what:12s} chunked p50 {ms:8.3f} ms | sequential p50 {scaled:9.3f} ms{note} | "
-                  f"{scaled / ms:6.1f}x   chunked: {info}", flush=True)
+                  f"{scaled / ms:6.1f}x   chunked: {infos[what]}", flush=True)
 
 
 def main() -> None:
@@ -133,6 +162,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--tokens", type=int, default=3136)
+    ap.add_argument("--rounds", type=int, default=5, help="minGRU part: interleaved timing rounds")
     ap.add_argument("--seq-tokens", type=int, default=392, help="length at which the sequential loop is converted")
     ap.add_argument("--raw-executorch", action="store_true", help="also lower the raw nn.GRU (~161 s)")
     ap.add_argument("--only", choices=("gru", "mingru"))

@@ -467,9 +467,11 @@ def delegation_summary(graph_module) -> dict[str, Any]:
 def _float_modules() -> tuple[type, ...]:
     """edge's own modules whose elementwise ops stay fp32 under PT2E int8 (their nn.Linear children are
     quantized): a LayerNorm's mul/add quantized one by one cost ~6 int8<->fp32 conversions per LayerNorm and
-    precision; XNNPACK runs the attention's bmm in fp32 whatever the quantizer says."""
+    precision; XNNPACK runs the attention's bmm in fp32 whatever the quantizer says; a minGRU scan's
+    gates and states would be rounded at every one of its steps."""
     from edge.passes.attention import EdgeAttention, EdgeLayerNorm
-    return EdgeLayerNorm, EdgeAttention
+    from edge.passes.recurrent import ChunkedMinGRU
+    return EdgeLayerNorm, EdgeAttention, ChunkedMinGRU
 
 
 def _innermost_module(node) -> str | None:

@@ -176,6 +176,20 @@ def test_mingru_pass_finds_edge_and_foreign_modules():
         assert float((fast(x) - model(x)).abs().max()) < 1e-4
 
 
+def test_chunked_mingru_splits_the_projection_in_two_exact_halves():
+    """to_hidden_and_gate becomes two Linears (no output split); a biased one keeps its bias halves."""
+    torch.manual_seed(0)
+    m = minGRU(8).eval()
+    m.to_hidden_and_gate = nn.Linear(8, 32, bias=True)
+    fast = R.ChunkedMinGRU(m)
+    assert not hasattr(fast, "to_hidden_and_gate") and fast.to_hidden.out_features == fast.to_gate.out_features == 16
+    x = torch.randn(2, 40, 8)
+    with torch.no_grad():
+        hg = m.to_hidden_and_gate(x)
+        assert _max_diff(torch.cat([fast.to_hidden(x), fast.to_gate(x)], -1), hg) < 1e-6
+        assert _max_diff(fast(x), m(x)) < 1e-4
+
+
 class _GruHead(nn.Module):
     def __init__(self, bidirectional=True, layers=1):
         super().__init__()

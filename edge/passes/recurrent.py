@@ -20,9 +20,10 @@ keeps in its fast path: matmul (Linear), sigmoid/tanh, mul/add/sub, static slice
 * ``mingru_scan``: :class:`ChunkedMinGRU` replaces each minGRU (edge.zoo.visiongru.MinGRU or a
   module with minGRU-pytorch's layout) by a chunked scan: inside a chunk of ``CHUNK`` tokens an
   unrolled recurrence runs over all chunks at once (products of gates in [0, 1]: nothing can
-  overflow, nothing is divided), the chunk end states are scanned the same way one level up,
-  and the carried state is added back. Work is linear in the sequence length; graph size grows
-  with ``log_CHUNK(length)``. :meth:`ChunkedMinGRU.step` is the streaming form (state in, state out).
+  overflow, nothing is divided) gives each chunk's end state, those are scanned the same way one
+  level up, and each chunk's steps run again from the state entering it. Work is linear in the
+  sequence length; graph size grows with ``log_CHUNK(length)``. :meth:`ChunkedMinGRU.step` is the
+  streaming form (state in, state out).
   A VisionGRU block's backward minGRU becomes a reverse scan, so its two flips go away.
 """
 from __future__ import annotations
