@@ -72,13 +72,19 @@ def reference_outputs(module: torch.nn.Module, batches: list[tuple[np.ndarray, .
                 for b in batches]
 
 
+def _rows(a) -> np.ndarray:
+    """An output as [rows, values] in float64; a 0-d output (a loss, a count) is one row of one value."""
+    a = np.asarray(a, np.float64)
+    return a.reshape(len(a) if a.ndim else 1, -1)
+
+
 def compare(refs: list[list[np.ndarray]], gots: list[list[np.ndarray]], outputs: list[TensorSpec],
             *, classifier: bool) -> dict[str, dict[str, float]]:
     """Metrics per output over all batches."""
     result = {}
     for i, spec in enumerate(outputs):
-        r = np.concatenate([np.asarray(b[i], np.float64).reshape(len(b[i]), -1) for b in refs])
-        g = np.concatenate([np.asarray(b[i], np.float64).reshape(len(b[i]), -1) for b in gots])
+        r = np.concatenate([_rows(b[i]) for b in refs])
+        g = np.concatenate([_rows(b[i]) for b in gots])
         if r.shape != g.shape:
             raise VerificationError(f"output {spec.name!r} has shape {list(g.shape)} from the artifact but "
                                     f"{list(r.shape)} from PyTorch", output=spec.name, metric="shape")

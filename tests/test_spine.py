@@ -258,3 +258,16 @@ def test_onnx_falls_back_to_torchscript_and_says_so(tiny, tmp_path, monkeypatch)
     d = art.manifest.details
     assert d["exporter"].startswith("torchscript (fallback") and "simulated" in d["dynamo_export_error"]
     assert art.manifest.status == "verified"
+
+
+class _WithScalar(torch.nn.Module):
+    def forward(self, x):
+        y = torch.tanh(x)
+        return y, y.sum()   # a second output with no dims (a loss, a score)
+
+
+def test_zero_dim_output_is_verified(tmp_path):
+    art = edge.convert(_WithScalar().eval(), example_inputs=(torch.randn(2, 5),), target="onnx", out=tmp_path / "s")
+    parity = art.manifest.parity
+    assert parity["passed"] and len(parity["outputs"]) == 2, parity
+    assert all(m["max_abs"] < 1e-5 for m in parity["outputs"].values()), parity
