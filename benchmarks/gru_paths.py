@@ -29,7 +29,7 @@ from torch import nn
 
 import edge
 from edge.passes.recurrent import ChunkedMinGRU, chunked_linear_scan, sequential_mingru_scan
-from edge.profile import time_session
+from edge.profile import time_interleaved
 from edge.zoo import create_model
 from edge.zoo.visiongru import MinGRU
 
@@ -67,20 +67,6 @@ def convert_and_time(model, x, target, out, args, **kw) -> tuple[float, dict]:
     art, info = convert(model, x, target, out, **kw)
     rep = edge.benchmark(art.path, warmup=args.warmup, iters=args.iters, native_profile=False)
     return rep.p50_ms, info
-
-
-def interleaved_p50(runs: dict, args) -> dict:
-    """Median over ``--rounds`` rounds of each artifact's p50; the artifacts take turns within a round
-    (this machine's speed drifts by tens of percent over minutes: one block per artifact would compare drifts)."""
-    sessions = {k: (edge.load(art.path), [t.numpy() for t in inputs]) for k, (art, inputs) in runs.items()}
-    p50s: dict = {k: [] for k in runs}
-    for _ in range(args.rounds):
-        for k, (session, xs) in sessions.items():
-            _, ts = time_session(session, xs, warmup=max(args.warmup // 3, 1), iters=max(args.iters // 3, 3))
-            p50s[k].append(statistics.median(ts))
-    for session, _ in sessions.values():
-        session.close()
-    return {k: statistics.median(v) for k, v in p50s.items()}
 
 
 class _Seq(nn.Module):
@@ -147,9 +133,13 @@ def part_mingru(args, tmp: Path) -> None:
             runs[(what, "chunked")] = (art, inputs)
             art, _ = convert(seq_m, short, target, tmp / f"seq-{target}-{what[:4]}", optimize=False)
             runs[(what, "sequential")] = (art, short)
-        p50 = interleaved_p50(runs, args)
+        sessions = {k: edge.load(art.path) for k, (art, _) in runs.items()}
+        stats = time_interleaved(sessions, {k: [t.numpy() for t in xs] for k, (_, xs) in runs.items()},
+                                 rounds=args.rounds, warmup=max(args.warmup // 3, 1), iters=max(args.iters // 3, 3))
+        for session in sessions.values():
+            session.close()
         for what in cases:
-            ms, s_ms = p50[(what, "chunked")], p50[(what, "sequential")]
+            ms, s_ms = (statistics.median(stats[(what, kind)]["round_medians"]) for kind in ("chunked", "sequential"))
             scaled = s_ms * N / seq_n
             note = "" if seq_n == N else f" (measured at {seq_n} tokens: {s_ms:.3f} ms, scaled x{N / seq_n:g})"
             print(f"{target:10s} {what:12s} chunked p50 {ms:8.3f} ms | sequential p50 {scaled:9.3f} ms{note} | "

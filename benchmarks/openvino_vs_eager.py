@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 import edge
-from edge.profile import summarize, time_session
+from edge.profile import time_interleaved
 
 
 class EagerSession:
@@ -38,17 +38,6 @@ class EagerSession:
 
     def synchronize(self) -> None:
         pass
-
-
-def measure(sessions: dict, inputs: dict, *, rounds: int, warmup: int, iters: int) -> dict[str, dict]:
-    samples: dict[str, list[float]] = {k: [] for k in sessions}
-    medians: dict[str, list[float]] = {k: [] for k in sessions}
-    for _ in range(rounds):
-        for name, s in sessions.items():
-            _, sm = time_session(s, inputs[name], warmup=warmup, iters=iters)
-            samples[name] += sm
-            medians[name].append(float(np.median(sm)))
-    return {k: {**summarize(v), "round_medians": medians[k]} for k, v in samples.items()}
 
 
 def agreement(model: torch.nn.Module, session, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -79,7 +68,7 @@ def bench_model(name: str, out: Path, args) -> dict:
         sessions["openvino fp32 (bf16)"] = edge.load(arts["fp32"].path, precision_hint="bf16", cache_dir=False, **ov_opts)
         sessions["openvino int8 (bf16)"] = edge.load(arts["int8"].path, precision_hint="bf16", cache_dir=False, **ov_opts)
     inputs = {k: [x] if k.startswith("eager") else [x.numpy()] for k in sessions}
-    stats = measure(sessions, inputs, rounds=args.rounds, warmup=args.warmup, iters=args.iters)
+    stats = time_interleaved(sessions, inputs, rounds=args.rounds, warmup=args.warmup, iters=args.iters)
     eager = stats["eager fp32"]["p50_ms"]
     fp32 = stats[f"openvino fp32 ({hint})"]["p50_ms"]
     res = {"model": name, "input": list(entry.input_shapes[0]), "torch_threads": torch.get_num_threads(),

@@ -204,6 +204,14 @@ def _delegable_forms_pass():
 
     def rewrite(graph_module):
         graph, changed = graph_module.graph, False
+
+        def view_of(node, x, shape: list[int]) -> None:   # node's value as a view_copy of x, then node is gone
+            with graph.inserting_before(node):
+                flat = graph.call_function(view, (x, shape))
+            flat.meta = dict(node.meta)
+            node.replace_all_uses_with(flat)
+            graph.erase_node(node)
+
         for node in list(graph.nodes):
             if node.op != "call_function" or not node.args or not static(node.args[0]):
                 continue
@@ -214,20 +222,13 @@ def _delegable_forms_pass():
                 idx = int(node.args[2]) % shape[dim]
                 with graph.inserting_before(node):
                     sliced = graph.call_function(slice_, (x, dim, idx, idx + 1, 1))
-                    flat = graph.call_function(view, (sliced, shape[:dim] + shape[dim + 1:]))
                 with x.meta["val"].fake_mode:
                     sliced.meta = {**node.meta, "val": torch.ops.aten.slice_copy.Tensor(x.meta["val"], dim, idx,
                                                                                         idx + 1, 1)}
-                flat.meta = dict(node.meta)
-                node.replace_all_uses_with(flat)
-                graph.erase_node(node)
+                view_of(node, sliced, shape[:dim] + shape[dim + 1:])
                 changed = True
             elif node.target in reshapes and static(node):
-                with graph.inserting_before(node):
-                    flat = graph.call_function(view, (x, list(node.meta["val"].shape)))
-                flat.meta = dict(node.meta)
-                node.replace_all_uses_with(flat)
-                graph.erase_node(node)
+                view_of(node, x, list(node.meta["val"].shape))
                 changed = True
             elif node.target == expand:
                 sizes = list(node.args[1])

@@ -103,6 +103,20 @@ def time_session(session: Any, inputs: Sequence[Any], *, warmup: int, iters: int
     return first, samples
 
 
+def time_interleaved(sessions: dict, inputs: dict, *, rounds: int, warmup: int, iters: int) -> dict[Any, dict]:
+    """Time several sessions taking turns, ``rounds`` times: per key ``summarize`` of all samples plus
+    ``round_medians``. Machine noise (tens of percent over minutes here) then hits every session alike,
+    where one block per session would compare the drift."""
+    samples: dict[Any, list[float]] = {k: [] for k in sessions}
+    medians: dict[Any, list[float]] = {k: [] for k in sessions}
+    for _ in range(rounds):
+        for k, s in sessions.items():
+            _, sm = time_session(s, inputs[k], warmup=warmup, iters=iters)
+            samples[k] += sm
+            medians[k].append(float(np.median(sm)))
+    return {k: {**summarize(v), "round_medians": medians[k]} for k, v in samples.items()}
+
+
 def profile_session(session: Any, inputs: Sequence[Any], *, warmup: int = 10, iters: int = 100,
                     native: bool = True, rss_before: float | None = None) -> LatencyReport:
     """Benchmark an open session on ``inputs``."""

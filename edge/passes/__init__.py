@@ -56,6 +56,18 @@ def register_pass(name: str, description: str, *, order: int = 100, default: boo
     return deco
 
 
+def refit_linear(like: torch.nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.nn.Linear:
+    """A new Linear on ``like``'s device and dtype holding ``weight`` / ``bias`` (e.g. computed in fp64);
+    its sizes come from ``weight``."""
+    new = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None,
+                          device=like.weight.device, dtype=like.weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        if bias is not None:
+            new.bias.copy_(bias)
+    return new
+
+
 def _import_all() -> None:
     global _imported
     if not _imported:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edge.errors import UsageError
-from edge.passes import OptimizeContext, register_pass
+from edge.passes import OptimizeContext, refit_linear, register_pass
 
 XNNPACK = "xnnpack"   # the ExecuTorch form
 SDPA = "sdpa"         # the form other backends fuse
@@ -67,17 +67,6 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, form
 
 # ------------------------------------------------------------------------------------- timm-style attention
 
-def _refit(linear: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
-    """A new Linear like ``linear`` with ``weight``/``bias`` (computed in fp64) in its dtype."""
-    new = nn.Linear(linear.in_features, linear.out_features, bias=bias is not None,
-                    device=linear.weight.device, dtype=linear.weight.dtype)
-    with torch.no_grad():
-        new.weight.copy_(weight)
-        if bias is not None:
-            new.bias.copy_(bias)
-    return new
-
-
 def _scaled_rows(qkv: nn.Linear, rows: int, scale: float) -> nn.Linear:
     """``qkv`` with its first ``rows`` outputs (the queries) multiplied by ``scale``."""
     w = qkv.weight.detach().double().clone()
@@ -85,7 +74,7 @@ def _scaled_rows(qkv: nn.Linear, rows: int, scale: float) -> nn.Linear:
     b = None if qkv.bias is None else qkv.bias.detach().double().clone()
     if b is not None:
         b[:rows] *= scale
-    return _refit(qkv, w, b)
+    return refit_linear(qkv, w, b)
 
 
 def _is_qkv_attention(m: nn.Module) -> bool:
@@ -304,7 +293,7 @@ def _fold_norm(norm: EdgeLayerNorm, linear: nn.Linear) -> nn.Linear:
     bias = None if linear.bias is None else linear.bias.detach().double()
     if b is not None:
         bias = w @ b + (0 if bias is None else bias)
-    return _refit(linear, w * g if g is not None else w, bias)
+    return refit_linear(linear, w * g if g is not None else w, bias)
 
 
 def _fold_block_norms(module: nn.Module) -> None:

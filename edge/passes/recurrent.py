@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edge.errors import UsageError
-from edge.passes import OptimizeContext, register_pass
+from edge.passes import OptimizeContext, refit_linear, register_pass
 
 # Targets whose runtimes run a native recurrent op faster than any unrolled form (measured in
 # benchmarks/gru_paths.py); their converters keep nn.GRU / nn.LSTM as one GRU/LSTM(Sequence) op.
@@ -374,15 +374,9 @@ def sequential_mingru_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | 
 def _row_halves(linear: nn.Linear) -> tuple[nn.Linear, nn.Linear]:
     """Two Linears computing the first and the second half of ``linear``'s outputs (weights copied)."""
     d = linear.out_features // 2
-    halves = []
-    for rows in (slice(0, d), slice(d, 2 * d)):
-        half = nn.Linear(linear.in_features, d, bias=linear.bias is not None)
-        with torch.no_grad():
-            half.weight.copy_(linear.weight[rows])
-            if linear.bias is not None:
-                half.bias.copy_(linear.bias[rows])
-        halves.append(half.to(linear.weight.device, linear.weight.dtype).requires_grad_(linear.weight.requires_grad))
-    return halves[0], halves[1]
+    b = linear.bias
+    return tuple(refit_linear(linear, linear.weight[rows], None if b is None else b[rows])
+                 for rows in (slice(0, d), slice(d, 2 * d)))
 
 
 class ChunkedMinGRU(nn.Module):
