@@ -129,6 +129,21 @@ def test_recurrent_model_converts_from_module(tmp_path):
 
 
 @pytest.mark.slow
+def test_visiongru_runs_no_transpose_in_front_of_a_matmul(tmp_path):
+    """VisionGRU's token <-> NCHW changes go through 4-D permutes the CPU plugin turns into layouts; a
+    [B, N, C] transpose before the depthwise conv became a Transpose in front of each minGRU MatMul."""
+    import openvino as ov
+    art = edge.convert("visiongru_digits", target="openvino", out=tmp_path / "v")
+    assert art.manifest.status == "verified"
+    runtime = ov.Core().compile_model(str(art.main_path), "CPU").get_runtime_model()
+    kind = lambda node: node.get_rt_info()["layerType"].astype(str)   # noqa: E731
+    fed = [kind(t.get_node()) for op in runtime.get_ops() if kind(op) == "Transpose"
+           for out in op.outputs() for t in out.get_target_inputs()]
+    assert sum(kind(op) == "FullyConnected" for op in runtime.get_ops()) >= 10
+    assert "FullyConnected" not in fed, fed
+
+
+@pytest.mark.slow
 def test_dynamic_batch_from_module(tmp_path):
     """The module path marks the batch dim dynamic itself (the traced module would fix it at the example's)."""
     import openvino as ov

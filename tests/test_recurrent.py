@@ -176,6 +176,19 @@ def test_mingru_pass_finds_edge_and_foreign_modules():
         assert float((fast(x) - model(x)).abs().max()) < 1e-4
 
 
+def test_mingru_chunk_is_picked_per_target_and_recorded():
+    """ExecuTorch gets its own chunk (fewer nodes to lower); the record and the capture key say which."""
+    model = nn.Sequential(MinGRU(8)).eval()
+    for target, chunk in (("executorch", R.CHUNK_BY_TARGET["executorch"]), ("openvino", R.CHUNK), ("onnx", R.CHUNK)):
+        fast = edge.optimize(model, target=target)
+        rec = {r["pass"]: r for r in fast.edge_passes}["mingru_scan"]
+        assert fast[0].chunk == rec["chunk"] == chunk and rec["variant"] == f"chunk {chunk}"
+    assert R.CHUNK_BY_TARGET["executorch"] != R.CHUNK
+    assert edge.optimize(model, target="executorch", mingru_chunk=8)[0].chunk == 8   # an explicit chunk wins
+    keys = {t: edge.passes.profile_key(t) for t in ("onnx", "openvino", "executorch")}
+    assert keys["onnx"] == keys["openvino"] != keys["executorch"]   # one capture for ONNX + OpenVINO, one for ET
+
+
 def test_chunked_mingru_splits_the_projection_in_two_exact_halves():
     """to_hidden_and_gate becomes two Linears (no output split); a biased one keeps its bias halves."""
     torch.manual_seed(0)

@@ -41,6 +41,10 @@ NATIVE_RNN_TARGETS = ("onnx", "openvino")
 # Targets whose converter lowers a torch.scan body as one delegate called per step (converters/executorch.py).
 SCAN_RNN_TARGETS = ("executorch",)
 CHUNK = 16
+# The minGRU scan's chunk per target, where another than CHUNK measured better (forward + reverse scan
+# of 3136 x 144, chunk 4 / 8 / 16 timed interleaved in one run): ExecuTorch 2.30 / 2.51 / 2.79 ms and
+# 420 / 468 / 638 graph nodes, lowering 14.8 / 16.3 / 20.2 s; OpenVINO 1.61 / 1.47 / 1.40 ms.
+CHUNK_BY_TARGET = {"executorch": 4}
 
 
 def _rnn_variant(target: str | None) -> str:
@@ -292,31 +296,38 @@ def _softplus_free_gates(gate: torch.Tensor, hidden: torch.Tensor) -> tuple[torc
     return torch.sigmoid(-gate), torch.sigmoid(gate) * g
 
 
-def _steps(a: torch.Tensor, b: torch.Tensor, h: torch.Tensor | None, reverse: bool) -> torch.Tensor:
-    """All states of h_t = a_t h_{t-1} + b_t along dim 2 of [B, C, L, D], all C chunks at once.
+def _columns(a: torch.Tensor, b: torch.Tensor, reverse: bool) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+    """The steps of [B, C, L, D] along dim 2 in scan order, (t, a_t, b_t) with [B, C, 1, D] slices.
 
-    ``h``: the state entering each chunk, [B, C, 1, D] (None: zeros). ``reverse`` runs t = L-1 .. 0.
-    L steps on [B, C, 1, D] slices do N * D work in all; a Hillis-Steele doubling form does log2(L)
-    times that (ONNX Runtime at 3136 tokens: 26.9 ms vs 58.5 ms), so it is not used. A ``torch.scan``
-    loop over the steps (the GRU's ExecuTorch form) was slower on ExecuTorch: 5.3 ms vs 4.0 ms at
+    Sliced once and read by both passes of a level (slices are 40% of the scan's nodes, and every node
+    costs ExecuTorch's lowering about 25 ms: it re-traces the graph some 35 times).
+    """
+    L = a.shape[2]
+    return [(t, a[:, :, t:t + 1], b[:, :, t:t + 1]) for t in (range(L - 1, -1, -1) if reverse else range(L))]
+
+
+def _steps(cols: list[tuple[int, torch.Tensor, torch.Tensor]], h: torch.Tensor | None) -> torch.Tensor:
+    """All states of h_t = a_t h_{t-1} + b_t over ``cols`` (see :func:`_columns`), all C chunks at once.
+
+    ``h``: the state entering each chunk, [B, C, 1, D] (None: zeros). Returns [B, C, L, D].
+    L steps on [B, C, 1, D] slices do N * D work in all; a Hillis-Steele doubling form inside the
+    chunk halves the nodes but does log2(L) times the work: 3.6x slower on ONNX Runtime, 5.5x on
+    OpenVINO, 1.6x on ExecuTorch for a forward + reverse scan at 3136 x 144. A ``torch.scan`` loop
+    over the steps (the GRU's ExecuTorch form) was slower on ExecuTorch: 5.3 ms vs 4.0 ms at
     3136 x 144 (the loop copies every step's slices on portable kernels), and VisionGRU-Ti still took
     283 s to lower.
     """
-    L = a.shape[2]
-    hs = [None] * L
-    for t in (range(L - 1, -1, -1) if reverse else range(L)):
-        a_t, b_t = a[:, :, t:t + 1], b[:, :, t:t + 1]
+    hs: dict[int, torch.Tensor] = {}
+    for t, a_t, b_t in cols:
         h = b_t if h is None else a_t * h + b_t
         hs[t] = h
-    return _cat(hs, 2)
+    return _cat([hs[t] for t in sorted(hs)], 2)
 
 
-def _ends(a: torch.Tensor, b: torch.Tensor, reverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per chunk of [B, C, L, D]: the state after it from a zero state, and the product of its gates ([B, C, 1, D])."""
-    L = a.shape[2]
+def _ends(cols: list[tuple[int, torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per chunk: the state after it from a zero state, and the product of its gates ([B, C, 1, D])."""
     h = p = None
-    for t in (range(L - 1, -1, -1) if reverse else range(L)):
-        a_t, b_t = a[:, :, t:t + 1], b[:, :, t:t + 1]
+    for _, a_t, b_t in cols:
         h, p = (b_t, a_t) if h is None else (a_t * h + b_t, a_t * p)
     return h, p
 
@@ -337,12 +348,14 @@ def chunked_linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | Non
     """
     B, N, D = a.shape
     if N <= chunk:
-        return _steps(a.unsqueeze(1), b.unsqueeze(1), None if h0 is None else h0.view(B, 1, 1, D), reverse).squeeze(1)
+        cols = _columns(a.unsqueeze(1), b.unsqueeze(1), reverse)
+        return _steps(cols, None if h0 is None else h0.view(B, 1, 1, D)).squeeze(1)
     C = N // chunk
     M, r = C * chunk, N - C * chunk
     am, bm = (a, b) if not r else ((a[:, r:], b[:, r:]) if reverse else (a[:, :M], b[:, :M]))
     a4, b4 = am.reshape(B, C, chunk, D), bm.reshape(B, C, chunk, D)
-    h_end, p_end = _ends(a4, b4, reverse)
+    cols = _columns(a4, b4, reverse)
+    h_end, p_end = _ends(cols)
     ends = chunked_linear_scan(p_end.squeeze(2), h_end.squeeze(2), h0, chunk, reverse)   # [B, C, D]: after chunk c
     # the state entering the first chunk in scan order: h0, or zeros made by arithmetic (a zeros() is a
     # constant-fill op ExecuTorch runs on a portable kernel between delegate calls)
@@ -351,7 +364,7 @@ def chunked_linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | Non
         before = first
     else:
         before = torch.cat([ends[:, 1:], first] if reverse else [first, ends[:, :C - 1]], dim=1)
-    h = _steps(a4, b4, before.unsqueeze(2), reverse).reshape(B, M, D)
+    h = _steps(cols, before.unsqueeze(2)).reshape(B, M, D)
     if not r:
         return h
     rest = slice(0, r) if reverse else slice(M, N)
@@ -431,15 +444,22 @@ def is_mingru(m: nn.Module) -> bool:
             and hasattr(m, "to_out"))
 
 
+def _mingru_variant(target: str | None) -> str:
+    return f"chunk {CHUNK_BY_TARGET.get(target, CHUNK)}"
+
+
 @register_pass("mingru_scan", "minGRU's logcumsumexp scan -> chunked linear scan (mul/add/slice only; converts "
-               "on every target, linear in length)", order=22)
-def mingru_pass(module: nn.Module, ctx: OptimizeContext) -> int:
-    """A VisionGRU block's backward minGRU (run as ``m(y.flip(1)).flip(1)``) becomes a reverse scan: no flips."""
+               "on every target, linear in length)", order=22, variant=_mingru_variant)
+def mingru_pass(module: nn.Module, ctx: OptimizeContext) -> tuple[int, dict]:
+    """A VisionGRU block's backward minGRU (run as ``m(y.flip(1)).flip(1)``) becomes a reverse scan: no flips.
+
+    The chunk is the target's (``CHUNK_BY_TARGET``, else ``CHUNK``) unless ``mingru_chunk`` is given.
+    """
     from edge.zoo.visiongru import Block2DGRU
-    kw = {"chunk": int(ctx.options.get("mingru_chunk", CHUNK))}
+    kw = {"chunk": int(ctx.options.get("mingru_chunk", CHUNK_BY_TARGET.get(ctx.target, CHUNK)))}
     n = 0
     for blk in module.modules():
         if isinstance(blk, Block2DGRU) and is_mingru(blk.min_gru_2):
             blk.min_gru_2 = ChunkedMinGRU(blk.min_gru_2, reverse=True, **kw)
             n += 1
-    return n + _replace(module, is_mingru, lambda m: ChunkedMinGRU(m, **kw))
+    return n + _replace(module, is_mingru, lambda m: ChunkedMinGRU(m, **kw)), dict(kw)
