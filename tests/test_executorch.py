@@ -211,6 +211,24 @@ def test_skipped_xnnpack_passes_could_not_have_matched():
     assert "Conv1dUnsqueezePass" in details["xnnpack_passes_skipped"]   # a 2-D convolution only
 
 
+def test_partitioner_drops_its_op_check_only_when_every_kept_op_passes(tmp_path):
+    """ExecuTorch then decomposes once instead of three times; a linear XNNPACK refuses keeps the check."""
+    from edge.converters.executorch import _xnnpack_partitioner
+
+    class DynamicWeight(torch.nn.Module):   # a linear whose weight is an input: XNNPACK's check refuses it
+        def forward(self, x, w):
+            return torch.nn.functional.linear(x, w) + 1.0
+
+    model, args = small()
+    cases = ((model, args, True), (DynamicWeight(), (torch.randn(2, 4), torch.randn(3, 4)), False))
+    for module, inputs, lean in cases:
+        ep = torch.export.export(module, inputs).run_decompositions({})
+        ops, check = _xnnpack_partitioner().ops_to_not_decompose(ep)
+        assert torch.ops.aten.linear.default in ops and (check is None) == lean
+    art = edge.convert(DynamicWeight(), example_inputs=cases[1][1], target="executorch", out=tmp_path / "dyn")
+    assert art.manifest.status == "verified" and art.manifest.parity["passed"] is True
+
+
 def test_import_does_not_load_executorch():
     code = ("import sys, edge, edge.converters.executorch, edge.runtimes.executorch; "
             "print('executorch' in sys.modules, 'torchao' in sys.modules)")

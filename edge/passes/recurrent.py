@@ -348,15 +348,17 @@ def chunked_linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | Non
     """
     B, N, D = a.shape
     if N <= chunk:
-        cols = _columns(a.unsqueeze(1), b.unsqueeze(1), reverse)
-        return _steps(cols, None if h0 is None else h0.view(B, 1, 1, D)).squeeze(1)
+        # views, not (un)squeeze: aten.squeeze.dim is in ExecuTorch's decomposition table and alone makes
+        # its lowering decompose the whole program once more (converters/executorch.py)
+        cols = _columns(a.view(B, 1, N, D), b.view(B, 1, N, D), reverse)
+        return _steps(cols, None if h0 is None else h0.view(B, 1, 1, D)).view(B, N, D)
     C = N // chunk
     M, r = C * chunk, N - C * chunk
     am, bm = (a, b) if not r else ((a[:, r:], b[:, r:]) if reverse else (a[:, :M], b[:, :M]))
     a4, b4 = am.reshape(B, C, chunk, D), bm.reshape(B, C, chunk, D)
     cols = _columns(a4, b4, reverse)
     h_end, p_end = _ends(cols)
-    ends = chunked_linear_scan(p_end.squeeze(2), h_end.squeeze(2), h0, chunk, reverse)   # [B, C, D]: after chunk c
+    ends = chunked_linear_scan(p_end.view(B, C, D), h_end.view(B, C, D), h0, chunk, reverse)   # [B, C, D]: after chunk c
     # the state entering the first chunk in scan order: h0, or zeros made by arithmetic (a zeros() is a
     # constant-fill op ExecuTorch runs on a portable kernel between delegate calls)
     first = ends[:, :1] * 0.0 if h0 is None else h0.view(B, 1, D)
@@ -364,7 +366,7 @@ def chunked_linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | Non
         before = first
     else:
         before = torch.cat([ends[:, 1:], first] if reverse else [first, ends[:, :C - 1]], dim=1)
-    h = _steps(cols, before.unsqueeze(2)).reshape(B, M, D)
+    h = _steps(cols, before.view(B, C, 1, D)).reshape(B, M, D)
     if not r:
         return h
     rest = slice(0, r) if reverse else slice(M, N)
