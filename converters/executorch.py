@@ -369,7 +369,7 @@ def _xnnpack_pass_can_act(pass_cls, graph_module) -> bool:
     import torch
     nodes = [n for n in graph_module.graph.nodes if n.op == "call_function"]
     targets = {n.target for n in nodes}
-    names = {str(getattr(t, "__name__", t)) for t in targets}
+    names = {_op_name(t) for t in targets}
 
     def some_pattern_fits(graphs) -> bool:
         return any({n.target for n in g.graph.nodes if n.op == "call_function"} <= targets for g in graphs)
@@ -394,7 +394,33 @@ def _xnnpack_pass_can_act(pass_cls, graph_module) -> bool:
                    and n.meta["val"].dim() == 3 for n in nodes)
     if name == "DecomposeConcatenate":  # it splits cats of more than 5 inputs
         return any("aten.cat" in str(n.target) and len(n.args[0]) > 5 for n in nodes)
+    # passes that look for one set of ops, read from the pass itself where it names them
+    if name == "XNNPACKRemoveCloneOpsTransform":
+        return any(_op_name(op) in names for op in pass_cls.clone_ops)
+    if name == "DimOrderOpsRevertPass":
+        from executorch.exir.passes.dim_order_ops_registry import MemoryFormatOpsMap
+        return any(_op_name(op) in names for op in MemoryFormatOpsMap)
+    if name == "ConvertToLinearPass":   # [add]mm / bmm left by a decomposed linear
+        return any(_op_name(op) in names for op in pass_cls.targets)
+    if name == "PropagateCustomMetaPass":   # copies meta onto quantize / dequantize nodes
+        from executorch.backends.xnnpack.utils.quant_utils import is_dequant, is_quant
+        return any(is_quant(n) or is_dequant(n) for n in nodes)
+    if name == "FuseActivationPass":   # relu / hardtanh right after a conv, linear or add/sub/mul
+        acts = {_op_name(op) for op in pass_cls.FUSEABLE_ACTIVATIONS}
+        ops = {_op_name(op) for op in pass_cls.FUSEABLE_OPS}
+        return any(_op_name(n.target) in acts and isinstance(n.args[0], torch.fx.Node)
+                   and n.args[0].op == "call_function" and _op_name(n.args[0].target) in ops for n in nodes)
+    if name == "RemoveGetItemPass":
+        return bool(names & {"aten.max_pool2d_with_indices.default", "aten.max.dim"})
+    if name == "InsertPadQDQPass":
+        return "aten.constant_pad_nd.default" in names
+    if name == "RemoveRedundantCopyPass":
+        return "aten._to_copy.default" in names
     return True
+
+
+def _op_name(op) -> str:
+    return str(getattr(op, "__name__", op))
 
 
 @contextlib.contextmanager

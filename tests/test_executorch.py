@@ -192,12 +192,28 @@ def test_skipped_xnnpack_passes_could_not_have_matched():
     up = type("Up", (nn.Module,), {"forward": lambda self, x: nn.functional.interpolate(x, scale_factor=2.0,
                                                                                          mode="bilinear")})
     cat6 = type("Cat6", (nn.Module,), {"forward": lambda self, x: torch.cat([x * i for i in range(6)], dim=1)})
+    def fn(name, forward, **attrs):   # a one-line module
+        return type(name, (nn.Module,), {"forward": forward, **attrs})()
+    mm = nn.Module()
+    mm.w = nn.Parameter(torch.randn(3, 3))
+    mm.forward = lambda x: torch.mm(x, mm.w) + 1.0
+    to_cl = fn("ToCL", lambda self, x: (x + 1.0).to(memory_format=torch.channels_last) * 2.0)
+    clone = fn("Clone", lambda self, x: (x + 1.0).clone() * 2.0)
+    max_dim = fn("MaxDim", lambda self, x: torch.max(x + 1.0, dim=3, keepdim=True)[0] * 2.0)
+    pad = fn("Pad", lambda self, x: nn.functional.pad(x + 1.0, (1, 1)) * 2.0)
     cases = [  # (module, input, passes that must run on it)
         (nn.Sequential(nn.Conv1d(2, 2, 1), nn.BatchNorm1d(2)), (1, 2, 4), {"Conv1dUnsqueezePass", "FuseBatchNormPass"}),
         (nn.Sequential(nn.Conv2d(2, 2, 1), nn.ReLU(), nn.BatchNorm2d(2)), (1, 2, 4, 4), {"DecomposeBatchNorm"}),
         (nn.Sequential(nn.Conv2d(2, 2, 1), nn.PReLU()), (1, 2, 4, 4), {"PReLUReshapePass"}),
         (cat6(), (1, 2, 4), {"DecomposeConcatenate"}),
         (up(), (1, 2, 4, 4), {"ConvertToUpsampleBilinear2d"}),
+        (nn.Sequential(nn.Conv2d(2, 2, 1), nn.ReLU()), (1, 2, 4, 4),
+         {"FuseActivationPass", "ChannelsLastTaggedReshapePass", "RemoveRedundantCopyPass"}),
+        (mm, (3, 3), {"ConvertToLinearPass"}),
+        (to_cl, (1, 2, 4, 4), {"DimOrderOpsRevertPass", "RemoveRedundantCopyPass"}),
+        (clone, (1, 2, 4, 4), {"XNNPACKRemoveCloneOpsTransform"}),
+        (max_dim, (1, 2, 4, 4), {"RemoveGetItemPass"}),
+        (pad, (1, 2, 4, 4), {"InsertPadQDQPass"}),
     ]
     for module, shape, must_run in cases:
         details: dict = {}
@@ -209,6 +225,9 @@ def test_skipped_xnnpack_passes_could_not_have_matched():
     lower(torch.export.export(model, args), etrecord=False, details=details)
     assert {"PReLUReshapePass", "ConvertToSDPAPass", "DecomposeConcatenate"} <= set(details["xnnpack_passes_skipped"])
     assert "Conv1dUnsqueezePass" in details["xnnpack_passes_skipped"]   # a 2-D convolution only
+    assert {"PropagateCustomMetaPass", "RemoveGetItemPass", "InsertPadQDQPass",
+            "ConvertToLinearPass"} <= set(details["xnnpack_passes_skipped"])   # no q/dq, max.dim, pad or [add]mm
+    assert "FuseActivationPass" not in details["xnnpack_passes_skipped"]   # relu after conv and linear
 
 
 def test_partitioner_drops_its_op_check_only_when_every_kept_op_passes(tmp_path):
