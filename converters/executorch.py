@@ -294,21 +294,21 @@ def _xnnpack_partitioner():
     A partitioner that checks the ops it keeps from decomposition (XNNPACK: linear, hardswish, ...)
     makes ExecuTorch decompose the whole program twice more: once with those ops kept, then, after
     tagging the ones that pass the check, with everything else decomposed (about 2-3 s per 450 nodes
-    each on this machine). When every kept op in the graph passes the check, both give the graph one
-    decomposition with the kept ops kept gives, which is ExecuTorch's own path for a partitioner
+    each on this machine). When every kept op in the graph passes the check, that gives the same graph
+    as one decomposition with the kept ops kept, which is ExecuTorch's own path for a partitioner
     without a check: so then no check is returned. (A kept op that a decomposition would newly make
     is then kept unchecked; if XNNPACK cannot take it, it runs on a portable kernel and the manifest's
-    delegation summary lists it.) A failing op keeps the check.
+    delegation summary lists it.) A failing op keeps the check. Programs with ``torch.scan`` loops use
+    :func:`_scan_partitioner` instead.
     """
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
 
     class LeanXnnpackPartitioner(XnnpackPartitioner):
         def ops_to_not_decompose(self, ep):
             ops, check = super().ops_to_not_decompose(ep)
-            if check is None or _scan_bodies(ep.graph_module):
-                return ops, check
             kept = set(ops)
-            if all(check(n) for n in ep.graph_module.graph.nodes if n.op == "call_function" and n.target in kept):
+            if check is not None and all(check(n) for n in ep.graph_module.graph.nodes
+                                         if n.op == "call_function" and n.target in kept):
                 return ops, None
             return ops, check
     return LeanXnnpackPartitioner()

@@ -312,16 +312,16 @@ def _steps(cols: list[tuple[int, torch.Tensor, torch.Tensor]], h: torch.Tensor |
     ``h``: the state entering each chunk, [B, C, 1, D] (None: zeros). Returns [B, C, L, D].
     L steps on [B, C, 1, D] slices do N * D work in all; a Hillis-Steele doubling form inside the
     chunk halves the nodes but does log2(L) times the work: 3.6x slower on ONNX Runtime, 5.5x on
-    OpenVINO, 1.6x on ExecuTorch for a forward + reverse scan at 3136 x 144. A ``torch.scan`` loop
+    OpenVINO, 1.5x on ExecuTorch for a forward + reverse scan at 3136 x 144. A ``torch.scan`` loop
     over the steps (the GRU's ExecuTorch form) was slower on ExecuTorch: 5.3 ms vs 4.0 ms at
     3136 x 144 (the loop copies every step's slices on portable kernels), and VisionGRU-Ti still took
     283 s to lower.
     """
-    hs: dict[int, torch.Tensor] = {}
+    hs: list[torch.Tensor | None] = [None] * len(cols)
     for t, a_t, b_t in cols:
         h = b_t if h is None else a_t * h + b_t
         hs[t] = h
-    return _cat([hs[t] for t in sorted(hs)], 2)
+    return _cat(hs, 2)
 
 
 def _ends(cols: list[tuple[int, torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
