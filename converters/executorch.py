@@ -303,6 +303,8 @@ def _xnnpack_partitioner():
     """
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
 
+    from torch.fx.passes.infra.partitioner import Partition
+
     class LeanXnnpackPartitioner(XnnpackPartitioner):
         def ops_to_not_decompose(self, ep):
             ops, check = super().ops_to_not_decompose(ep)
@@ -311,7 +313,30 @@ def _xnnpack_partitioner():
                                          if n.op == "call_function" and n.target in kept):
                 return ops, None
             return ops, check
+
+        def generate_partitions(self, ep):
+            groups = self.get_matched_nodes_from_configs(ep)
+            whole = _whole_graph_partition(ep.graph_module, groups)
+            if whole is not None:
+                return [Partition(id=0, nodes=whole)]
+            from executorch.exir.backend.canonical_partitioners.pattern_op_partitioner import (
+                generate_grouped_partitions_from_list_of_nodes)
+            return generate_grouped_partitions_from_list_of_nodes(ep.graph_module, groups)
     return LeanXnnpackPartitioner()
+
+
+def _whole_graph_partition(graph_module, groups: list[list]) -> list | None:
+    """The matched nodes as one partition when they hold every op of the graph, else None.
+
+    Then nothing runs outside the partition, so it cannot form a cycle through an outside node and
+    ExecuTorch's group partitioner (which checks every proposed merge for one) would end with the same
+    single partition: 14 s of VisionGRU-Ti's lowering (5300 nodes) went into those checks.
+    """
+    matched = {n for g in groups for n in g}
+    ops = [n for n in graph_module.graph.nodes if n.op == "call_function"]
+    if not ops or any(n not in matched for n in ops):
+        return None
+    return [n for n in graph_module.graph.nodes if n in matched]
 
 
 def _scan_partitioner():
@@ -405,11 +430,14 @@ def _xnnpack_pass_can_act(pass_cls, graph_module) -> bool:
     if name == "PropagateCustomMetaPass":   # copies meta onto quantize / dequantize nodes
         from executorch.backends.xnnpack.utils.quant_utils import is_dequant, is_quant
         return any(is_quant(n) or is_dequant(n) for n in nodes)
-    if name == "FuseActivationPass":   # relu / hardtanh right after a conv, linear or add/sub/mul
+    if name == "FuseActivationPass":   # relu / hardtanh that is the only user of a conv, linear or add/sub/mul
         acts = {_op_name(op) for op in pass_cls.FUSEABLE_ACTIVATIONS}
         ops = {_op_name(op) for op in pass_cls.FUSEABLE_OPS}
         return any(_op_name(n.target) in acts and isinstance(n.args[0], torch.fx.Node)
-                   and n.args[0].op == "call_function" and _op_name(n.args[0].target) in ops for n in nodes)
+                   and n.args[0].op == "call_function" and _op_name(n.args[0].target) in ops
+                   and len(n.args[0].users) == 1 for n in nodes)
+    if name == "ConstPropPass":   # folds ops whose inputs are all constants of the graph (get_attr) or none
+        return any(all(i.op == "get_attr" for i in n.all_input_nodes) for n in nodes)
     if name == "RemoveGetItemPass":
         return bool(names & {"aten.max_pool2d_with_indices.default", "aten.max.dim"})
     if name == "InsertPadQDQPass":
@@ -450,13 +478,46 @@ def _lean_xnnpack_passes(skipped: list):
         manager.transform = original
 
 
+def _core_convolutions(program) -> int:
+    """Rewrite ``aten.conv1d/conv2d`` as the ``aten.convolution`` their decomposition makes, in place.
+
+    ``to_edge_transform_and_lower`` decomposes the whole program a second time when any op of the
+    decomposition table is left after its first pass; in a convolutional model with edge's forms the
+    convolutions are often the only such ops (VisionGRU-Ti: 9 s of its lowering). Returns the count.
+    """
+    import torch
+    aten = torch.ops.aten
+    dims = {aten.conv1d.default: 1, aten.conv2d.default: 2}
+    names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+    defaults = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1}
+
+    def per_dim(v, k: int) -> list:
+        v = list(v) if isinstance(v, (list, tuple)) else [v]
+        return v * k if len(v) == 1 else v
+
+    n = 0
+    for node in program.graph_module.graph.nodes:
+        k = dims.get(node.target)
+        if k is None:
+            continue
+        a = {**defaults, **dict(zip(names, node.args)), **node.kwargs}
+        node.target = aten.convolution.default
+        node.args = (a["input"], a["weight"], a["bias"], per_dim(a["stride"], k), per_dim(a["padding"], k),
+                     per_dim(a["dilation"], k), False, [0] * k, a["groups"])
+        node.kwargs = {}
+        n += 1
+    if n:
+        program.graph_module.recompile()
+    return n
+
+
 def lower(program, *, etrecord: bool = True, details: dict[str, Any] | None = None):
     """``to_edge_transform_and_lower`` with the XNNPACK partitioner (every precision type enabled).
 
     A program with ``torch.scan`` loops (the ``gru``/``lstm`` passes' ExecuTorch form) also gets its
     loop bodies delegated, with their weights as constants of the body.
     """
-    from executorch.exir import to_edge_transform_and_lower
+    from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
     passes = [_delegable_forms_pass()]
     if _scan_bodies(program.graph_module):
         passes.append(_scan_constants_pass(program))
@@ -465,8 +526,12 @@ def lower(program, *, etrecord: bool = True, details: dict[str, Any] | None = No
         partitioner = _xnnpack_partitioner()
     skipped: list[str] = []
     try:
+        _core_convolutions(program)
         with _lean_xnnpack_passes(skipped):
+            # No edge-dialect IR validation: it re-walks the whole program several times (16 s of VisionGRU-Ti's
+            # 95 s), and every program is run on this host and checked against PyTorch after lowering anyway.
             manager = to_edge_transform_and_lower(program, transform_passes=passes, partitioner=[partitioner],
+                                                  compile_config=EdgeCompileConfig(_check_ir_validity=False),
                                                   generate_etrecord=etrecord)
         if details is not None:   # the XNNPACK preprocess passes that had nothing to rewrite
             details["xnnpack_passes_skipped"] = sorted(set(skipped))

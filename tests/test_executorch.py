@@ -209,6 +209,7 @@ def test_skipped_xnnpack_passes_could_not_have_matched():
         (up(), (1, 2, 4, 4), {"ConvertToUpsampleBilinear2d"}),
         (nn.Sequential(nn.Conv2d(2, 2, 1), nn.ReLU()), (1, 2, 4, 4),
          {"FuseActivationPass", "ChannelsLastTaggedReshapePass", "RemoveRedundantCopyPass"}),
+        (nn.Sequential(nn.Linear(4, 4), nn.Hardtanh()), (2, 4), {"FuseActivationPass"}),
         (mm, (3, 3), {"ConvertToLinearPass"}),
         (to_cl, (1, 2, 4, 4), {"DimOrderOpsRevertPass", "RemoveRedundantCopyPass"}),
         (clone, (1, 2, 4, 4), {"XNNPACKRemoveCloneOpsTransform"}),
@@ -228,6 +229,86 @@ def test_skipped_xnnpack_passes_could_not_have_matched():
     assert {"PropagateCustomMetaPass", "RemoveGetItemPass", "InsertPadQDQPass",
             "ConvertToLinearPass"} <= set(details["xnnpack_passes_skipped"])   # no q/dq, max.dim, pad or [add]mm
     assert "FuseActivationPass" not in details["xnnpack_passes_skipped"]   # relu after conv and linear
+    # a relu whose input has another user cannot be fused (VisionGRU's minGRU gates): the pass is skipped
+    two_users = nn.Module()
+    two_users.fc = nn.Linear(4, 4)
+    two_users.forward = lambda x: (lambda h: torch.relu(h) + torch.sigmoid(h.clamp(max=0.0)))(two_users.fc(x))
+    details = {}
+    lower(torch.export.export(two_users.eval(), (torch.randn(2, 4),)), etrecord=False, details=details)
+    assert "FuseActivationPass" in details["xnnpack_passes_skipped"]
+
+
+def test_const_prop_gate_sees_ops_that_read_only_graph_constants():
+    """ConstPropPass folds an op whose inputs are all constants of the graph (get_attr) or none."""
+    from executorch.exir.passes.const_prop_pass import ConstPropPass
+    from edge.converters.executorch import _xnnpack_pass_can_act
+
+    def graph(const_input: bool) -> torch.fx.GraphModule:
+        root = torch.nn.Module()
+        root.register_buffer("c", torch.ones(4))
+        g = torch.fx.Graph()
+        x = g.placeholder("x")
+        src = g.get_attr("c") if const_input else x
+        g.output(g.call_function(torch.ops.aten.mul.Tensor, (g.call_function(torch.ops.aten.relu.default, (src,)), x)))
+        return torch.fx.GraphModule(root, g)
+
+    assert _xnnpack_pass_can_act(ConstPropPass, graph(True))       # relu(c) folds
+    assert not _xnnpack_pass_can_act(ConstPropPass, graph(False))  # every op reads the input
+
+
+def test_whole_graph_partition_is_what_the_group_partitioner_proposes():
+    """Every op delegable: one partition, the same nodes ExecuTorch's group partitioner ends with;
+    one op XNNPACK refuses: no shortcut (the group partitioner splits the graph)."""
+    from executorch.exir import to_edge
+    from executorch.exir.backend.canonical_partitioners.pattern_op_partitioner import (
+        generate_grouped_partitions_from_list_of_nodes)
+    from edge.converters.executorch import _whole_graph_partition, _xnnpack_partitioner
+
+    class Refused(torch.nn.Module):   # cumsum has no XNNPACK kernel
+        def forward(self, x):
+            return torch.cumsum(torch.relu(x) + 1.0, dim=1) * 2.0
+
+    model, args = small()
+    for module, inputs, whole in ((model, args, True), (Refused(), (torch.randn(2, 4),), False)):
+        ep = to_edge(torch.export.export(module, inputs)).exported_program()
+        groups = _xnnpack_partitioner().get_matched_nodes_from_configs(ep)
+        fast = _whole_graph_partition(ep.graph_module, groups)
+        slow = generate_grouped_partitions_from_list_of_nodes(ep.graph_module, groups)
+        assert (fast is not None) == whole
+        if whole:
+            assert len(slow) == 1 and set(fast) == set(slow[0].nodes)
+        else:
+            assert len(slow) >= 2
+
+
+def test_convolutions_rewritten_as_core_convolution_keep_the_numbers():
+    """conv1d/conv2d -> aten.convolution before lowering: same outputs, and nothing is left for ExecuTorch's
+    second decomposition of the whole program."""
+    from executorch.exir.program._program import _default_decomposition_table
+    from edge.converters.executorch import _core_convolutions
+
+    nn = torch.nn
+
+    class Convs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(4, 8, 3, stride=2, padding=1)
+            self.b = nn.Conv2d(8, 8, (3, 1), padding=(2, 0), dilation=(2, 1), groups=4, bias=False)
+            self.c = nn.Conv1d(8, 4, 3, padding=1)
+
+        def forward(self, x):
+            y = self.b(torch.relu(self.a(x)))
+            return self.c(y.flatten(2))
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 4, 9, 9)
+    ep = torch.export.export(Convs().eval(), (x,))
+    want = ep.module()(x)
+    assert _core_convolutions(ep) == 3
+    assert torch.equal(ep.module()(x), want)
+    table = _default_decomposition_table()
+    left = [n.target for n in ep.run_decompositions({}).graph.nodes if n.op == "call_function" and n.target in table]
+    assert not left, left
 
 
 def test_partitioner_drops_its_op_check_only_when_every_kept_op_passes(tmp_path):

@@ -192,24 +192,26 @@ def _mha_supported(m: nn.MultiheadAttention) -> bool:
 # --------------------------------------------------------------------------------------------- LayerNorm
 
 class EdgeLayerNorm(nn.Module):
-    """LayerNorm over the last dim with both means as a matmul by a ``[C, 1]`` column of ``1/C``.
+    """LayerNorm over the last dim with both means as a linear layer whose one output row is ``1/C``.
 
     XNNPACK has no layer_norm, and it delegates ``mean.dim`` only on 4-D tensors over the last two dims,
     as a global average pooling wrapped in layout transposes: 25 such LayerNorms cost 8.5 ms where the
-    matmul form (one small fully-connected op per mean, no transposes) costs 5.4 ms (measured with
-    ExecuTorch 1.5.1, 197 x 192 tokens). ``matmul`` is not ``linear``, so PT2E int8 leaves it in fp32.
-    The input is flattened to 2-D first: a 4-D matmul (VisionGRU's NHWC LayerNorms) lowers with an
-    ``expand`` of the column that runs on a portable kernel between delegate calls.
+    fully-connected form (one small FC op per mean, no transposes) costs 5.4 ms (measured with
+    ExecuTorch 1.5.1, 197 x 192 tokens). PT2E int8 leaves it in fp32 (the module is one of the
+    ExecuTorch converter's fp32 modules). The input is flattened to 2-D first: a 4-D matmul (VisionGRU's
+    NHWC LayerNorms) lowered with an ``expand`` of the column that ran on a portable kernel. ``linear``,
+    not ``matmul``: XNNPACK keeps linear from decomposition, while an ``mm`` makes its ConvertToLinearPass
+    re-trace the whole delegated graph.
     """
 
     def __init__(self, src: nn.LayerNorm):
         super().__init__()
         self.weight, self.bias, self.eps = src.weight, src.bias, float(src.eps)
         c = src.normalized_shape[-1]
-        self.register_buffer("average", torch.full((c, 1), 1.0 / c), persistent=False)
+        self.register_buffer("average", torch.full((1, c), 1.0 / c), persistent=False)
 
     def _mean(self, x: torch.Tensor) -> torch.Tensor:
-        return (x.reshape(-1, x.shape[-1]) @ self.average).view(*x.shape[:-1], 1)
+        return F.linear(x.reshape(-1, x.shape[-1]), self.average).view(*x.shape[:-1], 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         d = x - self._mean(x)
@@ -317,7 +319,7 @@ def _fold_block_norms(module: nn.Module) -> None:
                 norm, host = getattr(folded, norm_name), getattr(folded, owner)
                 setattr(host, linear, _fold_norm(norm, getattr(host, linear)))
                 norm.weight = norm.bias = None
-            dim = getattr(blk, folds[0][0]).average.shape[0]
+            dim = getattr(blk, folds[0][0]).average.shape[-1]
             if _probe_equal(blk, folded, lambda: (torch.randn(2, 5, dim),)):
                 setattr(parent, name, folded)
 
