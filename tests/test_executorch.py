@@ -238,6 +238,46 @@ def test_skipped_xnnpack_passes_could_not_have_matched():
     assert "FuseActivationPass" in details["xnnpack_passes_skipped"]
 
 
+def test_skipped_edge_passes_could_not_have_matched():
+    """ExecuTorch's ATen-to-edge passes are skipped only where they have nothing to rewrite: each runs on a
+    program that needs it (mixed dtypes, a dynamic batch), and the gates see the ops the others rewrite."""
+    from executorch.exir.passes.normalize_transpose_pass import NormalizeTransposePass
+    from executorch.exir.passes.replace_broken_ops_with_function_ops_pass import ReplaceBrokenOpsWithFunctionalOpsPass
+    from edge.converters.executorch import _edge_pass_can_act, lower
+
+    class Mixed(torch.nn.Module):   # float + int64: RemoveMixedTypeOperators casts
+        def forward(self, x):
+            return torch.relu(x) + torch.arange(4)
+
+    class Plain(torch.nn.Module):
+        def forward(self, x):
+            return torch.relu(x) * 2.0 + x
+
+    class BySize(torch.nn.Module):   # a SymInt (the dynamic batch) where mul takes a tensor: SymToTensorPass
+        def forward(self, x):
+            return torch.relu(x) * x.shape[0]
+
+    batch = torch.export.Dim("batch", min=2, max=8)
+    cases = [(Mixed(), torch.export.export(Mixed(), (torch.randn(2, 4),)), {"RemoveMixedTypeOperators"}),
+             (BySize(), torch.export.export(BySize(), (torch.randn(2, 4),), dynamic_shapes=({0: batch},)),
+              {"SymToTensorPass"})]
+    for module, program, must_run in cases:
+        details: dict = {}
+        lower(program, etrecord=False, details=details)
+        assert not must_run & set(details["edge_passes_skipped"]), details
+    details = {}
+    lower(torch.export.export(Plain(), (torch.randn(2, 4),)), etrecord=False, details=details)
+    assert set(details["edge_passes_skipped"]) == {"NormalizeTransposePass", "ReplaceBrokenOpsWithFunctionalOpsPass",
+                                                   "SymToTensorPass", "RemoveMixedTypeOperators"}
+
+    g = torch.fx.Graph()   # aten.t and a view op: what the two remaining gates look for
+    x = g.placeholder("x")
+    g.output(g.call_function(torch.ops.aten.view.default, (g.call_function(torch.ops.aten.t.default, (x,)), [-1])))
+    gm = torch.fx.GraphModule(torch.nn.Module(), g)
+    assert _edge_pass_can_act(NormalizeTransposePass(), gm)
+    assert _edge_pass_can_act(ReplaceBrokenOpsWithFunctionalOpsPass(), gm)
+
+
 def test_const_prop_gate_sees_ops_that_read_only_graph_constants():
     """ConstPropPass folds an op whose inputs are all constants of the graph (get_attr) or none."""
     from executorch.exir.passes.const_prop_pass import ConstPropPass

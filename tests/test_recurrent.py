@@ -109,22 +109,23 @@ def _mingru(dim=8, seed=0):
 
 @FAST
 @given(N=st.integers(1, 300), chunk=st.sampled_from([2, 4, 16, 32]), B=st.integers(1, 2), seed=st.integers(0, 99),
-       scale=st.sampled_from([0.1, 1.0, 8.0]))
-def test_chunked_scan_matches_sequential_and_reference(N, chunk, B, seed, scale):
+       scale=st.sampled_from([0.1, 1.0, 8.0]), kept=st.booleans())
+def test_chunked_scan_matches_sequential_and_reference(N, chunk, B, seed, scale, kept):
     g = torch.Generator().manual_seed(seed)
     a = torch.rand(B, N, 3, generator=g) ** scale        # gates in [0, 1], some close to 0
     b = torch.rand(B, N, 3, generator=g) * scale
     h0 = torch.rand(B, 3, generator=g)
     for init in (None, h0):
         seq = R.sequential_mingru_scan(a, b, init)
-        assert float((R.chunked_linear_scan(a, b, init, chunk) - seq).abs().max()) <= 1e-4 * (1 + float(seq.abs().max()))
+        got = R.chunked_linear_scan(a, b, init, chunk, keep_products=kept)
+        assert float((got - seq).abs().max()) <= 1e-4 * (1 + float(seq.abs().max()))
         back = R.sequential_mingru_scan(a.flip(1), b.flip(1), init).flip(1)      # right to left, by flipping
-        assert float((R.chunked_linear_scan(a, b, init, chunk, reverse=True) - back).abs().max()) <= \
-            1e-4 * (1 + float(back.abs().max()))
+        assert float((R.chunked_linear_scan(a, b, init, chunk, reverse=True, keep_products=kept) - back).abs().max()) \
+            <= 1e-4 * (1 + float(back.abs().max()))
     m = _mingru(seed=seed)
     x = torch.randn(B, N, 8, generator=g) * scale
     with torch.no_grad():
-        ref, fast = m(x), R.ChunkedMinGRU(m, chunk=chunk)(x)
+        ref, fast = m(x), R.ChunkedMinGRU(m, chunk=chunk, keep_products=kept)(x)
         seq = R.ChunkedMinGRU(m, sequential=True)(x)
     assert float((fast - seq).abs().max()) < 1e-5 * (1 + float(seq.abs().max()))
     assert float((fast - ref).abs().max()) < 1e-4 * (1 + float(ref.abs().max()))   # log-space ref has fp32 noise
@@ -135,9 +136,10 @@ def test_chunked_scan_is_stable_where_logspace_is_not():
     a = torch.zeros(1, 500, 2)
     a[:, ::7] = 1.0
     b = torch.full((1, 500, 2), 3.0)
-    out = R.chunked_linear_scan(a, b)
-    assert torch.isfinite(out).all()
-    assert float((out - R.sequential_mingru_scan(a, b)).abs().max()) < 1e-5
+    for kept in (False, True):
+        out = R.chunked_linear_scan(a, b, keep_products=kept)
+        assert torch.isfinite(out).all()
+        assert float((out - R.sequential_mingru_scan(a, b)).abs().max()) < 1e-5
 
 
 def test_streaming_step_equals_full_scan():
@@ -182,7 +184,9 @@ def test_mingru_chunk_is_picked_per_target_and_recorded():
     for target, chunk in (("executorch", R.CHUNK_BY_TARGET["executorch"]), ("openvino", R.CHUNK), ("onnx", R.CHUNK)):
         fast = edge.optimize(model, target=target)
         rec = {r["pass"]: r for r in fast.edge_passes}["mingru_scan"]
-        assert fast[0].chunk == rec["chunk"] == chunk and rec["variant"] == f"chunk {chunk}"
+        kept = target in R.KEEP_PRODUCTS_TARGETS
+        assert fast[0].chunk == rec["chunk"] == chunk and fast[0].keep_products == rec["keep_products"] == kept
+        assert rec["variant"] == f"chunk {chunk}" + (", products kept" if kept else "")
     assert R.CHUNK_BY_TARGET["executorch"] != R.CHUNK
     assert edge.optimize(model, target="executorch", mingru_chunk=8)[0].chunk == 8   # an explicit chunk wins
     keys = {t: edge.passes.profile_key(t) for t in ("onnx", "openvino", "executorch")}

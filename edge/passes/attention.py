@@ -209,13 +209,16 @@ class EdgeLayerNorm(nn.Module):
         self.weight, self.bias, self.eps = src.weight, src.bias, float(src.eps)
         c = src.normalized_shape[-1]
         self.register_buffer("average", torch.full((1, c), 1.0 / c), persistent=False)
+        # eps as a tensor: a Python number added to a tensor costs ExecuTorch one more re-trace of the
+        # whole program (its ScalarToTensorPass), which is skipped when no op takes one
+        self.register_buffer("eps_tensor", torch.tensor(self.eps), persistent=False)
 
     def _mean(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x.reshape(-1, x.shape[-1]), self.average).view(*x.shape[:-1], 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         d = x - self._mean(x)
-        y = d * torch.rsqrt(self._mean(d * d) + self.eps)
+        y = d * torch.rsqrt(self._mean(d * d) + self.eps_tensor)
         if self.weight is not None:
             y = y * self.weight
         if self.bias is not None:

@@ -45,6 +45,10 @@ CHUNK = 16
 # of 3136 x 144, chunk 4 / 8 / 16 timed interleaved in one run): ExecuTorch 2.30 / 2.51 / 2.79 ms and
 # 420 / 468 / 638 graph nodes, lowering 14.8 / 16.3 / 20.2 s; OpenVINO 1.61 / 1.47 / 1.40 ms.
 CHUNK_BY_TARGET = {"executorch": 4}
+# Targets whose minGRU scan keeps every state and gate product in one pass (``keep_products``): fewer
+# graph nodes, which ExecuTorch's lowering time follows. OpenVINO ran that form slower (two more
+# full-size concats: 29.7 vs 19.1 ms for a VisionGRU-Ti stage-1 layer at 512 px).
+KEEP_PRODUCTS_TARGETS = ("executorch",)
 
 
 def _rnn_variant(target: str | None) -> str:
@@ -332,8 +336,23 @@ def _ends(cols: list[tuple[int, torch.Tensor, torch.Tensor]]) -> tuple[torch.Ten
     return h, p
 
 
+def _steps_and_products(cols: list[tuple[int, torch.Tensor, torch.Tensor]]):
+    """All states from a zero state and all gate products of ``cols``, plus the chunk's end state and product.
+
+    Returns ``(H, P, h_end, p_end)``: H and P are [B, C, L, D], the ends [B, C, 1, D]; the states from an
+    entering state E are then ``H + P * E``.
+    """
+    hs: list[torch.Tensor | None] = [None] * len(cols)
+    ps: list[torch.Tensor | None] = [None] * len(cols)
+    h = p = None
+    for t, a_t, b_t in cols:
+        h, p = (b_t, a_t) if h is None else (a_t * h + b_t, a_t * p)
+        hs[t], ps[t] = h, p
+    return _cat(hs, 2), _cat(ps, 2), h, p
+
+
 def chunked_linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None,
-                        chunk: int = CHUNK, reverse: bool = False) -> torch.Tensor:
+                        chunk: int = CHUNK, reverse: bool = False, keep_products: bool = False) -> torch.Tensor:
     """h_t = a_t * h_{t-1} + b_t over dim 1 of [B, N, D] (h_{-1} = h0 [B, D] or 0), with a in [0, 1].
 
     ``reverse=True`` scans from the last token to the first: ``flip(scan(flip(a), flip(b)))`` without
@@ -345,6 +364,10 @@ def chunked_linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | Non
     19.1 ms vs 29.7 ms for a VisionGRU-Ti stage-1 layer at 512 px.) The N % chunk tokens left over
     (at the end in scan order) continue from the last chunk's state. Only mul/add/slice/cat, no
     constants, products of numbers in [0, 1] only: safe and convertible everywhere.
+
+    ``keep_products=True`` is that other form: one pass keeps every state from zero and every gate
+    product, and the states are ``H + P * entering state``. Fewer graph nodes (27 instead of 34 per
+    level at chunk 4), which is what ExecuTorch's lowering time follows (~8 ms per node).
     """
     B, N, D = a.shape
     if N <= chunk:
@@ -357,20 +380,30 @@ def chunked_linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | Non
     am, bm = (a, b) if not r else ((a[:, r:], b[:, r:]) if reverse else (a[:, :M], b[:, :M]))
     a4, b4 = am.reshape(B, C, chunk, D), bm.reshape(B, C, chunk, D)
     cols = _columns(a4, b4, reverse)
-    h_end, p_end = _ends(cols)
-    ends = chunked_linear_scan(p_end.view(B, C, D), h_end.view(B, C, D), h0, chunk, reverse)   # [B, C, D]: after chunk c
+    if keep_products:
+        H, P, h_end, p_end = _steps_and_products(cols)
+    else:
+        h_end, p_end = _ends(cols)
+    ends = chunked_linear_scan(p_end.view(B, C, D), h_end.view(B, C, D), h0, chunk, reverse,
+                               keep_products)   # [B, C, D]: the state after chunk c
     # the state entering the first chunk in scan order: h0, or zeros made by arithmetic (a zeros() is a
-    # constant-fill op ExecuTorch runs on a portable kernel between delegate calls)
-    first = ends[:, :1] * 0.0 if h0 is None else h0.view(B, 1, D)
+    # constant-fill op ExecuTorch runs on a portable kernel between delegate calls; x - x, not x * 0.0:
+    # a Python number costs ExecuTorch's lowering one more re-trace of the program)
+    end = ends[:, :1]
+    first = end - end if h0 is None else h0.view(B, 1, D)
     if C == 1:
         before = first
     else:
         before = torch.cat([ends[:, 1:], first] if reverse else [first, ends[:, :C - 1]], dim=1)
-    h = _steps(cols, before.view(B, C, 1, D)).reshape(B, M, D)
+    if keep_products:
+        h = (H + P * before.view(B, C, 1, D)).reshape(B, M, D)
+    else:
+        h = _steps(cols, before.view(B, C, 1, D)).reshape(B, M, D)
     if not r:
         return h
     rest = slice(0, r) if reverse else slice(M, N)
-    tail = chunked_linear_scan(a[:, rest], b[:, rest], h[:, 0] if reverse else h[:, M - 1], chunk, reverse)
+    tail = chunked_linear_scan(a[:, rest], b[:, rest], h[:, 0] if reverse else h[:, M - 1], chunk, reverse,
+                               keep_products)
     return torch.cat([tail, h] if reverse else [h, tail], dim=1)
 
 
@@ -408,13 +441,14 @@ class ChunkedMinGRU(nn.Module):
         >>> y_t, h = layer.step(x_t, h)          # next token; equals the full scan's output at t
     """
 
-    def __init__(self, src: nn.Module, *, chunk: int = CHUNK, sequential: bool = False, reverse: bool = False):
+    def __init__(self, src: nn.Module, *, chunk: int = CHUNK, sequential: bool = False, reverse: bool = False,
+                 keep_products: bool = False):
         super().__init__()
         # to_hidden_and_gate as two Linears (its rows split in half): the same dot products without a
         # split of the output, which OpenVINO runs with a reference kernel (11% of VisionGRU-Ti at 1024 px)
         self.to_hidden, self.to_gate = _row_halves(src.to_hidden_and_gate)
         self.to_out = src.to_out
-        self.chunk, self.sequential, self.reverse = chunk, sequential, reverse
+        self.chunk, self.sequential, self.reverse, self.keep_products = chunk, sequential, reverse, keep_products
 
     def _gates(self, x: torch.Tensor):
         return _softplus_free_gates(self.to_gate(x), self.to_hidden(x))
@@ -424,7 +458,7 @@ class ChunkedMinGRU(nn.Module):
         if self.sequential:
             h = sequential_mingru_scan(a, b, h0, self.reverse)
         else:
-            h = chunked_linear_scan(a, b, h0, self.chunk, self.reverse)
+            h = chunked_linear_scan(a, b, h0, self.chunk, self.reverse, self.keep_products)
         out = self.to_out(h)
         return (out, h[:, 0] if self.reverse else h[:, -1]) if return_state else out
 
@@ -447,7 +481,8 @@ def is_mingru(m: nn.Module) -> bool:
 
 
 def _mingru_variant(target: str | None) -> str:
-    return f"chunk {CHUNK_BY_TARGET.get(target, CHUNK)}"
+    kept = ", products kept" if target in KEEP_PRODUCTS_TARGETS else ""
+    return f"chunk {CHUNK_BY_TARGET.get(target, CHUNK)}{kept}"
 
 
 @register_pass("mingru_scan", "minGRU's logcumsumexp scan -> chunked linear scan (mul/add/slice only; converts "
@@ -455,10 +490,12 @@ def _mingru_variant(target: str | None) -> str:
 def mingru_pass(module: nn.Module, ctx: OptimizeContext) -> tuple[int, dict]:
     """A VisionGRU block's backward minGRU (run as ``m(y.flip(1)).flip(1)``) becomes a reverse scan: no flips.
 
-    The chunk is the target's (``CHUNK_BY_TARGET``, else ``CHUNK``) unless ``mingru_chunk`` is given.
+    The chunk is the target's (``CHUNK_BY_TARGET``, else ``CHUNK``) unless ``mingru_chunk`` is given;
+    ``KEEP_PRODUCTS_TARGETS`` get the one-pass form of the scan.
     """
     from edge.zoo.visiongru import Block2DGRU
-    kw = {"chunk": int(ctx.options.get("mingru_chunk", CHUNK_BY_TARGET.get(ctx.target, CHUNK)))}
+    kw = {"chunk": int(ctx.options.get("mingru_chunk", CHUNK_BY_TARGET.get(ctx.target, CHUNK))),
+          "keep_products": ctx.target in KEEP_PRODUCTS_TARGETS}
     n = 0
     for blk in module.modules():
         if isinstance(blk, Block2DGRU) and is_mingru(blk.min_gru_2):
