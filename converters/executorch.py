@@ -455,7 +455,10 @@ def _edge_pass_can_act(pass_obj, graph_module) -> bool:
     """
     import torch
     from torch._prims_common import elementwise_dtypes
-    nodes = [n for n in graph_module.graph.nodes if n.op == "call_function"]
+    # the passes also rewrite control-flow bodies (a torch.scan's step): look at every graph
+    graphs = [m.graph for m in graph_module.modules() if isinstance(m, torch.fx.GraphModule)]
+    every = [n for g in graphs for n in g.nodes]
+    nodes = [n for n in every if n.op == "call_function"]
     name = _pass_name(pass_obj)
     if name == "NormalizeTransposePass":   # aten.t -> aten.t_copy
         return any(n.target == torch.ops.aten.t.default for n in nodes)
@@ -465,7 +468,7 @@ def _edge_pass_can_act(pass_obj, graph_module) -> bool:
         return any(_scalar_for_tensor(n) for n in nodes)
     if name == "SymToTensorPass":   # SymInt/SymFloat/SymBool values passed to ops
         sym = (torch.SymInt, torch.SymFloat, torch.SymBool)
-        return any(isinstance(n.meta.get("val"), sym) for n in graph_module.graph.nodes)
+        return any(isinstance(n.meta.get("val"), sym) for n in every)
     if name == "RemoveMixedTypeOperators":   # add/mul/sub/div/minimum whose inputs promote to another dtype
         from executorch.exir.passes.remove_mixed_type_operators import ELEMENTWISE_TYPE_PROMOTION_KIND as kind
         ops = {torch.ops.aten.add.Tensor, torch.ops.aten.mul.Tensor, torch.ops.aten.sub.Tensor,
@@ -521,11 +524,19 @@ def _lean_edge_passes(skipped: list):
         pre, post = original(config)
         return [gated(p) for p in pre], post
 
-    _program._get_aten_to_edge_passes = passes
+    with _patched(_program, "_get_aten_to_edge_passes", passes):
+        yield
+
+
+@contextlib.contextmanager
+def _patched(owner, name: str, value):
+    """``owner.name`` is ``value`` while the block runs, then what it was."""
+    original = getattr(owner, name)
+    setattr(owner, name, value)
     try:
         yield
     finally:
-        _program._get_aten_to_edge_passes = original
+        setattr(owner, name, original)
 
 
 def _pass_name(pass_obj) -> str:
@@ -557,11 +568,8 @@ def _lean_xnnpack_passes(skipped: list):
                 skipped.append(pass_cls.__name__)
         return ep
 
-    manager.transform = transform
-    try:
+    with _patched(manager, "transform", transform):
         yield
-    finally:
-        manager.transform = original
 
 
 def _core_convolutions(program) -> int:
