@@ -302,7 +302,6 @@ def _xnnpack_partitioner():
     :func:`_scan_partitioner` instead.
     """
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-
     from torch.fx.passes.infra.partitioner import Partition
 
     class LeanXnnpackPartitioner(XnnpackPartitioner):
@@ -505,8 +504,8 @@ def _scalar_for_tensor(node) -> bool:
 def _lean_edge_passes(skipped: list):
     """While lowering, ExecuTorch's ATen-to-edge passes run only where :func:`_edge_pass_can_act`.
 
-    Each skipped pass name is appended to ``skipped``. Measured on a VisionGRU-Ti stage-1 block (495
-    nodes): 4 passes skipped, 0.94 s of its 4.5 s lowering.
+    Each skipped pass name is appended to ``skipped``. On a VisionGRU-Ti stage-1 block (495 nodes) the
+    five passes it skips took 1.2 s of a 4.5 s lowering, each changing nothing.
     """
     from executorch.exir.program import _program
     from torch.fx.passes.infra.pass_base import PassResult

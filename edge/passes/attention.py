@@ -206,11 +206,12 @@ class EdgeLayerNorm(nn.Module):
 
     def __init__(self, src: nn.LayerNorm):
         super().__init__()
+        # eps stays a float too: callers read it as nn.LayerNorm's (nn.TransformerEncoderLayer compares them)
         self.weight, self.bias, self.eps = src.weight, src.bias, float(src.eps)
         c = src.normalized_shape[-1]
         self.register_buffer("average", torch.full((1, c), 1.0 / c), persistent=False)
-        # eps as a tensor: a Python number added to a tensor costs ExecuTorch one more re-trace of the
-        # whole program (its ScalarToTensorPass), which is skipped when no op takes one
+        # eps as a tensor in forward: a Python number added to a tensor costs ExecuTorch one more re-trace
+        # of the whole program (its ScalarToTensorPass), which is skipped when no op takes one
         self.register_buffer("eps_tensor", torch.tensor(self.eps), persistent=False)
 
     def _mean(self, x: torch.Tensor) -> torch.Tensor:

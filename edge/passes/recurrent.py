@@ -366,8 +366,9 @@ def chunked_linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | Non
     constants, products of numbers in [0, 1] only: safe and convertible everywhere.
 
     ``keep_products=True`` is that other form: one pass keeps every state from zero and every gate
-    product, and the states are ``H + P * entering state``. Fewer graph nodes (27 instead of 34 per
-    level at chunk 4), which is what ExecuTorch's lowering time follows (~8 ms per node).
+    product, and the states are ``H + P * entering state``. Fewer graph nodes, which is what
+    ExecuTorch's lowering time follows: a forward + reverse scan of 3136 x 144 at chunk 4 has 367
+    nodes instead of 417 and lowers in 2.65 s instead of 3.38 s, but runs in 4.02 ms instead of 3.32 ms.
     """
     B, N, D = a.shape
     if N <= chunk:
