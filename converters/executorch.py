@@ -441,8 +441,14 @@ def _xnnpack_pass_can_act(pass_cls, graph_module) -> bool:
         return bool(names & {"aten.max_pool2d_with_indices.default", "aten.max.dim"})
     if name == "InsertPadQDQPass":
         return "aten.constant_pad_nd.default" in names
-    if name == "RemoveRedundantCopyPass":
-        return "aten._to_copy.default" in names
+    if name == "RemoveRedundantCopyPass":   # a _to_copy after a copy, a dequantize or a node of its own layout
+        from executorch.backends.xnnpack._passes.channels_last_tagged_reshape_pass import (
+            ChannelsLastTaggedReshapePass as tags)
+        from executorch.backends.xnnpack.utils.quant_utils import is_dequant
+        copies = [n for n in nodes if _op_name(n.target) == "aten._to_copy.default" and n.all_input_nodes]
+        return any(_op_name(getattr(x, "target", "")) == "aten._to_copy.default" or is_dequant(x)
+                   or (tags.is_nhwc_node(x) and tags.is_nhwc_node(n)) or (tags.is_nchw_node(x) and tags.is_nchw_node(n))
+                   for n in copies for x in [n.args[0]])
     return True
 
 
@@ -524,6 +530,18 @@ def _lean_edge_passes(skipped: list):
         return [gated(p) for p in pre], post
 
     with _patched(_program, "_get_aten_to_edge_passes", passes):
+        yield
+
+
+@contextlib.contextmanager
+def _cached_type_hints():
+    """ExecuTorch's JSON encoder of the XNNPACK graph looks up a dataclass's type hints once per field of
+    every serialized object (a few seconds for a 5000-node graph); a class's hints do not change, so
+    they are looked up once per class while the block runs."""
+    import functools
+    import typing
+    from executorch.exir._serialize import _dataclass
+    with _patched(_dataclass, "get_type_hints", functools.lru_cache(maxsize=None)(typing.get_type_hints)):
         yield
 
 
@@ -621,7 +639,7 @@ def lower(program, *, etrecord: bool = True, details: dict[str, Any] | None = No
     edge_skipped: list[str] = []
     try:
         _core_convolutions(program)
-        with _lean_xnnpack_passes(skipped), _lean_edge_passes(edge_skipped):
+        with _lean_xnnpack_passes(skipped), _lean_edge_passes(edge_skipped), _cached_type_hints():
             # No edge-dialect IR validation: it re-walks the whole program several times (16 s of VisionGRU-Ti's
             # 95 s), and every program is run on this host and checked against PyTorch after lowering anyway.
             manager = to_edge_transform_and_lower(program, transform_passes=passes, partitioner=[partitioner],

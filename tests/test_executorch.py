@@ -208,10 +208,10 @@ def test_skipped_xnnpack_passes_could_not_have_matched():
         (cat6(), (1, 2, 4), {"DecomposeConcatenate"}),
         (up(), (1, 2, 4, 4), {"ConvertToUpsampleBilinear2d"}),
         (nn.Sequential(nn.Conv2d(2, 2, 1), nn.ReLU()), (1, 2, 4, 4),
-         {"FuseActivationPass", "ChannelsLastTaggedReshapePass", "RemoveRedundantCopyPass"}),
+         {"FuseActivationPass", "ChannelsLastTaggedReshapePass"}),
         (nn.Sequential(nn.Linear(4, 4), nn.Hardtanh()), (2, 4), {"FuseActivationPass"}),
         (mm, (3, 3), {"ConvertToLinearPass"}),
-        (to_cl, (1, 2, 4, 4), {"DimOrderOpsRevertPass", "RemoveRedundantCopyPass"}),
+        (to_cl, (1, 2, 4, 4), {"DimOrderOpsRevertPass", "RemoveRedundantCopyPass"}),   # 3 copies -> 1
         (clone, (1, 2, 4, 4), {"XNNPACKRemoveCloneOpsTransform"}),
         (max_dim, (1, 2, 4, 4), {"RemoveGetItemPass"}),
         (pad, (1, 2, 4, 4), {"InsertPadQDQPass"}),
@@ -276,6 +276,22 @@ def test_skipped_edge_passes_could_not_have_matched():
     gm = torch.fx.GraphModule(torch.nn.Module(), g)
     assert _edge_pass_can_act(NormalizeTransposePass(), gm)
     assert _edge_pass_can_act(ReplaceBrokenOpsWithFunctionalOpsPass(), gm)
+
+
+def test_lowering_restores_what_it_patches():
+    """The pass gates and the type-hint cache are ExecuTorch attributes swapped only while lowering."""
+    import typing
+
+    from executorch.backends.xnnpack._passes import XNNPACKPassManager
+    from executorch.exir._serialize import _dataclass
+    from executorch.exir.program import _program
+    from edge.converters.executorch import lower
+
+    before = (XNNPACKPassManager.transform, _program._get_aten_to_edge_passes, _dataclass.get_type_hints)
+    model, args = small()
+    lower(torch.export.export(model, args), etrecord=False)
+    assert (XNNPACKPassManager.transform, _program._get_aten_to_edge_passes, _dataclass.get_type_hints) == before
+    assert _dataclass.get_type_hints is typing.get_type_hints
 
 
 def test_const_prop_gate_sees_ops_that_read_only_graph_constants():
