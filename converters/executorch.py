@@ -626,7 +626,8 @@ def lower(program, *, etrecord: bool = True, details: dict[str, Any] | None = No
     """``to_edge_transform_and_lower`` with the XNNPACK partitioner (every precision type enabled).
 
     A program with ``torch.scan`` loops (the ``gru``/``lstm`` passes' ExecuTorch form) also gets its
-    loop bodies delegated, with their weights as constants of the body.
+    loop bodies delegated, with their weights as constants of the body. Like ExecuTorch's lowering itself,
+    this changes ``program`` (its convolutions become ``aten.convolution``: the same numbers).
     """
     from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
     passes = [_delegable_forms_pass()]
