@@ -373,7 +373,12 @@ def _scan_partitioner():
                                        constants=exported_program.constants)
                 groups = [[n for n in g if "clone" not in str(n.target)]
                           for g in self.get_matched_nodes_from_configs(view)]
-                for part in generate_grouped_partitions_from_list_of_nodes(body, [g for g in groups if g]):
+                groups = [g for g in groups if g]
+                # several steps per body: the group of their linears alone would make a cycle with the gates
+                whole = _whole_graph_partition(body, groups)
+                parts = ([SimpleNamespace(nodes=whole)] if whole is not None
+                         else generate_grouped_partitions_from_list_of_nodes(body, groups))
+                for part in parts:
                     tag = f"scan_body_tag{k}"
                     k += 1
                     for n in part.nodes:
@@ -659,7 +664,7 @@ def lower(program, *, etrecord: bool = True, details: dict[str, Any] | None = No
 def delegation_summary(graph_module) -> dict[str, Any]:
     """Delegate calls, delegated/portable node counts and the ops left on portable kernels.
 
-    ``torch.scan`` loops are listed under ``loops``: per loop its length and what one step runs
+    ``torch.scan`` loops are listed under ``loops``: per loop its iterations and what one iteration runs
     (delegate calls, portable ops). A program counts as fully delegated when the loop ops
     themselves are all that runs outside XNNPACK and each loop body is one delegate call.
     """
@@ -676,8 +681,8 @@ def delegation_summary(graph_module) -> dict[str, Any]:
         calls = [n for n in body.graph.nodes if "executorch_call_delegate" in str(n.target)]
         ops = [str(getattr(n.target, "__name__", n.target)) for n in body.graph.nodes
                if n.op == "call_function" and n not in calls and "getitem" not in str(n.target)]
-        loops.append({"steps": int(node.args[2][0].meta["val"].shape[0]), "delegate_calls_per_step": len(calls),
-                      "portable_ops_per_step": sorted(ops)})
+        loops.append({"iterations": int(node.args[2][0].meta["val"].shape[0]),
+                      "delegate_calls_per_iteration": len(calls), "portable_ops_per_iteration": sorted(ops)})
         for op in ops:   # get_delegation_info only looks at the top-level graph
             portable[op] = portable.get(op, 0) + 1
     calls = int(info.num_delegated_subgraphs)
@@ -687,9 +692,10 @@ def delegation_summary(graph_module) -> dict[str, Any]:
            "fully_delegated": calls == 1 and not portable}
     if loops:   # the loop op itself is ExecuTorch's control flow; everything else must be delegated
         out["loops"] = loops
-        out["delegate_calls_per_run"] = calls + sum(lp["steps"] * lp["delegate_calls_per_step"] for lp in loops)
+        out["delegate_calls_per_run"] = calls + sum(lp["iterations"] * lp["delegate_calls_per_iteration"]
+                                                    for lp in loops)
         out["fully_delegated"] = (set(portable) == {"scan"} and portable["scan"] == len(loops)
-                                  and all(lp["delegate_calls_per_step"] == 1 for lp in loops))
+                                  and all(lp["delegate_calls_per_iteration"] == 1 for lp in loops))
     if not out["fully_delegated"]:
         ops = ", ".join(f"{k} x{v}" for k, v in list(out["portable_ops"].items())[:8] if k != "scan") or "none"
         out["warning"] = (f"not fully delegated: {out['delegate_calls']} XNNPACK delegate call(s); ops on portable "

@@ -28,8 +28,8 @@ def _max_diff(a, b) -> float:
 @FAST
 @given(kind=st.sampled_from(["gru", "lstm"]), layers=st.integers(1, 3), bi=st.booleans(), batch_first=st.booleans(),
        bias=st.booleans(), init=st.booleans(), T=st.integers(1, 9), B=st.integers(1, 3), seed=st.integers(0, 99),
-       form=st.sampled_from(["unrolled", "scan"]))
-def test_tuned_rnn_matches_pytorch(kind, layers, bi, batch_first, bias, init, T, B, seed, form):
+       form=st.sampled_from(["unrolled", "scan"]), steps=st.integers(1, 4))
+def test_tuned_rnn_matches_pytorch(kind, layers, bi, batch_first, bias, init, T, B, seed, form, steps):
     torch.manual_seed(seed)
     cls, tuned = (nn.GRU, R.TunedGRU) if kind == "gru" else (nn.LSTM, R.TunedLSTM)
     ref = cls(5, 6, num_layers=layers, bidirectional=bi, batch_first=batch_first, bias=bias).eval()
@@ -39,16 +39,17 @@ def test_tuned_rnn_matches_pytorch(kind, layers, bi, batch_first, bias, init, T,
         h = torch.randn(layers * (2 if bi else 1), B, 6)
         hx = h if kind == "gru" else (h, torch.randn_like(h))
     with torch.no_grad():
-        assert _max_diff(ref(x, hx), tuned(ref, form)(x, hx)) < 1e-5
+        assert _max_diff(ref(x, hx), tuned(ref, form, steps if form == "scan" else 1)(x, hx)) < 1e-5
 
 
-@pytest.mark.parametrize("form", ["unrolled", "scan"])
+@pytest.mark.parametrize("form", ["unrolled", "scan", "scan-2"])
 @pytest.mark.parametrize("kind", ["gru", "lstm"])
 def test_tuned_rnn_exports_exactly(kind, form):
     """Both forms survive torch.export (scan: one higher-order op, however long the sequence)."""
     torch.manual_seed(0)
     ref = (nn.GRU if kind == "gru" else nn.LSTM)(5, 6, num_layers=2, bidirectional=True, batch_first=True).eval()
-    tuned = (R.TunedGRU if kind == "gru" else R.TunedLSTM)(ref, form).eval()
+    form, _, steps = form.partition("-")
+    tuned = (R.TunedGRU if kind == "gru" else R.TunedLSTM)(ref, form, int(steps or 1)).eval()
     x = torch.randn(2, 7, 5)
     ep = torch.export.export(tuned, (x,), strict=False)
     scans = [n for n in ep.graph.nodes if n.target is torch.ops.higher_order.scan]
@@ -57,6 +58,8 @@ def test_tuned_rnn_exports_exactly(kind, form):
         assert _max_diff(ref(x), ep.module()(x)) < 1e-5
     with pytest.raises(UsageError, match="form"):
         R.TunedGRU(nn.GRU(2, 2), "loop")
+    with pytest.raises(UsageError, match="steps_per_call"):
+        R.TunedGRU(nn.GRU(2, 2), "scan", 0)
 
 
 def test_tuned_rnn_unbatched_and_packed():
@@ -91,6 +94,7 @@ def test_pass_variants_and_records():
     assert rec["lstm"]["rewrites"] == 1
     assert isinstance(fast.gru, R.TunedGRU) and isinstance(fast.lstm, R.TunedLSTM)
     assert fast.gru.form == fast.lstm.form == "scan"
+    assert fast.gru.steps_per_call == R.SCAN_STEPS_PER_CALL
     assert edge.optimize(model, target="coreml").gru.form == "unrolled"
     assert type(fast.proj_lstm) is nn.LSTM and type(model.gru) is nn.GRU      # the user's model is untouched
     with torch.no_grad():

@@ -117,14 +117,16 @@ def _executorch_ok() -> bool:
 @pytest.mark.slow
 @pytest.mark.skipif(not _executorch_ok(), reason="the executorch target is not available")
 def test_tuned_gru_through_executorch_is_one_delegate(tmp_path):
-    """The 196-step GRU lowers as one torch.scan loop whose step is one XNNPACK call (nn.GRU: 198 calls and
-    392 portable split_with_sizes_copy); before and after the loop one call each, nothing on portable kernels."""
+    """The 196-step GRU lowers as one torch.scan loop of 97 iterations (two steps each) that make one XNNPACK
+    call each (nn.GRU: 198 calls and 392 portable split_with_sizes_copy); before and after the loop one call
+    each (the first two steps, the classifier), nothing on portable kernels."""
     art = _convert("gru_classifier", "executorch", tmp_path)
     d = art.manifest.details
     assert {p["pass"]: p["variant"] for p in d["optimize_passes"]}["gru"] == "scan"
     deleg = d["delegation"]
     assert deleg["fully_delegated"], deleg
-    assert deleg["loops"] == [{"steps": 195, "delegate_calls_per_step": 1, "portable_ops_per_step": []}]
+    assert deleg["loops"] == [{"iterations": 97, "delegate_calls_per_iteration": 1,
+                               "portable_ops_per_iteration": []}]
     assert deleg["portable_ops"] == {"scan": 1} and deleg["delegate_calls"] == 2
     assert art.manifest.parity["passed"]
 
@@ -149,8 +151,8 @@ def test_bidirectional_stacked_rnn_through_executorch(tmp_path, kind):
     art = edge.convert(Net().eval(), example_inputs=(x, h0), target="executorch", out=tmp_path / kind)
     deleg = art.manifest.details["delegation"]
     assert art.manifest.parity["passed"]
-    assert len(deleg["loops"]) == 4 and all(lp["delegate_calls_per_step"] == 1 and not lp["portable_ops_per_step"]
-                                            for lp in deleg["loops"]), deleg
+    assert len(deleg["loops"]) == 4 and all(
+        lp["delegate_calls_per_iteration"] == 1 and not lp["portable_ops_per_iteration"] for lp in deleg["loops"]), deleg
 
 
 @pytest.mark.slow

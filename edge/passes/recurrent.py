@@ -12,10 +12,10 @@ keeps in its fast path: matmul (Linear), sigmoid/tanh, mul/add/sub, static slice
   gates. Outputs (``output, h_n`` / ``output, (h_n, c_n)``) are PyTorch's. Three forms, picked
   per target (the pass variant):
   ``native`` (ONNX, OpenVINO) keeps nn.GRU/nn.LSTM: their own GRU/LSTM op is fastest there;
-  ``scan`` (ExecuTorch) writes the steps as one ``torch.scan`` whose body (hidden matmul +
-  gates) the ExecuTorch converter lowers as ONE XNNPACK delegate that the program's loop calls
-  per step: lowering takes seconds whatever the length (the unrolled graph took 127 s at 196
-  steps), no portable op runs between steps;
+  ``scan`` (ExecuTorch) writes the steps as one ``torch.scan`` whose body (``SCAN_STEPS_PER_CALL``
+  steps: hidden matmul + gates each) the ExecuTorch converter lowers as ONE XNNPACK delegate that
+  the program's loop calls per iteration: lowering takes seconds whatever the length (the unrolled
+  graph took 127 s at 196 steps), no portable op runs between steps;
   ``unrolled`` (CoreML, CUDA, anything else) writes every step out as slices + matmul + gates.
 * ``mingru_scan``: :class:`ChunkedMinGRU` replaces each minGRU (edge.zoo.visiongru.MinGRU or a
   module with minGRU-pytorch's layout) by a chunked scan: inside a chunk of ``CHUNK`` tokens an
@@ -40,6 +40,10 @@ from edge.passes import OptimizeContext, refit_linear, register_pass
 NATIVE_RNN_TARGETS = ("onnx", "openvino")
 # Targets whose converter lowers a torch.scan body as one delegate called per step (converters/executorch.py).
 SCAN_RNN_TARGETS = ("executorch",)
+# Time steps per iteration of the ExecuTorch loop (one delegate call each). 196-step GRU 64->128, one
+# run, medians of 3 rounds: 1 / 2 / 3 steps 1.48 / 1.18 / 1.26 ms (4 / 8: 1.37 / 1.71), lowering
+# 2.8 / 3.1 / 3.5 s (8: 9.3 s); eager nn.GRU 2.90 ms.
+SCAN_STEPS_PER_CALL = 2
 CHUNK = 16
 # The minGRU scan's chunk per target, where another than CHUNK measured better (forward + reverse scan
 # of 3136 x 144, chunk 4 / 8 / 16 timed interleaved in one run): ExecuTorch 2.30 / 2.51 / 2.79 ms and
@@ -55,6 +59,12 @@ def _rnn_variant(target: str | None) -> str:
     if target in NATIVE_RNN_TARGETS:
         return "native"
     return "scan" if target in SCAN_RNN_TARGETS else "unrolled"
+
+
+def _rnn_form(target: str | None) -> tuple[str, int]:
+    """(form, steps per call) of the tuned GRU/LSTM for ``target``."""
+    form = _rnn_variant(target)
+    return form, SCAN_STEPS_PER_CALL if form == "scan" else 1
 
 
 def _replace(root: nn.Module, match, make) -> int:
@@ -80,11 +90,13 @@ class _TunedRNN(nn.Module):
 
     gates = 3
 
-    def __init__(self, rnn: nn.RNNBase, form: str = "unrolled"):
+    def __init__(self, rnn: nn.RNNBase, form: str = "unrolled", steps_per_call: int = 1):
         super().__init__()
         if form not in ("unrolled", "scan"):
             raise UsageError(f"tuned RNN form {form!r} is not one of unrolled, scan")
-        self.form = form
+        if steps_per_call < 1:
+            raise UsageError(f"steps_per_call must be >= 1, got {steps_per_call}")
+        self.form, self.steps_per_call = form, steps_per_call
         if getattr(rnn, "proj_size", 0):
             raise UsageError("nn.LSTM with proj_size > 0 is not rewritten by the 'lstm' pass")
         self.input_size, self.hidden_size = rnn.input_size, rnn.hidden_size
@@ -159,27 +171,46 @@ class _TunedRNN(nn.Module):
         return _cat(ys, 0), state
 
     def _scan(self, xp, k, state, reverse):
-        """One torch.scan over the steps; a first step from a zero state runs before the loop."""
+        """One torch.scan over the steps, ``steps_per_call`` steps per iteration (one delegate call).
+
+        Steps the loop cannot take in whole iterations (and a first step from a zero state) run
+        before it, unrolled in the top-level graph.
+        """
         from torch._higher_order_ops.scan import scan   # torch's private loop op: only this form needs it
-        T, lead = xp.shape[0], None
-        if state[0] is None:
-            i = T - 1 if reverse else 0
-            state = self._first(xp[i:i + 1], k)
-            lead = state[0]
-            if T == 1:
-                return lead, state
-            xp = xp[:T - 1] if reverse else xp[1:]
+        T, n = xp.shape[0], self.steps_per_call
+        head = []                                            # states of the steps run before the loop
+        order = list(range(T - 1, -1, -1)) if reverse else list(range(T))
+        lead = (T - (state[0] is None)) % n + (state[0] is None)
+        if T - lead < n:                                    # too short for one whole iteration: all unrolled
+            lead = T
+        for t in order[:lead]:
+            gx = xp[t:t + 1]
+            state = self._first(gx, k) if state[0] is None else self._cell(gx, self.hh[k](state[0]), state)
+            head.append(state[0])
+        if lead == T:
+            return _cat(head[::-1] if reverse else head, 0), state
+        xp = xp[:T - lead] if reverse else xp[lead:]
         w, b = self.hh[k].weight, self.hh[k].bias
+        rest = xp.shape[1:]
 
         def body(carry, gx):
-            gh = F.linear(carry[0], w, b)
-            # the step's output is computed a second time from the same inputs: scan's outputs must not
-            # alias its carry, and a copy would run on a portable kernel between two delegate calls
-            return self._cell(gx, gh, carry), self._cell(gx, gh, carry)[0]
-        carry, ys = scan(body, tuple(s[0] for s in state), xp, reverse=reverse)
-        if lead is not None:
-            ys = torch.cat([ys, lead] if reverse else [lead, ys], dim=0)
-        return ys, tuple(c.view(1, *c.shape) for c in carry)   # a view XNNPACK takes (unsqueeze: portable)
+            if n == 1:   # the step's output computed twice: scan outputs must not alias the carry, and a
+                gh = F.linear(carry[0], w, b)   # copy would run on a portable kernel between delegate calls
+                return self._cell(gx, gh, carry), self._cell(gx, gh, carry)[0]
+            ys = [None] * n
+            for j in (range(n - 1, -1, -1) if reverse else range(n)):
+                carry = self._cell(gx[j:j + 1], F.linear(carry[0], w, b), carry)
+                ys[j] = carry[0]
+            return carry, torch.cat(ys, 0)
+        if n == 1:   # carry [B, H]
+            carry, ys = scan(body, tuple(s[0] for s in state), xp, reverse=reverse)
+            carry = tuple(c.view(1, *c.shape) for c in carry)   # a view XNNPACK takes (unsqueeze: portable)
+        else:        # carry [1, B, H] (the steps slice [1, B, 3H] from their iteration's [n, B, 3H])
+            carry, ys = scan(body, tuple(state), xp.reshape(-1, n, *rest), reverse=reverse)
+            ys = ys.reshape(-1, *ys.shape[2:])
+        if head:
+            ys = torch.cat([ys, *head[::-1]] if reverse else [*head, ys], dim=0)
+        return ys, carry
 
 
 class TunedGRU(_TunedRNN):
@@ -198,8 +229,8 @@ class TunedGRU(_TunedRNN):
         H = self.hidden_size
         return torch.cat([torch.zeros(2 * H), b_hh[2 * H:]])
 
-    def __init__(self, rnn: nn.GRU, form: str = "unrolled"):
-        super().__init__(rnn, form)
+    def __init__(self, rnn: nn.GRU, form: str = "unrolled", steps_per_call: int = 1):
+        super().__init__(rnn, form, steps_per_call)
         # b_hn for a first step from h = 0, as its own tensor: a parameter shared between that step and
         # the hidden matmul makes XNNPACK's partitioner split the unrolled graph into 3 delegates
         H = self.hidden_size
@@ -278,7 +309,7 @@ class TunedLSTM(_TunedRNN):
 def gru_pass(module: nn.Module, ctx: OptimizeContext) -> int:
     if _rnn_variant(ctx.target) == "native":
         return 0
-    return _replace(module, lambda m: type(m) is nn.GRU, lambda m: TunedGRU(m, _rnn_variant(ctx.target)))
+    return _replace(module, lambda m: type(m) is nn.GRU, lambda m: TunedGRU(m, *_rnn_form(ctx.target)))
 
 
 @register_pass("lstm", "nn.LSTM -> one input matmul + sliced per-step gates; ONNX/OpenVINO keep their native "
@@ -287,7 +318,7 @@ def lstm_pass(module: nn.Module, ctx: OptimizeContext) -> int:
     if _rnn_variant(ctx.target) == "native":
         return 0
     return _replace(module, lambda m: type(m) is nn.LSTM and not m.proj_size,
-                    lambda m: TunedLSTM(m, _rnn_variant(ctx.target)))
+                    lambda m: TunedLSTM(m, *_rnn_form(ctx.target)))
 
 
 # ---------------------------------------------------------------------------------------------- minGRU
