@@ -326,3 +326,41 @@ def test_executorch_whole_model_in_one_delegate(tmp_path):
     assert after.manifest.parity["passed"]
     rec = {r["pass"]: r for r in after.manifest.details["optimize_passes"]}
     assert rec["attention"]["variant"] == XNNPACK and rec["layernorm"]["variant"] == "decomposed"
+
+
+class LayerNorm2d(nn.LayerNorm):   # timm's layout (ConvNeXt): found by class name and structure
+    def forward(self, x):
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class LayerNorm2dOverWidth(nn.LayerNorm):   # same name, normalizes something else: the probe must refuse it
+    def forward(self, x):
+        return super().forward(x)
+
+
+LayerNorm2dOverWidth.__name__ = "LayerNorm2d"
+
+
+@pytest.mark.parametrize("target", ["openvino", "onnx", "executorch", "coreml"])
+def test_layernorm2d_takes_each_targets_form(target):
+    """Channel LayerNorms of NCHW maps: means over dim 1 on OpenVINO/ONNX, a plain LayerNorm (then decomposed)
+    on ExecuTorch, untouched elsewhere; the same numbers every time; a look-alike that differs is left alone."""
+    from edge.passes.attention import ChannelsFirstLayerNorm, ChannelsLastLayerNorm, layernorm2d_variant
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), LayerNorm2d(8, eps=1e-6), nn.GELU(), LayerNorm2dOverWidth(6))
+    for m in model.modules():
+        if isinstance(m, nn.LayerNorm):
+            nn.init.normal_(m.weight)
+            nn.init.normal_(m.bias)
+    fast = P.optimize(model, target=target)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert close(fast(x), model(x))
+    rec = {r["pass"]: r for r in fast.edge_passes}["layernorm2d"]
+    form = layernorm2d_variant(target)
+    assert rec["variant"] == form and rec["rewrites"] == (0 if form == "native" else 1)
+    want = {"channels-first": ChannelsFirstLayerNorm, "native": LayerNorm2d}.get(form, ChannelsLastLayerNorm)
+    assert type(fast[1]) is want and type(fast[3]) is LayerNorm2dOverWidth
+    if target == "executorch":   # its plain LayerNorm went on to the layernorm pass
+        assert isinstance(fast[1].norm, EdgeLayerNorm)
+    assert type(model[1]) is LayerNorm2d   # the user's model is untouched

@@ -53,6 +53,11 @@ CHUNK_BY_TARGET = {"executorch": 4}
 # graph nodes, which ExecuTorch's lowering time follows. OpenVINO ran that form slower (two more
 # full-size concats: 29.7 vs 19.1 ms for a VisionGRU-Ti stage-1 layer at 512 px).
 KEEP_PRODUCTS_TARGETS = ("executorch",)
+# Targets whose minGRU scan runs on position-major gates (``position_major_scan``): one transpose in and
+# out of the layer instead of strided slices and concats. Forward + reverse minGRU pair, one run, 3
+# rounds: OpenVINO 73.5 -> 64.5 ms at 65536 x 72 (VisionGRU-Ti stage 1 at 1024 px), 23.8 -> 22.4 ms at
+# 4096 x 288 (stage 3); ONNX Runtime 142.6 -> 144.9 ms at 65536 x 72 (not used there).
+POSITION_MAJOR_TARGETS = ("openvino",)
 
 
 def _rnn_variant(target: str | None) -> str:
@@ -331,17 +336,19 @@ def _softplus_free_gates(gate: torch.Tensor, hidden: torch.Tensor) -> tuple[torc
     return torch.sigmoid(-gate), torch.sigmoid(gate) * g
 
 
-def _columns(a: torch.Tensor, b: torch.Tensor, reverse: bool) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
-    """The steps of [B, C, L, D] along dim 2 in scan order, (t, a_t, b_t) with [B, C, 1, D] slices.
+def _columns(a: torch.Tensor, b: torch.Tensor, reverse: bool,
+             dim: int = 2) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+    """The steps of [B, C, L, D] along dim 2 (or [B, L, C, D] along ``dim=1``) in scan order, (t, a_t, b_t).
 
     Sliced once and read by both passes of a level (slices are 40% of the scan's nodes, and every node
     costs ExecuTorch's lowering about 25 ms: it re-traces the graph some 35 times).
     """
-    L = a.shape[2]
-    return [(t, a[:, :, t:t + 1], b[:, :, t:t + 1]) for t in (range(L - 1, -1, -1) if reverse else range(L))]
+    L, lead = a.shape[dim], (slice(None),) * dim
+    return [(t, a[(*lead, slice(t, t + 1))], b[(*lead, slice(t, t + 1))])
+            for t in (range(L - 1, -1, -1) if reverse else range(L))]
 
 
-def _steps(cols: list[tuple[int, torch.Tensor, torch.Tensor]], h: torch.Tensor | None) -> torch.Tensor:
+def _steps(cols: list[tuple[int, torch.Tensor, torch.Tensor]], h: torch.Tensor | None, dim: int = 2) -> torch.Tensor:
     """All states of h_t = a_t h_{t-1} + b_t over ``cols`` (see :func:`_columns`), all C chunks at once.
 
     ``h``: the state entering each chunk, [B, C, 1, D] (None: zeros). Returns [B, C, L, D].
@@ -356,7 +363,7 @@ def _steps(cols: list[tuple[int, torch.Tensor, torch.Tensor]], h: torch.Tensor |
     for t, a_t, b_t in cols:
         h = b_t if h is None else a_t * h + b_t
         hs[t] = h
-    return _cat(hs, 2)
+    return _cat(hs, dim)
 
 
 def _ends(cols: list[tuple[int, torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -380,6 +387,34 @@ def _steps_and_products(cols: list[tuple[int, torch.Tensor, torch.Tensor]]):
         h, p = (b_t, a_t) if h is None else (a_t * h + b_t, a_t * p)
         hs[t], ps[t] = h, p
     return _cat(hs, 2), _cat(ps, 2), h, p
+
+
+def _entering(ends: torch.Tensor, h0: torch.Tensor | None, reverse: bool) -> torch.Tensor:
+    """The state entering each chunk [B, C, D] from the state after each chunk ``ends`` [B, C, D]."""
+    B, C, D = ends.shape
+    end = ends[:, :1]
+    first = end - end if h0 is None else h0.view(B, 1, D)
+    if C == 1:
+        return first
+    return torch.cat([ends[:, 1:], first] if reverse else [first, ends[:, :C - 1]], dim=1)
+
+
+def position_major_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None, chunk: int = CHUNK,
+                        reverse: bool = False) -> torch.Tensor:
+    """:func:`chunked_linear_scan` on gates laid out position-major: [B, L, C, D] holds token c * L + j at
+    ``[:, j, c]`` (chunks of L tokens). Returns the states in the same layout.
+
+    Each step's slice is then one contiguous block, and the states are concatenated along dim 1: no
+    strided copies. In token order ([B, C, L, D] sliced along dim 2) OpenVINO copies the slices out
+    with a reference Split kernel and the states back with a reference Concat (87 ms of VisionGRU-Ti's
+    1030 ms at 1024 px); :class:`ChunkedMinGRU` pays one transpose of its input and one of its output
+    instead (``position_major``).
+    """
+    B, L, C, D = a.shape
+    cols = _columns(a, b, reverse, dim=1)
+    h_end, p_end = _ends(cols)
+    ends = chunked_linear_scan(p_end.view(B, C, D), h_end.view(B, C, D), h0, chunk, reverse)
+    return _steps(cols, _entering(ends, h0, reverse).view(B, 1, C, D), dim=1)
 
 
 def chunked_linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None,
@@ -421,12 +456,7 @@ def chunked_linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | Non
     # the state entering the first chunk in scan order: h0, or zeros made by arithmetic (a zeros() is a
     # constant-fill op ExecuTorch runs on a portable kernel between delegate calls; x - x, not x * 0.0:
     # a Python number costs ExecuTorch's lowering one more re-trace of the program)
-    end = ends[:, :1]
-    first = end - end if h0 is None else h0.view(B, 1, D)
-    if C == 1:
-        before = first
-    else:
-        before = torch.cat([ends[:, 1:], first] if reverse else [first, ends[:, :C - 1]], dim=1)
+    before = _entering(ends, h0, reverse)
     if keep_products:
         h = (H + P * before.view(B, C, 1, D)).reshape(B, M, D)
     else:
@@ -474,18 +504,27 @@ class ChunkedMinGRU(nn.Module):
     """
 
     def __init__(self, src: nn.Module, *, chunk: int = CHUNK, sequential: bool = False, reverse: bool = False,
-                 keep_products: bool = False):
+                 keep_products: bool = False, position_major: bool = False):
         super().__init__()
         # to_hidden_and_gate as two Linears (its rows split in half): the same dot products without a
         # split of the output, which OpenVINO runs with a reference kernel (11% of VisionGRU-Ti at 1024 px)
         self.to_hidden, self.to_gate = _row_halves(src.to_hidden_and_gate)
         self.to_out = src.to_out
         self.chunk, self.sequential, self.reverse, self.keep_products = chunk, sequential, reverse, keep_products
+        self.position_major = position_major
 
     def _gates(self, x: torch.Tensor):
         return _softplus_free_gates(self.to_gate(x), self.to_hidden(x))
 
     def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None, return_state: bool = False):
+        B, N, _ = x.shape
+        L = self.chunk
+        if self.position_major and not self.sequential and N > L and N % L == 0:
+            # tokens position-major for the scan ([B, L, N / L, dim]), back to token order after to_out
+            a, b = self._gates(x.view(B, N // L, L, -1).transpose(1, 2))
+            h = position_major_scan(a, b, h0, L, self.reverse)
+            out = self.to_out(h).transpose(1, 2).reshape(B, N, -1)
+            return (out, h[:, 0, 0] if self.reverse else h[:, L - 1, -1]) if return_state else out
         a, b = self._gates(x)
         if self.sequential:
             h = sequential_mingru_scan(a, b, h0, self.reverse)
@@ -514,7 +553,8 @@ def is_mingru(m: nn.Module) -> bool:
 
 def _mingru_variant(target: str | None) -> str:
     kept = ", products kept" if target in KEEP_PRODUCTS_TARGETS else ""
-    return f"chunk {CHUNK_BY_TARGET.get(target, CHUNK)}{kept}"
+    major = ", position-major" if target in POSITION_MAJOR_TARGETS else ""
+    return f"chunk {CHUNK_BY_TARGET.get(target, CHUNK)}{kept}{major}"
 
 
 @register_pass("mingru_scan", "minGRU's logcumsumexp scan -> chunked linear scan (mul/add/slice only; converts "
@@ -523,11 +563,13 @@ def mingru_pass(module: nn.Module, ctx: OptimizeContext) -> tuple[int, dict]:
     """A VisionGRU block's backward minGRU (run as ``m(y.flip(1)).flip(1)``) becomes a reverse scan: no flips.
 
     The chunk is the target's (``CHUNK_BY_TARGET``, else ``CHUNK``) unless ``mingru_chunk`` is given;
-    ``KEEP_PRODUCTS_TARGETS`` get the one-pass form of the scan.
+    ``KEEP_PRODUCTS_TARGETS`` get the one-pass form of the scan, ``POSITION_MAJOR_TARGETS`` the
+    position-major layout.
     """
     from edge.zoo.visiongru import Block2DGRU
     kw = {"chunk": int(ctx.options.get("mingru_chunk", CHUNK_BY_TARGET.get(ctx.target, CHUNK))),
-          "keep_products": ctx.target in KEEP_PRODUCTS_TARGETS}
+          "keep_products": ctx.target in KEEP_PRODUCTS_TARGETS,
+          "position_major": ctx.target in POSITION_MAJOR_TARGETS}
     n = 0
     for blk in module.modules():
         if isinstance(blk, Block2DGRU) and is_mingru(blk.min_gru_2):

@@ -52,9 +52,15 @@ class MinGRU(nn.Module):
         return self.to_out(h)
 
 
-def _ln2d(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
-    """LayerNorm over channels of an NCHW tensor."""
-    return norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of an NCHW tensor (timm's ``LayerNorm2d``: same parameters and names).
+
+    Written as permute -> layer_norm -> permute; the ``layernorm2d`` pass swaps it for the form each
+    target runs best (edge.passes.attention).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
 class Tokenizer(nn.Module):
@@ -63,14 +69,14 @@ class Tokenizer(nn.Module):
     def __init__(self, in_chans: int, dim: int):
         super().__init__()
         self.conv1 = nn.Conv2d(in_chans, dim // 2, 3, 2, 1)
-        self.norm1 = nn.LayerNorm(dim // 2, eps=1e-6)
+        self.norm1 = LayerNorm2d(dim // 2, eps=1e-6)
         self.gelu = nn.GELU()
         self.conv2 = nn.Conv2d(dim // 2, dim, 3, 2, 1)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm2 = LayerNorm2d(dim, eps=1e-6)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.gelu(_ln2d(self.norm1, self.conv1(x)))
-        return _ln2d(self.norm2, self.conv2(x))          # NCHW
+        x = self.gelu(self.norm1(self.conv1(x)))
+        return self.norm2(self.conv2(x))          # NCHW
 
 
 class Block2DGRU(nn.Module):
@@ -109,12 +115,12 @@ class GRUBlocks(nn.Module):
                                     for n, d in zip(depths, dims))
         for i in range(1, len(depths)):
             setattr(self, f"conv{i}", nn.Conv2d(dims[i - 1], dims[i], 3, 2, 1))
-            setattr(self, f"norm{i}", nn.LayerNorm(dims[i], eps=1e-6))
+            setattr(self, f"norm{i}", LayerNorm2d(dims[i], eps=1e-6))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:   # x: NCHW
         for i, blocks in enumerate(self.layers):
             if i:
-                x = _ln2d(getattr(self, f"norm{i}"), getattr(self, f"conv{i}")(x))
+                x = getattr(self, f"norm{i}")(getattr(self, f"conv{i}")(x))
             B, C, H, W = x.shape
             t = x.permute(0, 2, 3, 1).reshape(B, H * W, C)
             for blk in blocks:
