@@ -24,21 +24,7 @@ import torch
 
 import edge
 from edge.api import prepare
-from edge.profile import summarize, time_session
-
-
-class EagerSession:
-    """The eager module behind the interface ``time_session`` times."""
-
-    def __init__(self, module: torch.nn.Module):
-        self.module = module
-
-    def run(self, *xs):
-        with torch.inference_mode():
-            return self.module(*xs)
-
-    def synchronize(self) -> None:
-        pass
+from edge.profile import EagerSession, summarize, time_session
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """GRU and minGRU paths side by side, one run: eager vs each runtime, native op vs edge's tuned form.
 
-Part 1, nn.GRU 64->128 over 196 steps, batch 1 (zoo ``gru_classifier``, STACK.md's case):
-  eager nn.GRU, eager tuned GRU, and per target edge.convert's artifact (the ``gru`` pass picks
+Part 1, nn.GRU 64->128 over 196 steps, batch 1 (zoo ``gru_classifier``, STACK.md's case), all timed in
+  interleaved rounds: eager nn.GRU, eager tuned GRU, and per target edge.convert's artifact (the ``gru`` pass picks
   ``native`` on ONNX/OpenVINO, ``scan`` on ExecuTorch: one XNNPACK call per step) against the runtime's own GRU op
   (``optimize=False``: the raw toolchain path). ExecuTorch: lowering seconds and delegate count.
 Part 2, minGRU (dim 72, expansion 2: VisionGRU-Ti's stage 1) over 56x56 = 3136 tokens:
@@ -29,7 +29,7 @@ from torch import nn
 
 import edge
 from edge.passes.recurrent import ChunkedMinGRU, chunked_linear_scan, sequential_mingru_scan
-from edge.profile import time_interleaved
+from edge.profile import EagerSession, time_interleaved
 from edge.zoo import create_model
 from edge.zoo.visiongru import MinGRU
 
@@ -63,12 +63,6 @@ def convert(model, x, target, out, **kw):
     return art, info
 
 
-def convert_and_time(model, x, target, out, args, **kw) -> tuple[float, dict]:
-    art, info = convert(model, x, target, out, **kw)
-    rep = edge.benchmark(art.path, warmup=args.warmup, iters=args.iters, native_profile=False)
-    return rep.p50_ms, info
-
-
 class _Seq(nn.Module):
     def __init__(self, inner):
         super().__init__()
@@ -90,22 +84,42 @@ class _Scan(nn.Module):
 
 
 def part_gru(args, tmp: Path) -> None:
+    """Every artifact converted first, then eager and all artifacts timed in interleaved rounds."""
     model, _ = create_model("gru_classifier")
     x = torch.randn(1, 196, 64)
     tuned = edge.optimize(model, target="executorch")
-    e_raw = eager_ms(model, x, args.warmup, args.iters)
-    e_tuned = eager_ms(tuned, x, args.warmup, args.iters)
-    print(f"\n== nn.GRU 64->128, 196 steps, batch 1 (threads: torch {torch.get_num_threads()})")
-    print(f"eager nn.GRU             p50 {e_raw:8.3f} ms")
-    print(f"eager tuned GRU          p50 {e_tuned:8.3f} ms   ({e_raw / e_tuned:.2f}x vs nn.GRU)")
+    sessions = {"eager nn.GRU": EagerSession(model), "eager tuned GRU": EagerSession(tuned)}
+    inputs = {k: (x,) for k in sessions}
+    infos = {}
     for target in args.targets:
-        ms, info = convert_and_time(model, x, target, tmp / f"gru-{target}", args)
-        print(f"{target:10s} edge          p50 {ms:8.3f} ms   {e_raw / ms:5.2f}x vs eager nn.GRU   {info}")
-        if target == "executorch" and not args.raw_executorch:
-            print("executorch raw nn.GRU: skipped (lowering takes ~161 s, STACK.md; --raw-executorch runs it)")
-            continue
-        raw_ms, raw_info = convert_and_time(model, x, target, tmp / f"gru-{target}-raw", args, optimize=False)
-        print(f"{target:10s} raw nn.GRU    p50 {raw_ms:8.3f} ms   edge/raw = {ms / raw_ms:.2f}   {raw_info}")
+        kinds = [("edge", {})]
+        if target != "executorch" or args.raw_executorch:
+            kinds.append(("raw nn.GRU", {"optimize": False}))
+        for kind, kw in kinds:
+            art, infos[(target, kind)] = convert(model, x, target, tmp / f"gru-{target}-{kind[:3]}", **kw)
+            sessions[(target, kind)] = edge.load(art.path)
+            inputs[(target, kind)] = (x.numpy(),)
+    stats = time_interleaved(sessions, inputs, rounds=args.rounds, warmup=args.warmup, iters=args.iters)
+    for key, session in sessions.items():
+        if not isinstance(session, EagerSession):
+            session.close()
+    ms = {k: statistics.median(v["round_medians"]) for k, v in stats.items()}
+    e_raw = ms["eager nn.GRU"]
+    print(f"\n== nn.GRU 64->128, 196 steps, batch 1 (threads: torch {torch.get_num_threads()}); medians of "
+          f"{args.rounds} interleaved rounds x {args.iters} runs")
+    print(f"eager nn.GRU             p50 {e_raw:8.3f} ms")
+    print(f"eager tuned GRU          p50 {ms['eager tuned GRU']:8.3f} ms   ({e_raw / ms['eager tuned GRU']:.2f}x vs "
+          f"nn.GRU; the ExecuTorch form)")
+    for target in args.targets:
+        edge_ms = ms[(target, "edge")]
+        print(f"{target:10s} edge          p50 {edge_ms:8.3f} ms   {e_raw / edge_ms:5.2f}x vs eager nn.GRU   "
+              f"{infos[(target, 'edge')]}")
+        if (target, "raw nn.GRU") in ms:
+            raw_ms = ms[(target, "raw nn.GRU")]
+            print(f"{target:10s} raw nn.GRU    p50 {raw_ms:8.3f} ms   edge/raw = {edge_ms / raw_ms:.2f}   "
+                  f"{infos[(target, 'raw nn.GRU')]}")
+        else:
+            print(f"{target} raw nn.GRU: skipped (lowering takes ~161 s, STACK.md; --raw-executorch runs it)")
 
 
 def part_mingru(args, tmp: Path) -> None:

@@ -23,21 +23,7 @@ import numpy as np
 import torch
 
 import edge
-from edge.profile import time_interleaved
-
-
-class EagerSession:
-    """The duck-typed bits of a Session that edge.profile.time_session needs, for a PyTorch module."""
-
-    def __init__(self, module: torch.nn.Module):
-        self.module = module.eval()
-
-    def run(self, *inputs):
-        with torch.inference_mode():
-            return self.module(*inputs)
-
-    def synchronize(self) -> None:
-        pass
+from edge.profile import EagerSession, time_interleaved
 
 
 def agreement(model: torch.nn.Module, session, x: np.ndarray, y: np.ndarray) -> dict[str, float]:

@@ -103,6 +103,24 @@ def time_session(session: Any, inputs: Sequence[Any], *, warmup: int, iters: int
     return first, samples
 
 
+class EagerSession:
+    """A PyTorch module behind the two calls ``time_session`` makes (``run``, ``synchronize``), so eager
+    timings come from the same loop as a runtime's (benchmarks time both in :func:`time_interleaved`)."""
+
+    name = "eager"
+
+    def __init__(self, module: Any):
+        self.module = module.eval()
+
+    def run(self, *inputs: Any) -> Any:
+        import torch
+        with torch.inference_mode():
+            return self.module(*inputs)
+
+    def synchronize(self) -> None:
+        pass
+
+
 def time_interleaved(sessions: dict, inputs: dict, *, rounds: int, warmup: int, iters: int) -> dict[Any, dict]:
     """Time several sessions taking turns, ``rounds`` times: per key ``summarize`` of all samples plus
     ``round_medians``. Machine noise (tens of percent over minutes here) then hits every session alike,
