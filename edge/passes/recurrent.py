@@ -24,7 +24,9 @@ keeps in its fast path: matmul (Linear), sigmoid/tanh, mul/add/sub, static slice
   level up, and each chunk's steps run again from the state entering it. Work is linear in the
   sequence length; graph size grows with ``log_CHUNK(length)``. :meth:`ChunkedMinGRU.step` is the
   streaming form (state in, state out).
-  A VisionGRU block's backward minGRU becomes a reverse scan, so its two flips go away.
+  A VisionGRU block's backward minGRU becomes a reverse scan, so its two flips go away. Per target
+  (the pass variant): the chunk, the one-pass form (``keep_products``, ExecuTorch) and the
+  position-major layout (``position_major``, OpenVINO).
 """
 from __future__ import annotations
 
@@ -497,6 +499,9 @@ class ChunkedMinGRU(nn.Module):
     ``reverse=True`` scans from the last token to the first, i.e. computes ``m(x.flip(1)).flip(1)``
     of the source minGRU ``m`` without the two flips (a copy each; ExecuTorch runs flip on a
     portable kernel); the returned state is then the one after the first token.
+    ``position_major=True`` (OpenVINO) runs the scan on the gates of the tokens reordered
+    position-major (:func:`position_major_scan`) when the length is a multiple of the chunk: the
+    input is transposed once before the two projections, the output once after ``to_out``.
 
     Example:
         >>> y, h = layer(x_prefix, return_state=True)
