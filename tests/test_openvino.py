@@ -215,3 +215,18 @@ def test_import_edge_loads_no_backend():
             "print(json.dumps([m for m in ('openvino', 'nncf') if m in sys.modules]))")
     out = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_session_runs_every_input_it_is_given(tiny, tmp_path, dynamic):
+    """Small inputs are copied into the request's own buffers, others bound as they are: each call's output
+    is that input's (no stale buffer), for a static artifact and a dynamic-batch one alike."""
+    art = edge.convert(tiny, example_inputs=(torch.randn(1, 3, 16, 16),), target="openvino", out=tmp_path / "t",
+                       dynamic_batch=dynamic)
+    with edge.load(art.path) as session:
+        assert bool(session._in_views) is not dynamic
+        for n in ((1, 5, 1) if dynamic else (1, 1, 1)):
+            x = torch.randn(n, 3, 16, 16)
+            (y,) = session.run(x)
+            with torch.no_grad():
+                np.testing.assert_allclose(y, tiny(x).numpy(), atol=1e-5)
