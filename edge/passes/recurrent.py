@@ -312,7 +312,8 @@ class TunedLSTM(_TunedRNN):
 
 
 @register_pass("gru", "nn.GRU -> one input matmul + per-step hidden matmul and gates (ExecuTorch: a torch.scan "
-               "whose body is one XNNPACK delegate); ONNX/OpenVINO keep their native GRU op", order=20, variant=_rnn_variant)
+               f"of {SCAN_STEPS_PER_CALL} steps per iteration, each one XNNPACK delegate call); ONNX/OpenVINO keep "
+               "their native GRU op", order=20, variant=_rnn_variant)
 def gru_pass(module: nn.Module, ctx: OptimizeContext) -> int:
     if _rnn_variant(ctx.target) == "native":
         return 0
