@@ -9,6 +9,9 @@ artifact's top-1 agreement with eager and its accuracy are measured on the whole
     .venv/bin/python benchmarks/openvino_vs_eager.py                       # vit_tiny_digits and vit_tiny
     .venv/bin/python benchmarks/openvino_vs_eager.py --models vit_tiny_digits --rounds 5 --iters 100
 
+``--presets performance,mixed`` also converts int8 with NNCF's MIXED preset (asymmetric activations) and times it
+in the same rounds, with its test-set agreement.
+
 Goals (issue 6): int8 >= 4x over eager with >= 98% top-1 agreement on digits; int8 >= 1.6x over OpenVINO fp32.
 """
 from __future__ import annotations
@@ -40,9 +43,14 @@ def bench_model(name: str, out: Path, args) -> dict:
     model, entry = create_model(name)
     x = torch.from_numpy(np.random.default_rng(0).standard_normal(entry.input_shapes[0]).astype(np.float32))
     t0 = time.perf_counter()
-    arts = edge.convert_all(name, targets=["openvino"], precisions=["fp32", "int8"], out=out / name)
+    arts = edge.convert_all(name, targets=["openvino"], precisions=["fp32", "int8"], out=out / name,
+                            options={"int8_preset": args.presets[0]})
     convert_s = time.perf_counter() - t0
     arts = {a.manifest.precision: a for a in arts}
+    extra = {}   # int8 artifacts of the other NNCF presets asked for (--presets), timed in the same rounds
+    for preset in args.presets[1:]:
+        (extra[preset],) = edge.convert_all(name, targets=["openvino"], precisions=["int8"], out=out / f"{name}-{preset}",
+                                            options={"int8_preset": preset})
     hint = args.precision_hint
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -50,6 +58,9 @@ def bench_model(name: str, out: Path, args) -> dict:
     sessions = {"eager fp32": EagerSession(model)}
     for p in ("fp32", "int8"):
         sessions[f"openvino {p} ({hint})"] = edge.load(arts[p].path, precision_hint=hint, cache_dir=False, **ov_opts)
+    for preset, art in extra.items():
+        sessions[f"openvino int8 {preset} ({hint})"] = edge.load(art.path, precision_hint=hint, cache_dir=False,
+                                                                 **ov_opts)
     if args.bf16:   # what the CPU plugin does when nobody sets the hint
         sessions["openvino fp32 (bf16)"] = edge.load(arts["fp32"].path, precision_hint="bf16", cache_dir=False, **ov_opts)
         sessions["openvino int8 (bf16)"] = edge.load(arts["int8"].path, precision_hint="bf16", cache_dir=False, **ov_opts)
@@ -70,6 +81,9 @@ def bench_model(name: str, out: Path, args) -> dict:
     if entry.test_set is not None:
         tx, ty = entry.test_set()
         res["int8_test_set"] = agreement(model, sessions[f"openvino int8 ({hint})"], np.asarray(tx), np.asarray(ty))
+        for preset in extra:
+            res[f"int8 {preset}_test_set"] = agreement(model, sessions[f"openvino int8 {preset} ({hint})"],
+                                                       np.asarray(tx), np.asarray(ty))
     for k, s in sessions.items():
         if not k.startswith("eager"):
             s.close()
@@ -86,9 +100,9 @@ def report(res: dict, hint: str) -> str:
                      f"vs eager (p50)  x{res['min_speedup_vs_eager'][k]:5.2f} (min)   round medians {rm}")
     lines.append(f"  int8 vs openvino fp32 ({hint} hint): x{res['int8_vs_openvino_fp32']:.2f} (p50), "
                  f"x{res['int8_vs_openvino_fp32_min']:.2f} (min)")
-    if "int8_test_set" in res:
-        t = res["int8_test_set"]
-        lines.append(f"  int8 on the test set ({t['samples']}): top-1 agreement with eager {t['top1_agreement']:.4f}, "
+    for key in [k for k in res if k.endswith("_test_set")]:
+        t, what = res[key], key[:-len("_test_set")]
+        lines.append(f"  {what} on the test set ({t['samples']}): top-1 agreement with eager {t['top1_agreement']:.4f}, "
                      f"accuracy {t['int8_accuracy']:.4f} (eager {t['eager_accuracy']:.4f})")
     return "\n".join(lines)
 
@@ -103,7 +117,10 @@ def main() -> None:
     ap.add_argument("--bf16", action="store_true", help="also time both IRs under the bf16 hint (the CPU default)")
     ap.add_argument("--threads", type=int, help="threads for both PyTorch and OpenVINO (default: each its own)")
     ap.add_argument("--json", help="write the full results here")
+    ap.add_argument("--presets", default="performance", help="NNCF presets of the int8 artifacts, comma-separated "
+                    "(openvino option int8_preset: performance, mixed); the first is the main int8 row")
     args = ap.parse_args()
+    args.presets = [p for p in args.presets.split(",") if p]
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:

@@ -230,3 +230,17 @@ def test_session_runs_every_input_it_is_given(tiny, tmp_path, dynamic):
             (y,) = session.run(x)
             with torch.no_grad():
                 np.testing.assert_allclose(y, tiny(x).numpy(), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_int8_preset_option_is_recorded(tmp_path):
+    """PERFORMANCE by default (symmetric activations), NNCF's MIXED on request; both verified."""
+    arts = {p: edge.convert("vit_tiny_digits", target="openvino", precision="int8", out=tmp_path / p,
+                            options={} if p == "performance" else {"int8_preset": p})
+            for p in ("performance", "mixed")}
+    for preset, art in arts.items():
+        assert art.manifest.status == "verified"
+        assert art.manifest.details["quantization"]["preset"] == preset.upper()
+    with pytest.raises(edge.errors.UnknownNameError, match="int8_preset"):
+        edge.convert("vit_tiny_digits", target="openvino", precision="int8", out=tmp_path / "x",
+                     options={"int8_preset": "auto"})
