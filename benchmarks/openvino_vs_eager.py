@@ -49,8 +49,8 @@ def bench_model(name: str, out: Path, args) -> dict:
     arts = {a.manifest.precision: a for a in arts}
     extra = {}   # int8 artifacts of the other NNCF presets asked for (--presets), timed in the same rounds
     for preset in args.presets[1:]:
-        (extra[preset],) = edge.convert_all(name, targets=["openvino"], precisions=["int8"], out=out / f"{name}-{preset}",
-                                            options={"int8_preset": preset})
+        (extra[preset],) = edge.convert_all(name, targets=["openvino"], precisions=["int8"],
+                                            out=out / f"{name}-{preset}", options={"int8_preset": preset})
     hint = args.precision_hint
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -102,8 +102,8 @@ def report(res: dict, hint: str) -> str:
                  f"x{res['int8_vs_openvino_fp32_min']:.2f} (min)")
     for key in [k for k in res if k.endswith("_test_set")]:
         t, what = res[key], key[:-len("_test_set")]
-        lines.append(f"  {what} on the test set ({t['samples']}): top-1 agreement with eager {t['top1_agreement']:.4f}, "
-                     f"accuracy {t['int8_accuracy']:.4f} (eager {t['eager_accuracy']:.4f})")
+        lines.append(f"  {what} on the test set ({t['samples']}): top-1 agreement with eager "
+                     f"{t['top1_agreement']:.4f}, accuracy {t['int8_accuracy']:.4f} (eager {t['eager_accuracy']:.4f})")
     return "\n".join(lines)
 
 

@@ -37,13 +37,16 @@ def tiny_vit(**kw) -> VisionTransformer:
 
 @FAST
 @given(heads=st.sampled_from([1, 2, 3, 4]), head_dim=st.sampled_from([8, 16]), n=st.integers(1, 40),
-       b=st.integers(1, 3), fused=st.booleans(), form=st.sampled_from([SDPA, XNNPACK]))
-def test_edge_attention_matches_timm_attention(heads, head_dim, n, b, fused, form):
+       b=st.integers(1, 3), fused=st.booleans(), form=st.sampled_from([SDPA, XNNPACK]), split=st.booleans(),
+       bias=st.booleans())
+def test_edge_attention_matches_timm_attention(heads, head_dim, n, b, fused, form, split, bias):
     torch.manual_seed(n)
     src = Attention(heads * head_dim, heads, fused_attn=fused).eval()
+    if not bias:
+        src.qkv.bias = None
     x = torch.randn(b, n, heads * head_dim)
     with torch.no_grad():
-        assert close(EdgeAttention(src, form)(x), src(x))
+        assert close(EdgeAttention(src, form, split_qkv=split)(x), src(x))
 
 
 @FAST
@@ -174,7 +177,9 @@ def test_variants_per_target_share_programs():
             assert close(m(x), model(x))
     def mine(target):   # the forms these passes pick (other passes may split targets for their own reasons)
         return [kv for kv in P.profile_key(target) if kv[0] in ("attention", "layernorm")]
-    assert mine("onnx") == mine("openvino") == mine("coreml") == mine("cuda") != mine("executorch")
+    assert mine("onnx") == mine("coreml") == mine("cuda") != mine("executorch")
+    assert dict(mine("openvino"))["attention"] == f"{SDPA}, q/k/v split" and dict(mine("onnx"))["attention"] == SDPA
+    assert all(m.split_qkv for m in ov.modules() if isinstance(m, EdgeAttention))
     rec = {r["pass"]: r for r in et.edge_passes}
     assert rec["attention"] == {"pass": "attention", "rewrites": 3, "variant": XNNPACK}
     assert rec["layernorm"]["rewrites"] == 7 and not any(isinstance(m, nn.LayerNorm) for m in et.modules())
@@ -309,7 +314,10 @@ def test_openvino_parity(tmp_path):
         pytest.skip("converters/openvino.py is not written yet")
     art = edge.convert("vit_tiny_digits", target="openvino", out=tmp_path / "ov")
     assert art.manifest.parity["passed"]
-    assert {"pass": "attention", "rewrites": 4, "variant": SDPA} in art.manifest.details["optimize_passes"]
+    passes = art.manifest.details["optimize_passes"]
+    assert {"pass": "attention", "rewrites": 4, "variant": f"{SDPA}, q/k/v split"} in passes
+    hist = art.manifest.details["op_histogram"]   # q, k, v as their own MatMuls: no split of a qkv output
+    assert "VariadicSplit" not in hist and "Split" not in hist, hist
 
 
 @pytest.mark.slow

@@ -151,8 +151,9 @@ def test_bidirectional_stacked_rnn_through_executorch(tmp_path, kind):
     art = edge.convert(Net().eval(), example_inputs=(x, h0), target="executorch", out=tmp_path / kind)
     deleg = art.manifest.details["delegation"]
     assert art.manifest.parity["passed"]
-    assert len(deleg["loops"]) == 4 and all(
-        lp["delegate_calls_per_iteration"] == 1 and not lp["portable_ops_per_iteration"] for lp in deleg["loops"]), deleg
+    assert len(deleg["loops"]) == 4, deleg
+    assert all(lp["delegate_calls_per_iteration"] == 1 and not lp["portable_ops_per_iteration"]
+               for lp in deleg["loops"]), deleg
 
 
 @pytest.mark.slow
