@@ -100,7 +100,7 @@ def part_gru(args, tmp: Path) -> None:
             sessions[(target, kind)] = edge.load(art.path)
             inputs[(target, kind)] = (x.numpy(),)
     stats = time_interleaved(sessions, inputs, rounds=args.rounds, warmup=args.warmup, iters=args.iters)
-    for key, session in sessions.items():
+    for session in sessions.values():
         if not isinstance(session, EagerSession):
             session.close()
     ms = {k: statistics.median(v["round_medians"]) for k, v in stats.items()}

@@ -107,8 +107,6 @@ class EagerSession:
     """A PyTorch module behind the two calls ``time_session`` makes (``run``, ``synchronize``), so eager
     timings come from the same loop as a runtime's (benchmarks time both in :func:`time_interleaved`)."""
 
-    name = "eager"
-
     def __init__(self, module: Any):
         self.module = module.eval()
 

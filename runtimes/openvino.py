@@ -83,10 +83,13 @@ class OpenVinoSession(Session):
         compile_ms = (time.perf_counter() - t0) * 1e3
         self.request = self.compiled.create_infer_request()
         self._n_out = len(self.compiled.outputs)
-        # the request's own input buffers, to copy small inputs into (see _run); none for dynamic shapes
-        static = all(not p.get_partial_shape().is_dynamic for p in self.compiled.inputs)
-        self._in_views = ([self.request.get_input_tensor(i).data for i in range(len(self.compiled.inputs))]
-                          if static else [])
+        # static inputs of at most SMALL_INPUT_BYTES in all: _run copies them into the request's own
+        # buffers (prepare() has checked their shapes and dtypes); otherwise it binds the caller's arrays
+        self._in_views = []
+        if all(not p.get_partial_shape().is_dynamic for p in self.compiled.inputs):
+            views = [self.request.get_input_tensor(i).data for i in range(len(self.compiled.inputs))]
+            if sum(v.nbytes for v in views) <= SMALL_INPUT_BYTES:
+                self._in_views = views
         props = {}
         for key in ("INFERENCE_PRECISION_HINT", "PERFORMANCE_HINT", "NUM_STREAMS", "INFERENCE_NUM_THREADS",
                     "OPTIMAL_NUMBER_OF_INFER_REQUESTS"):
@@ -109,13 +112,13 @@ class OpenVinoSession(Session):
         # start_async + wait, not infer(): the synchronous call runs the graph on the calling thread,
         # and on this 2-core machine under load its median was 4.0 ms against 0.5-0.8 ms for the same
         # request through the plugin's own stream thread (which is also what benchmark_app measures).
-        # Small inputs are copied into the request's own buffers: binding new shared tensors each call
-        # cost ~0.1 ms (vit_tiny_digits: 0.60 -> 0.50 ms per call, benchmark_app 0.48 ms); large ones
-        # (a copy costs more than the binding) and shapes the buffers do not have are bound as they are.
-        req, views = self.request, self._in_views
-        if (views and len(arrays) == len(views) and sum(a.nbytes for a in arrays) <= SMALL_INPUT_BYTES
-                and all(a.shape == v.shape and a.dtype == v.dtype for a, v in zip(arrays, views))):
-            for v, a in zip(views, arrays):
+        # Small static inputs are copied into the request's own buffers: binding new shared tensors each
+        # call cost ~0.1 ms (vit_tiny_digits: 0.60 -> 0.50 ms per call, benchmark_app 0.48 ms); large ones
+        # (a copy costs more than the binding) and dynamic shapes are bound as they are. The mode is fixed
+        # at load, so a buffer is never copied into after the request was bound to a caller's array.
+        req = self.request
+        if self._in_views:
+            for v, a in zip(self._in_views, arrays):
                 v[...] = a
             req.start_async()
         else:

@@ -43,10 +43,14 @@ PROBE_ATOL = 1e-5
 SPLIT_QKV_TARGETS = ("openvino",)
 
 
+def _attention_form(target: str | None) -> tuple[str, bool]:
+    """(form, q/k/v as three matmuls) of the attention rewrite for ``target``."""
+    return (XNNPACK, False) if target == "executorch" else (SDPA, target in SPLIT_QKV_TARGETS)
+
+
 def attention_variant(target: str | None) -> str:
-    if target == "executorch":
-        return XNNPACK
-    return f"{SDPA}, q/k/v split" if target in SPLIT_QKV_TARGETS else SDPA
+    form, split = _attention_form(target)
+    return f"{form}, q/k/v split" if split else form
 
 
 def layernorm_variant(target: str | None) -> str:
@@ -316,8 +320,7 @@ def _replace_children(root: nn.Module, swap) -> int:
 @register_pass("attention", "attention in the form each target keeps fused (SDPA, on OpenVINO with q/k/v as three "
                             "matmuls; XNNPACK-whole bmm form on ExecuTorch)", order=20, variant=attention_variant)
 def attention_pass(module: nn.Module, ctx: OptimizeContext) -> int:
-    variant = attention_variant(ctx.target)
-    form, split = variant.split(",")[0], variant.endswith("q/k/v split")
+    form, split = _attention_form(ctx.target)
     gen = torch.Generator().manual_seed(0)
 
     def swap(child: nn.Module):

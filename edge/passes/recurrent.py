@@ -185,17 +185,14 @@ class _TunedRNN(nn.Module):
         """
         from torch._higher_order_ops.scan import scan   # torch's private loop op: only this form needs it
         T, n = xp.shape[0], self.steps_per_call
-        head = []                                            # states of the steps run before the loop
-        order = list(range(T - 1, -1, -1)) if reverse else list(range(T))
-        lead = (T - (state[0] is None)) % n + (state[0] is None)
-        if T - lead < n:                                    # too short for one whole iteration: all unrolled
+        lead = (T - (state[0] is None)) % n + (state[0] is None)   # steps run before the loop
+        if T - lead < n:                                          # too short for one whole iteration
             lead = T
-        for t in order[:lead]:
-            gx = xp[t:t + 1]
-            state = self._first(gx, k) if state[0] is None else self._cell(gx, self.hh[k](state[0]), state)
-            head.append(state[0])
-        if lead == T:
-            return _cat(head[::-1] if reverse else head, 0), state
+        head = None
+        if lead:
+            head, state = self._direction(xp[T - lead:] if reverse else xp[:lead], k, state, reverse)
+            if lead == T:
+                return head, state
         xp = xp[:T - lead] if reverse else xp[lead:]
         w, b = self.hh[k].weight, self.hh[k].bias
         rest = xp.shape[1:]
@@ -215,8 +212,8 @@ class _TunedRNN(nn.Module):
         else:        # carry [1, B, H] (the steps slice [1, B, 3H] from their iteration's [n, B, 3H])
             carry, ys = scan(body, tuple(state), xp.reshape(-1, n, *rest), reverse=reverse)
             ys = ys.reshape(-1, *ys.shape[2:])
-        if head:
-            ys = torch.cat([ys, *head[::-1]] if reverse else [*head, ys], dim=0)
+        if head is not None:
+            ys = torch.cat([ys, head] if reverse else [head, ys], dim=0)
         return ys, carry
 
 
