@@ -7,6 +7,11 @@ medians, ratios over eager, delegate calls, ops left on portable kernels and low
 
     python benchmarks/executorch_vs_eager.py --model vit_tiny --precisions fp32,int8
     python benchmarks/executorch_vs_eager.py --model vit_tiny_digits --precisions fp32,fp16,int8 --raw
+    python benchmarks/executorch_vs_eager.py --model vit_tiny --precisions fp32,int8 --profile
+
+``--profile`` adds, per artifact, where its time goes by the ETDump (ms per run per XNNPACK operator kind) and
+the bound that sets: eager over the matrix-multiply kernels alone (GEMM, batched GEMM, convolution IGEMM) is
+the most any ExecuTorch program with those kernels could gain over eager if everything else took no time.
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ import torch
 
 import edge
 from edge.api import prepare
-from edge.profile import EagerSession, summarize, time_session
+from edge.profile import EagerSession, op_kinds, summarize, time_session
 
 
 def main() -> None:
@@ -37,6 +42,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=40, help="timed iterations per path per round")
     ap.add_argument("--out", default=None, help="artifact folder (default: a temporary one)")
     ap.add_argument("--json", default=None, help="write the figures here as JSON")
+    ap.add_argument("--profile", action="store_true", help="ETDump time per operator kind and the GEMM-only bound")
     ap.add_argument("--reuse", action="store_true", help="open artifacts already under --out instead of converting")
     ap.add_argument("--threads", type=int, default=None,
                     help="threads for both eager (torch.set_num_threads) and XNNPACK's threadpool; on a loaded "
@@ -101,11 +107,26 @@ def main() -> None:
     ref = next((r.get("reference_accuracy") for r in rows if r.get("reference_accuracy") is not None), None)
     if ref is not None:
         print(f"PyTorch eager accuracy on the unseen test half: {ref:.4f}")
+    if args.profile:
+        for row in rows[1:]:
+            row["kinds"] = profile_kinds(sessions[row["path"]], inputs[row["path"]], row["p50_ms"], eager)
     for s in sessions.values():
         if hasattr(s, "close"):
             s.close()
     if args.json:
         Path(args.json).write_text(json.dumps({"model": args.model, "rows": rows}, indent=2, default=float))
+
+
+def profile_kinds(session, inputs, p50_ms: float, eager_ms: float, iters: int = 20) -> list[dict]:
+    """Print the ETDump time per XNNPACK operator kind and the GEMM-only bound; returns the kinds."""
+    kinds = op_kinds(session.native_profile(session.prepare(*inputs), iters=iters, top=None), iters)
+    total = sum(k["ms"] for k in kinds)
+    gemm = sum(k["ms"] for k in kinds if "GEMM" in k["kind"])
+    print(f"\n{session.artifact.manifest.precision}: ETDump ops {total:.3f} ms per run (wall p50 {p50_ms:.3f} ms); "
+          f"matrix kernels alone {gemm:.3f} ms: eager / that = {eager_ms / gemm:.2f}x at most")
+    for k in kinds[:12]:
+        print(f"  {k['ms']:7.3f} ms  {k['share']:6.1%}  x{k['ops']:<4} {k['kind']}")
+    return kinds
 
 
 if __name__ == "__main__":

@@ -133,6 +133,24 @@ def time_interleaved(sessions: dict, inputs: dict, *, rounds: int, warmup: int, 
     return {k: {**summarize(v), "round_medians": medians[k]} for k, v in samples.items()}
 
 
+def op_kinds(table: Sequence[dict[str, Any]], iters: int) -> list[dict[str, Any]]:
+    """A native-profile table (``session.native_profile(..., top=None)`` over ``iters`` runs) summed per kind
+    of op: ``kind``, ``ops`` (rows), ``ms`` per run, ``share``; most expensive first.
+
+    The kind is the row's ``kind`` where the runtime gives one (ExecuTorch: the XNNPACK operator), else its
+    ``type`` with the kernel (OpenVINO: ``FullyConnected/brgemm_avx512_amx_i8``).
+    """
+    sums: dict[str, list[float]] = {}
+    for row in table:
+        kind = row.get("kind") or "/".join(str(p) for p in (row["type"], row.get("exec_type")) if p)
+        acc = sums.setdefault(kind, [0.0, 0])
+        acc[0] += row["total_ms"] / iters
+        acc[1] += 1
+    total = sum(ms for ms, _ in sums.values()) or 1.0
+    return [{"kind": k, "ops": n, "ms": ms, "share": ms / total}
+            for k, (ms, n) in sorted(sums.items(), key=lambda kv: -kv[1][0])]
+
+
 def profile_session(session: Any, inputs: Sequence[Any], *, warmup: int = 10, iters: int = 100,
                     native: bool = True, rss_before: float | None = None) -> LatencyReport:
     """Benchmark an open session on ``inputs``."""

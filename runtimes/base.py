@@ -85,11 +85,12 @@ class Session(ABC):
     def synchronize(self) -> None:
         """Wait for queued device work (CUDA); a no-op on the CPU."""
 
-    def native_profile(self, inputs: Sequence[np.ndarray], iters: int = 20) -> list[dict[str, Any]] | None:
+    def native_profile(self, inputs: Sequence[np.ndarray], iters: int = 20, top: int | None = 25) -> list[dict[str, Any]] | None:
         """Per-op table from the runtime's own profiler, most expensive first, or None if it has none.
 
         Each row: ``op`` (node name), ``type``, ``calls``, ``total_ms``, ``mean_ms``, ``share``
-        and, where the runtime says, ``precision``.
+        and, where the runtime says, ``precision``. ``top``: the most expensive rows kept (None: all;
+        :func:`edge.profile.op_kinds` sums all rows per kind of op).
         """
         return None
 
@@ -104,7 +105,7 @@ class Session(ABC):
 
 
 def op_table(rows: dict[tuple[str, str], list[float]], extra: dict[tuple[str, str], dict] | None = None,
-             top: int = 25) -> list[dict[str, Any]]:
+             top: int | None = 25) -> list[dict[str, Any]]:
     """Aggregate per-op durations (ms) keyed by (op name, op type) into the native-profile table."""
     total = sum(sum(v) for v in rows.values()) or 1.0
     table = []

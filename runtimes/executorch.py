@@ -8,6 +8,7 @@ XNNPACK operator inside each delegate call and per portable-kernel op.
 """
 from __future__ import annotations
 
+import re
 import tempfile
 from collections import defaultdict
 from pathlib import Path
@@ -87,7 +88,7 @@ class ExecuTorchSession(Session):
         return {"passed": True, "test_cases": 1, "rtol": rtol, "atol": atol,
                 "expected_outputs_from": rec.get("expected_outputs_from")}
 
-    def native_profile(self, inputs: Sequence[np.ndarray], iters: int = 20) -> list[dict[str, Any]] | None:
+    def native_profile(self, inputs: Sequence[np.ndarray], iters: int = 20, top: int | None = 25) -> list[dict[str, Any]] | None:
         """Per-op table from an ETDump read by the devtools Inspector (ms per call, most expensive first)."""
         _, Runtime = _quiet_import()
         xs = [self._torch.from_numpy(np.ascontiguousarray(a)) for a in inputs]
@@ -105,19 +106,20 @@ class ExecuTorchSession(Session):
                 for _ in range(iters):
                     method.execute(xs)
                 program.write_etdump_result_to_file(etdump, str(Path(tmp) / "debug.bin"))
-            return etdump_table(etdump, self.artifact.path / ETRECORD)
+            return etdump_table(etdump, self.artifact.path / ETRECORD, top)
 
     def close(self) -> None:
         self._call = None
         self._method = self._program = self._module = self._bundle = None
 
 
-def etdump_table(etdump: str, etrecord: Path) -> list[dict[str, Any]] | None:
+def etdump_table(etdump: str, etrecord: Path, top: int | None = 25) -> list[dict[str, Any]] | None:
     """Leaf events of an ETDump as the native-profile table.
 
     Rows are the XNNPACK operators inside each delegate call (named ``<op> [delegate k]``) and the
     portable-kernel ops; the enclosing DELEGATE_CALL / OPERATOR_CALL events are left out so shares add
     up to 100%. If the XNNPACK per-op events are missing, the delegate calls themselves are the rows.
+    Each XNNPACK row's ``kind`` is its operator without the instance number (``Fully Connected (NC, F32) GEMM``).
     """
     import warnings
     with warnings.catch_warnings():
@@ -142,14 +144,16 @@ def etdump_table(etdump: str, etrecord: Path) -> list[dict[str, Any]] | None:
                 extra[key] = {"ops": len(ev.op_types or [])}
                 for p in pending:   # the backend's events precede the call that encloses them
                     rows[(f"{p[0]} [delegate {k}]", p[1])] += rows.pop(p)
+                    extra[(f"{p[0]} [delegate {k}]", p[1])] = extra.pop(p)
                 pending, k = [], k + 1
             elif ev.is_delegated_op:
                 key = (ev.name, "xnnpack")
                 rows[key] += raw
+                extra[key] = {"kind": re.sub(r" #\d+$", "", ev.name)}
                 if key not in pending:
                     pending.append(key)
             elif ev.name.startswith("native_call_"):
                 rows[(ev.name[len("native_call_"):], "portable kernel")] += raw
     if not any(t == "xnnpack" for _, t in rows):   # no per-op XNNPACK events: per-call timings instead
         rows.update(calls)
-    return op_table(rows, extra) if rows else None
+    return op_table(rows, extra, top) if rows else None

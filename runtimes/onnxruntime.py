@@ -54,7 +54,7 @@ class OnnxRuntimeSession(Session):
     def _run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         return self.sess.run(self._out_names, dict(zip(self._in_names, arrays)))
 
-    def native_profile(self, inputs: Sequence[np.ndarray], iters: int = 20) -> list[dict[str, Any]] | None:
+    def native_profile(self, inputs: Sequence[np.ndarray], iters: int = 20, top: int | None = 25) -> list[dict[str, Any]] | None:
         with tempfile.TemporaryDirectory() as tmp:
             sess = self._ort.InferenceSession(str(self.artifact.main_path),
                                               self._session_options(os.path.join(tmp, "ort")),
@@ -68,7 +68,7 @@ class OnnxRuntimeSession(Session):
         for ev in events:
             if ev.get("cat") == "Node" and ev.get("name", "").endswith("_kernel_time"):
                 rows[(ev["name"][: -len("_kernel_time")], ev.get("args", {}).get("op_name", "?"))].append(ev["dur"] / 1e3)
-        return op_table(rows)
+        return op_table(rows, top=top)
 
     def close(self) -> None:
         self.sess = None

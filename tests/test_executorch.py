@@ -15,6 +15,7 @@ pytest.importorskip("torchao", reason="the executorch extra (torchao) is not ins
 
 import edge  # noqa: E402
 from edge.errors import ArtifactError, UsageError, VerificationError  # noqa: E402
+from edge.profile import op_kinds  # noqa: E402
 
 DIGITS_PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -87,9 +88,16 @@ def test_digits_session_matches_eager_and_profiles(digits):
         ref = model(torch.from_numpy(x)).detach().numpy()
         np.testing.assert_allclose(y, ref, atol=1e-4, rtol=1e-3)
         table = s.native_profile(s.prepare(x), iters=3)
+        full = s.native_profile(s.prepare(x), iters=3, top=None)
     assert table and all(r["calls"] >= 3 and r["total_ms"] >= 0 for r in table)
     assert any(r["type"] == "xnnpack" and "[delegate 0]" in r["op"] for r in table)   # per-op, inside the delegate
-    assert abs(sum(r["share"] for r in table) - 1.0) < 1e-6 or len(table) == 25
+    assert len(table) == min(25, len(full)) and abs(sum(r["share"] for r in full) - 1.0) < 1e-6
+    # per kind of XNNPACK operator: every row counted once, the matrix multiplies among them
+    kinds = op_kinds(full, iters=3)
+    assert sum(k["ops"] for k in kinds) == len(full)
+    assert abs(sum(k["ms"] for k in kinds) - sum(r["total_ms"] for r in full) / 3) < 1e-9
+    assert any(k["kind"].startswith("Fully Connected (NC, F32)") for k in kinds)
+    assert not any("#" in k["kind"] or "[delegate" in k["kind"] for k in kinds)
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ pytest.importorskip("nncf", reason="the openvino extra (nncf) is not installed")
 
 import edge  # noqa: E402
 from edge.errors import CalibrationError, UsageError  # noqa: E402
+from edge.profile import op_kinds  # noqa: E402
 
 PRECISIONS = ("fp32", "fp16", "int8", "int8-weights", "int4-weights")
 
@@ -81,8 +82,11 @@ def test_native_profile_shows_int8_kernels(artifacts):
         assert s.load_details["inference_precision"] == "f32"
         x = edge.api.default_inputs(s.artifact)
         table = s.native_profile(s.prepare(*x), iters=3)
+        kinds = op_kinds(s.native_profile(s.prepare(*x), iters=3, top=None), iters=3)
     assert table and all({"op", "type", "exec_type", "precision", "mean_ms", "share"} <= set(r) for r in table)
     assert any(r["precision"] == "i8" and r["type"].startswith("FullyConnected") for r in table)
+    # summed per layer type and kernel: the int8 FullyConnected layers under their AMX/VNNI kernel
+    assert any(k["kind"].startswith("FullyConnected") and k["kind"].endswith("_i8") for k in kinds)
 
 
 @pytest.mark.slow
