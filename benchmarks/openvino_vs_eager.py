@@ -9,6 +9,9 @@ artifact's top-1 agreement with eager and its accuracy are measured on the whole
     .venv/bin/python benchmarks/openvino_vs_eager.py                       # vit_tiny_digits and vit_tiny
     .venv/bin/python benchmarks/openvino_vs_eager.py --models vit_tiny_digits --rounds 5 --iters 100
 
+``--profile`` adds OpenVINO's per-layer counters summed per layer type and kernel for every OpenVINO row (ms per
+run; ``i8`` kernels are the int8 ones), so a run shows where the remaining time goes.
+
 ``--presets performance,mixed`` also converts int8 with NNCF's MIXED preset (asymmetric activations) and times it
 in the same rounds, with its test-set agreement.
 
@@ -26,7 +29,7 @@ import numpy as np
 import torch
 
 import edge
-from edge.profile import EagerSession, time_interleaved
+from edge.profile import EagerSession, op_kinds, time_interleaved
 
 
 def agreement(model: torch.nn.Module, session, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -84,10 +87,16 @@ def bench_model(name: str, out: Path, args) -> dict:
         for preset in extra:
             res[f"int8 {preset}_test_set"] = agreement(model, sessions[f"openvino int8 {preset} ({hint})"],
                                                        np.asarray(tx), np.asarray(ty))
+    if args.profile:
+        res["kinds"] = {k: op_kinds(s.native_profile(s.prepare(*inputs[k]), iters=PROFILE_ITERS, top=None),
+                                    PROFILE_ITERS) for k, s in sessions.items() if not k.startswith("eager")}
     for k, s in sessions.items():
         if not k.startswith("eager"):
             s.close()
     return res
+
+
+PROFILE_ITERS = 30
 
 
 def report(res: dict, hint: str) -> str:
@@ -104,6 +113,9 @@ def report(res: dict, hint: str) -> str:
         t, what = res[key], key[:-len("_test_set")]
         lines.append(f"  {what} on the test set ({t['samples']}): top-1 agreement with eager "
                      f"{t['top1_agreement']:.4f}, accuracy {t['int8_accuracy']:.4f} (eager {t['eager_accuracy']:.4f})")
+    for path, kinds in res.get("kinds", {}).items():
+        lines.append(f"  {path}: per-layer counters {sum(k['ms'] for k in kinds):.3f} ms per run ({PROFILE_ITERS} runs)")
+        lines += [f"    {k['ms']:7.3f} ms {k['share']:6.1%}  x{k['ops']:<4} {k['kind']}" for k in kinds[:8]]
     return "\n".join(lines)
 
 
@@ -117,6 +129,7 @@ def main() -> None:
     ap.add_argument("--bf16", action="store_true", help="also time both IRs under the bf16 hint (the CPU default)")
     ap.add_argument("--threads", type=int, help="threads for both PyTorch and OpenVINO (default: each its own)")
     ap.add_argument("--json", help="write the full results here")
+    ap.add_argument("--profile", action="store_true", help="per-layer counters per layer type and kernel")
     ap.add_argument("--presets", default="performance", help="NNCF presets of the int8 artifacts, comma-separated "
                     "(openvino option int8_preset: performance, mixed); the first is the main int8 row")
     args = ap.parse_args()
