@@ -104,7 +104,8 @@ class AotiSession(Session):
         self.load_details["gpu_peak_mib"] = torch.cuda.max_memory_allocated(self._dev) / 2**20   # torch allocator
         return float(start.elapsed_time(end))
 
-    def native_profile(self, inputs: Sequence[np.ndarray], iters: int = 20, top: int | None = 25) -> list[dict[str, Any]] | None:
+    def native_profile(self, inputs: Sequence[np.ndarray], iters: int = 20,
+                       top: int | None = 25) -> list[dict[str, Any]] | None:
         """Per-kernel table from torch.profiler (CUDA kernels on the GPU, generated C++ kernels on the CPU)."""
         from torch.profiler import ProfilerActivity, profile
 

@@ -85,7 +85,8 @@ class Session(ABC):
     def synchronize(self) -> None:
         """Wait for queued device work (CUDA); a no-op on the CPU."""
 
-    def native_profile(self, inputs: Sequence[np.ndarray], iters: int = 20, top: int | None = 25) -> list[dict[str, Any]] | None:
+    def native_profile(self, inputs: Sequence[np.ndarray], iters: int = 20,
+                       top: int | None = 25) -> list[dict[str, Any]] | None:
         """Per-op table from the runtime's own profiler, most expensive first, or None if it has none.
 
         Each row: ``op`` (node name), ``type``, ``calls``, ``total_ms``, ``mean_ms``, ``share``

@@ -88,7 +88,8 @@ class ExecuTorchSession(Session):
         return {"passed": True, "test_cases": 1, "rtol": rtol, "atol": atol,
                 "expected_outputs_from": rec.get("expected_outputs_from")}
 
-    def native_profile(self, inputs: Sequence[np.ndarray], iters: int = 20, top: int | None = 25) -> list[dict[str, Any]] | None:
+    def native_profile(self, inputs: Sequence[np.ndarray], iters: int = 20,
+                       top: int | None = 25) -> list[dict[str, Any]] | None:
         """Per-op table from an ETDump read by the devtools Inspector (ms per call, most expensive first)."""
         _, Runtime = _quiet_import()
         xs = [self._torch.from_numpy(np.ascontiguousarray(a)) for a in inputs]

@@ -54,7 +54,8 @@ class OnnxRuntimeSession(Session):
     def _run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         return self.sess.run(self._out_names, dict(zip(self._in_names, arrays)))
 
-    def native_profile(self, inputs: Sequence[np.ndarray], iters: int = 20, top: int | None = 25) -> list[dict[str, Any]] | None:
+    def native_profile(self, inputs: Sequence[np.ndarray], iters: int = 20,
+                       top: int | None = 25) -> list[dict[str, Any]] | None:
         with tempfile.TemporaryDirectory() as tmp:
             sess = self._ort.InferenceSession(str(self.artifact.main_path),
                                               self._session_options(os.path.join(tmp, "ort")),

@@ -126,7 +126,8 @@ class OpenVinoSession(Session):
         req.wait()
         return [req.get_output_tensor(i).data.copy() for i in range(self._n_out)]
 
-    def native_profile(self, inputs: Sequence[np.ndarray], iters: int = 20, top: int | None = 25) -> list[dict[str, Any]] | None:
+    def native_profile(self, inputs: Sequence[np.ndarray], iters: int = 20,
+                       top: int | None = 25) -> list[dict[str, Any]] | None:
         """Per-layer CPU counters (PERF_COUNT on a separate compiled model), most expensive first.
 
         ``type`` is the layer type, ``exec_type`` the kernel the plugin picked and ``precision`` the
