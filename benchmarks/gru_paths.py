@@ -33,21 +33,14 @@ from torch import nn
 
 import edge
 from edge.passes.recurrent import CHUNK, CHUNK_BY_TARGET, ChunkedMinGRU, chunked_linear_scan, sequential_mingru_scan
-from edge.profile import EagerSession, time_interleaved
+from edge.profile import EagerSession, time_interleaved, time_session
 from edge.zoo import create_model
 from edge.zoo.visiongru import MinGRU
 
 
 def eager_ms(model: nn.Module, x: torch.Tensor, warmup: int, iters: int) -> float:
-    with torch.no_grad():
-        for _ in range(warmup):
-            model(x)
-        ts = []
-        for _ in range(iters):
-            t = time.perf_counter()
-            model(x)
-            ts.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(ts)
+    """Median ms of the module in eager mode, timed by the loop every runtime session is timed by."""
+    return statistics.median(time_session(EagerSession(model), [x], warmup=warmup, iters=iters)[1])
 
 
 def convert(model, x, target, out, **kw):

@@ -31,6 +31,8 @@ import torch
 import edge
 from edge.profile import EagerSession, op_kinds, time_interleaved
 
+PROFILE_ITERS = 30   # runs under the per-layer counters (--profile)
+
 
 def agreement(model: torch.nn.Module, session, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     with torch.inference_mode():
@@ -95,8 +97,6 @@ def bench_model(name: str, out: Path, args) -> dict:
             s.close()
     return res
 
-
-PROFILE_ITERS = 30
 
 
 def report(res: dict, hint: str) -> str:
