@@ -148,9 +148,49 @@ def to_openvino(job: ConversionJob, details: dict[str, Any]):
         details["input_shapes"] = {"from_frontend": before, "saved": [str(i.get_partial_shape()) for i in model.inputs]}
         for inp, spec in zip(model.inputs, job.inputs):
             inp.get_tensor().set_names({spec.name})
+        if broadcast_query_masks(model):
+            details["attention_masks"] = MASK_WORKAROUND
         return model
     raise ConversionError("openvino.convert_model failed " + "; ".join(errors) +
                           "; try the other path with options={'source': 'module'|'program'} or report the op")
+
+
+MASK_WORKAROUND = ("every ScaledDotProductAttention mask broadcast over the query dim ([..., 1, Lk]) is expanded to "
+                   "[..., Lq, Lk]: OpenVINO 2026.4's CPU plugin computes such a mask wrongly under the bf16 hint and "
+                   "in int8 (cosine 0.01-0.45 to PyTorch; tests/test_openvino.py::test_query_broadcast_mask)")
+
+
+def broadcast_query_masks(model: Any) -> int:
+    """Expand each SDPA attention mask that broadcasts over the queries to the full [..., Lq, Lk].
+
+    OpenVINO 2026.4's CPU plugin runs SDPA with a [..., 1, Lk] mask (a key-padding mask, also what a
+    boolean mask becomes) correctly in f32 but wrongly in its bf16 attention kernels and in int8
+    (NNCF-quantized) attention; a full-size mask is right in all three. Constant masks fold to a
+    constant on compile; a mask computed in the graph gets a Broadcast to Q's length. Returns how many
+    masks were expanded.
+    """
+    import numpy as np
+    import openvino.opset13 as ops
+    n = 0
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "ScaledDotProductAttention" or op.get_input_size() < 4:
+            continue
+        mask = op.input_value(3)
+        shape = mask.get_partial_shape()
+        if shape.rank.is_dynamic or shape.rank.get_length() < 2:
+            continue
+        rank = shape.rank.get_length()
+        rows = shape[rank - 2]
+        if not (rows.is_static and rows.get_length() == 1):
+            continue
+        q_len = ops.gather(ops.shape_of(op.input_value(0)), ops.constant(np.array([-2], np.int64)),
+                           ops.constant(np.int64(0)))
+        target = ops.concat([ops.constant(np.ones(rank - 2, np.int64)), q_len, ops.constant(np.ones(1, np.int64))], 0)
+        op.input(3).replace_source_output(ops.broadcast(mask, target, broadcast_spec="BIDIRECTIONAL").output(0))
+        n += 1
+    if n:
+        model.validate_nodes_and_infer_types()
+    return n
 
 
 def op_histogram(model: Any) -> dict[str, int]:

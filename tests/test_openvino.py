@@ -109,6 +109,55 @@ def test_session_options_and_model_cache(artifacts, tmp_path):
         edge.load(path, hint="fastest")
 
 
+class _KeyMaskedAttention(torch.nn.Module):
+    """Attention over 40 tokens with a key-padding mask ([1, 1, 1, 40]: the last 7 keys masked)."""
+
+    def __init__(self, boolean: bool):
+        super().__init__()
+        self.qkv, self.proj = torch.nn.Linear(48, 144), torch.nn.Linear(48, 10)
+        keep = torch.ones(1, 1, 1, 40, dtype=torch.bool)
+        keep[..., 33:] = False
+        self.register_buffer("mask", keep if boolean else torch.zeros(1, 1, 1, 40).masked_fill(~keep, -1e4))
+
+    def forward(self, x):
+        q, k, v = (t.reshape(1, 40, 3, 16).permute(0, 2, 1, 3) for t in self.qkv(x).chunk(3, dim=-1))
+        o = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=self.mask)
+        return self.proj(o.permute(0, 2, 1, 3).reshape(1, 40, 48)).mean(1)
+
+
+def _has_bf16() -> bool:
+    import openvino as ov
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def _cosine(a, b) -> float:
+    a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("boolean", [False, True], ids=["float-mask", "bool-mask"])
+def test_query_broadcast_mask(tmp_path, boolean):
+    """OpenVINO 2026.4 computes SDPA with a [.., 1, Lk] mask wrongly in int8 and under the bf16 hint (cosine
+    0.01-0.45 to PyTorch); the converter expands the mask to [.., Lq, Lk] so both come out right."""
+    torch.manual_seed(0)
+    model = _KeyMaskedAttention(boolean).eval()
+    x = torch.randn(1, 40, 48)
+    arts = edge.convert_all(model, example_inputs=(x,), targets=["openvino"], precisions=["fp32", "int8"],
+                            out=tmp_path, calib="synthetic")
+    with torch.no_grad():
+        ref = model(x).numpy()
+    for art in arts:   # the int8 artifact failed its parity check (cosine 0.36) before the mask was expanded
+        assert art.manifest.status == "verified", art.manifest.parity
+        assert "bf16 hint" in art.manifest.details["attention_masks"]
+        assert art.manifest.details["op_histogram"]["Broadcast"] == 1
+    if not _has_bf16():
+        pytest.skip("this CPU has no bf16 kernels: OpenVINO runs the bf16 hint in f32")
+    for art in arts:
+        got = edge.load(art.path, precision_hint="bf16").run(x.numpy())[0]
+        assert _cosine(got, ref) > (0.999 if art.manifest.precision == "fp32" else 0.99)
+
+
 def _gru_model():
     class TinyGru(torch.nn.Module):
         def __init__(self):
