@@ -8,6 +8,10 @@ the module when it still holds a recurrent layer and from the program otherwise 
 already-checked capture), and falls back to the other path if the first one fails. Which path was
 used, and why, is recorded in ``details["source"]``.
 
+Attention masks. An SDPA mask that broadcasts over the queries ([..., 1, Lk]: a key-padding mask, or a
+boolean mask) is expanded to [..., Lq, Lk] before saving: OpenVINO 2026.4's CPU plugin computes the
+broadcast form wrongly in int8 and under the bf16 hint (``broadcast_query_masks``, ``details["attention_masks"]``).
+
 Precisions:
     fp32          weights and compute in fp32 (IR saved with ``compress_to_fp16=False``: the
                   default fp16 compression alone costs ~1e-4 relative error).
