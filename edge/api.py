@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import platform
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -177,6 +178,11 @@ def verify_artifact(art: Artifact, spec: ModelSpec, *, converter: Any = None, n_
     ``spec.module`` as the parity reference; agreement with ``spec.module`` is then recorded, not judged,
     under ``parity["vs_original"]``.
 
+    ``runtime_options`` that change numerics (``Session.NUMERIC_OPTIONS``, e.g. OpenVINO's
+    ``precision_hint="bf16"``) are judged by the precision they compute in and recorded apart, under
+    ``parity["runtime_checks"]["precision_hint=bf16"]``: the artifact's own record and status stay as they
+    are, and a failed check only stops ``edge.load`` with those options.
+
     Raises VerificationError (after marking the manifest failed) when a metric is out of tolerance.
     """
     from edge import parity as V
@@ -184,9 +190,14 @@ def verify_artifact(art: Artifact, spec: ModelSpec, *, converter: Any = None, n_
     from edge.runtimes import RUNTIMES
 
     m = art.manifest
+    runtime, options = RUNTIMES.get(m.runtime), dict(runtime_options or {})
+    key = runtime.numeric_key(options)             # '' when the options keep the runtime's default numerics
+    judged = runtime.judged_precision(m.precision, options)
     conv = converter or get_converter(m.target)
     reason = conv.can_execute_artifact(m) if hasattr(conv, "can_execute_artifact") else conv.can_execute()
     if reason:
+        if key:
+            return {"passed": None, "skipped": reason, "runtime_options": key}
         m.status, m.parity = STATUS_CHECKED_SPEC, {"passed": None, "skipped": reason}
         art.write_manifest()
         return m.parity
@@ -198,8 +209,9 @@ def verify_artifact(art: Artifact, spec: ModelSpec, *, converter: Any = None, n_
         batches = [b for b in batches if m.inputs[0].matches(b[0].shape)]
     ref_module = spec.module if reference is None else reference
     refs = V.reference_outputs(ref_module, batches)
-    with step(f"verify {m.target}/{m.precision} against PyTorch on {len(batches)} inputs"):
-        session = RUNTIMES.get(m.runtime)(art, **(runtime_options or {}))
+    under = f" under {key}" if key else ""
+    with step(f"verify {m.target}/{m.precision}{under} against PyTorch on {len(batches)} inputs"):
+        session = runtime(art, **options)
         try:
             gots = [session.run(*b) for b in batches]
             metrics = V.compare(refs, gots, m.outputs, classifier=classifier)
@@ -216,22 +228,33 @@ def verify_artifact(art: Artifact, spec: ModelSpec, *, converter: Any = None, n_
                                                                                   classifier)
         finally:
             session.close()
+    checks = dict((m.parity or {}).get("runtime_checks") or {})
+    error, failure = None, None
     try:
-        V.judge(metrics, m.precision, real_inputs=real is not None, artifact=str(art.path))
+        V.judge(metrics, judged, real_inputs=real is not None, artifact=str(art.path))
     except VerificationError as e:
-        m.status = STATUS_FAILED
-        m.parity = V.parity_record(metrics, m.precision, inputs=len(batches), real_inputs=real is not None,
-                                   passed=False, error=str(e))
-        if vs_original is not None:
-            m.parity["vs_original"] = vs_original
-        art.write_manifest()
-        raise
-    m.status = STATUS_VERIFIED
-    m.parity = V.parity_record(metrics, m.precision, inputs=len(batches), real_inputs=real is not None, passed=True)
+        failure, error = e, str(e)
+        if key:
+            cmp = "<=" if e.metric == "max_abs" else ">="
+            error = (f"{art.path} failed its {judged} parity check under {key}: output {e.output!r} {e.metric} "
+                     f"{e.value:.3g} (must be {cmp} {e.limit:.3g}); edge.load refuses {key} for it (it still "
+                     f"loads with the runtime's defaults)")
+    rec = V.parity_record(metrics, judged, inputs=len(batches), real_inputs=real is not None,
+                          passed=error is None, error=error)
     if vs_original is not None:
-        m.parity["vs_original"] = vs_original
+        rec["vs_original"] = vs_original
+    if key:
+        rec["runtime_options"] = key
+        checks[key] = rec
+        m.parity = {**(m.parity or {}), "runtime_checks": checks}
+    else:
+        m.status = STATUS_VERIFIED if error is None else STATUS_FAILED
+        m.parity = {**rec, "runtime_checks": checks} if checks else rec
     art.write_manifest()
-    return m.parity
+    if failure is not None:
+        raise VerificationError(error, output=failure.output, metric=failure.metric, value=failure.value,
+                                limit=failure.limit, artifact=str(art.path))
+    return rec
 
 
 def _agreement_with_original(spec: ModelSpec, session: Any, m: Manifest, batches: list, gots: list,
@@ -297,7 +320,16 @@ def load(path: str | Path, *, runtime: str | None = None, allow_failed: bool = F
     if art.manifest.status == STATUS_FAILED and not allow_failed:
         raise ArtifactError(f"{path} failed its parity check ({art.manifest.parity.get('error', 'see manifest')}); "
                             f"it is not loaded. Inspect it with edge.load(path, allow_failed=True)")
-    return RUNTIMES.get(runtime or art.manifest.runtime)(art, **options)
+    cls = RUNTIMES.get(runtime or art.manifest.runtime)
+    key = cls.numeric_key(options)
+    check = ((art.manifest.parity or {}).get("runtime_checks") or {}).get(key) if key else None
+    if check is not None and check.get("passed") is False and not allow_failed:
+        raise ArtifactError(f"{check.get('error') or f'{path} failed its parity check under {key}'}. "
+                            f"Load it without {key}, or inspect it with allow_failed=True")
+    if key and check is None:
+        warnings.warn(f"{path}: {key} changes the numbers and this artifact was checked without it; check it "
+                      f"with: edge verify {path} --runtime-option {key}", UserWarning, stacklevel=2)
+    return cls(art, **options)
 
 
 def default_inputs(art: Artifact, batch: int = 1, seed: int = 0) -> list[np.ndarray]:

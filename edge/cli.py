@@ -27,13 +27,13 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
     print(json.dumps(data, indent=2, default=str) if getattr(args, "json", False) else text)
 
 
-def _parse_options(pairs: list[str] | None) -> dict[str, Any]:
+def _parse_options(pairs: list[str] | None, flag: str = "--option") -> dict[str, Any]:
     """``--option key=value`` pairs; values are JSON-decoded when they parse (numbers, true/false)."""
     out: dict[str, Any] = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
-        if not sep:
-            raise UsageError(f"--option {pair!r} must look like key=value")
+        if not sep or not key:
+            raise UsageError(f"{flag} {pair!r} must look like key=value")
         try:
             out[key.replace("-", "_")] = json.loads(value)
         except ValueError:
@@ -84,8 +84,11 @@ def _parity_text(parity: dict[str, Any]) -> str:
 @command("verify")
 def cmd_verify(args: argparse.Namespace) -> int:
     import edge
-    parity = edge.verify(args.artifact, weights=args.weights, trust_weights=args.trust_weights)
-    _emit(args, parity, f"verified {args.artifact}{_parity_text(parity)}")
+    options = _parse_options(args.runtime_option, flag="--runtime-option")
+    parity = edge.verify(args.artifact, weights=args.weights, trust_weights=args.trust_weights,
+                         runtime_options=options)
+    under = f" under {parity['runtime_options']}" if parity.get("runtime_options") else ""
+    _emit(args, parity, f"verified {args.artifact}{under}{_parity_text(parity)}")
     return 0
 
 
@@ -98,10 +101,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return _bench_matrix(args)
     if args.targets or args.precisions or args.resolutions:
         raise UsageError("--targets/--precisions/--resolutions apply to model names, not to artifact folders")
+    options = _parse_options(args.runtime_option, flag="--runtime-option")
     reports = []
     for path in args.artifacts:
         reports.append(edge.benchmark(path, warmup=args.warmup, iters=args.iters, batch=args.batch,
-                                      native_profile=not args.no_native_profile))
+                                      native_profile=not args.no_native_profile, **options))
     _emit(args, [r.to_json() for r in reports] if len(reports) > 1 else reports[0].to_json(),
           "\n\n".join(format_report(r) for r in reports))
     return 0
@@ -109,6 +113,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def _bench_matrix(args: argparse.Namespace) -> int:
     """`edge bench MODEL... --targets ... --precisions ... --resolutions ...`: the matrix and its reports."""
+    if args.runtime_option:
+        raise UsageError("--runtime-option applies to artifact folders; for a matrix of models use --option")
     from edge.matrix import STATUS_FAILED, parse_resolutions, run_matrix, split_list
     from edge.report import format_table, write_all
     results = run_matrix(args.artifacts, targets=split_list(args.targets), precisions=split_list(args.precisions)
@@ -247,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("artifact")
     v.add_argument("--weights", help="weights of the reference model (if not recorded in the manifest)")
     v.add_argument("--trust-weights", action="store_true")
+    v.add_argument("--runtime-option", action="append", metavar="KEY=VALUE",
+                   help="runtime option to check under, e.g. precision_hint=bf16 (openvino); recorded apart")
 
     b = add("bench", "measure artifacts' latency, or convert+verify+measure a matrix of models (see --targets)")
     b.add_argument("artifacts", nargs="+", metavar="ARTIFACT_OR_MODEL",
@@ -264,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--iters", type=int, default=100)
     b.add_argument("--batch", type=int, default=1, help="batch size for artifacts with a dynamic batch")
     b.add_argument("--no-native-profile", action="store_true", help="skip the runtime's per-op profile")
+    b.add_argument("--runtime-option", action="append", metavar="KEY=VALUE",
+                   help="artifacts: runtime option, e.g. precision_hint=bf16 or threads=1 (openvino)")
 
     r = add("report", "rebuild results.csv, report.md and report.html from a results.json", json_flag=False)
     r.add_argument("results", help="results.json written by `edge bench MODEL ...` (or `edge serve`)")

@@ -30,6 +30,10 @@ class Session(ABC):
     extra: ClassVar[str]
     requires: ClassVar[tuple[str, ...]] = ()
     timer: ClassVar[str] = "perf_counter"   # the CUDA runtime reports "cuda-event"
+    # Options that change the numbers a session computes (OpenVINO's precision_hint), with their defaults.
+    # An artifact's parity record is for the defaults; a run under other values is checked with
+    # ``edge verify ART --runtime-option KEY=VALUE`` and recorded apart, in parity["runtime_checks"].
+    NUMERIC_OPTIONS: ClassVar[dict[str, str]] = {}
 
     def __init__(self, artifact: "Artifact", **options: Any):
         for mod in self.requires:
@@ -46,6 +50,17 @@ class Session(ABC):
         self._load()
         self.load_ms = (time.perf_counter() - t0) * 1e3
         self.load_details: dict[str, Any] = getattr(self, "load_details", {})
+
+    @classmethod
+    def numeric_key(cls, options: dict[str, Any]) -> str:
+        """``key=value`` of the ``options`` that change numerics (not at their default), '' when none."""
+        return ",".join(f"{k}={str(options[k]).lower()}" for k in sorted(cls.NUMERIC_OPTIONS)
+                        if options.get(k) is not None and str(options[k]).lower() != cls.NUMERIC_OPTIONS[k])
+
+    @classmethod
+    def judged_precision(cls, precision: str, options: dict[str, Any]) -> str:
+        """The precision (tolerance family) a run of a ``precision`` artifact under ``options`` is judged as."""
+        return precision
 
     @abstractmethod
     def _load(self) -> None:

@@ -48,6 +48,13 @@ class OpenVinoSession(Session):
     name = "openvino"
     extra = "openvino"
     requires = ("openvino",)
+    NUMERIC_OPTIONS = {"precision_hint": "f32"}
+
+    @classmethod
+    def judged_precision(cls, precision: str, options: dict[str, Any]) -> str:
+        """An fp32 / fp16-weight IR under the bf16 or f16 hint computes in that precision."""
+        hint = str(options.get("precision_hint") or "f32").lower()
+        return {"bf16": "bf16", "f16": "fp16"}.get(hint, precision) if precision in ("fp32", "fp16") else precision
 
     def _config(self, perf_count: bool = False) -> dict[str, str]:
         hint = str(self.options.get("hint") or "latency").lower()
