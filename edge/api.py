@@ -292,6 +292,11 @@ def verify(artifact: str | Path, model: Any = None, *, weights: str | Path | Non
     if model is None:
         if src.get("kind") == "module":
             raise UsageError(f"{artifact} was built from an in-memory module; pass the model: edge.verify(path, model)")
+        if (src.get("kind") in ("zoo", "factory") and not src.get("weights") and weights is None
+                and "init" not in src):
+            raise UsageError(f"{artifact} was built from {src.get('name')}'s random initialization by an edge that "
+                             f"did not record its seed, so its reference cannot be rebuilt; pass the weights "
+                             f"(--weights) or the model (edge.verify(path, model))")
         model = src.get("path") if src.get("kind") == "exported_program" else src.get("name")
         if src.get("kind") == "factory" and weights is None:
             weights = src.get("weights")

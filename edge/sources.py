@@ -10,7 +10,7 @@ import importlib.util
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -146,6 +146,19 @@ def example_from_shapes(shapes: list[tuple[int, ...]], seed: int = 0) -> tuple[t
     return tuple(torch.randn(*s, generator=g) for s in shapes)
 
 
+# Zoo models and factories are built under this torch seed (the caller's RNG state is restored), so one
+# built without weights (random init) is rebuilt identically by `edge verify`; the manifest records it.
+INIT_SEED = 0
+INIT_RECORD = f"random, built under torch seed {INIT_SEED}"
+
+
+def built_seeded(build: Callable[[], Any]) -> Any:
+    """``build()`` under ``torch.manual_seed(INIT_SEED)``, leaving the caller's RNG state as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(INIT_SEED)
+        return build()
+
+
 def resolve(model: Any, *, example_inputs: Sequence[torch.Tensor] | None = None,
             input_shapes: list[tuple[int, ...]] | None = None, weights: str | Path | None = None,
             trust_weights: bool = False) -> ModelSpec:
@@ -174,16 +187,20 @@ def resolve(model: Any, *, example_inputs: Sequence[torch.Tensor] | None = None,
     elif isinstance(model, str) and ":" in model:
         fn = _import_factory(model)
         try:
-            module = fn()
+            module = built_seeded(fn)
         except Exception as e:
             raise ModelLoadError(f"calling {model}() failed: {type(e).__name__}: {e}") from None
         if not isinstance(module, torch.nn.Module):
             raise ModelLoadError(f"{model}() returned {type(module).__name__}, not a torch.nn.Module")
         source = {"kind": "factory", "name": model}
+        if weights is None:
+            source["init"] = INIT_RECORD
     elif isinstance(model, str):
-        module, entry = zoo.create_model(model, pretrained=weights is None)
+        module, entry = zoo.create_model(model, pretrained=weights is None)   # built under INIT_SEED
         info = entry.info()
         source = {"kind": "zoo", "name": model, "weights": entry.weights}
+        if weights is None and not entry.weights:
+            source["init"] = INIT_RECORD
         if input_shapes is None and example_inputs is None:
             input_shapes = entry.input_shapes
     else:

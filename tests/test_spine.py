@@ -13,7 +13,7 @@ import torch
 import edge
 from edge.artifact import Artifact
 from edge.errors import (ArtifactError, ConversionError, InputError, ModelLoadError, OutputPathError,
-                         UnknownNameError, VerificationError)
+                         UnknownNameError, UsageError, VerificationError)
 
 HERE = Path(__file__).parent
 
@@ -172,6 +172,24 @@ def test_factory_with_weights(tmp_path):
     np.testing.assert_allclose(edge.load(art2.path).run(x)[0], trained(x).detach().numpy(), atol=1e-5)
     # edge.verify rebuilds the reference from the manifest's source and weights
     assert edge.verify(art2.path)["passed"]
+
+
+def test_verify_rebuilds_a_random_init_zoo_model(tmp_path):
+    """A zoo model without weights is built under a recorded seed (the caller's RNG left alone), so `edge verify`
+    rebuilds the same reference; an artifact whose random init was not recorded is refused, not marked failed."""
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    art = edge.convert("gru_classifier", target="onnx", out=tmp_path / "g")
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert art.manifest.source["init"] == "random, built under torch seed 0"
+    assert edge.verify(art.path)["passed"]
+    manifest = art.path / "manifest.json"
+    m = json.loads(manifest.read_text())
+    del m["source"]["init"]
+    manifest.write_text(json.dumps(m))
+    with pytest.raises(UsageError, match="random initialization .* did not record its seed"):
+        edge.verify(art.path)
+    assert json.loads(manifest.read_text())["status"] == "verified"
 
 
 def test_bad_weights_and_factories(tmp_path):

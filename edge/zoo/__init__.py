@@ -95,9 +95,11 @@ def get_entry(name: str) -> ModelEntry:
 
 
 def create_model(name: str, *, pretrained: bool = True, **kwargs: Any) -> tuple[torch.nn.Module, ModelEntry]:
-    """Build zoo model ``name`` in eval mode, with its bundled weights when it has them."""
+    """Build zoo model ``name`` in eval mode, with its bundled weights when it has them; the rest is initialized
+    under ``edge.sources.INIT_SEED`` (so the same name gives the same model, and the caller's RNG is left alone)."""
+    from edge.sources import built_seeded
     entry = get_entry(name)
-    model = entry.factory(**kwargs)
+    model = built_seeded(lambda: entry.factory(**kwargs))
     if pretrained and entry.weights:
         path = WEIGHTS_DIR / entry.weights
         if not path.is_file():
