@@ -78,11 +78,12 @@ class OpenVinoSession(Session):
         self.core = ov.Core()
         cache = self.options.get("cache_dir", None)
         cache_dir = None if cache is False else Path(cache) if cache else default_cache_dir()
+        cfg = self._config()
         before = 0
         if cache_dir is not None:
+            cache_dir = cache_dir / self._cache_folder(cfg)
             cache_dir.mkdir(parents=True, exist_ok=True)
             before = sum(1 for _ in cache_dir.iterdir())
-        cfg = self._config()
         if cache_dir is not None:
             cfg["CACHE_DIR"] = str(cache_dir)
         t0 = time.perf_counter()
@@ -114,6 +115,26 @@ class OpenVinoSession(Session):
             "cache": None if cache_dir is None else ("miss (compiled and cached)" if created else "hit"),
             "compile_ms": compile_ms,
         }
+
+    def _cache_folder(self, cfg: dict[str, str]) -> str:
+        """A cache subfolder per compile config, device and OpenVINO build.
+
+        OpenVINO 2026.4's cache key leaves out INFERENCE_PRECISION_HINT: a model compiled under ``f32`` and
+        loaded from the cache under ``bf16`` returned NaN (vit_tiny_digits, AMX CPU; tests/test_openvino.py::
+        test_model_cache_keeps_precision_hints_apart). Each config therefore gets its own folder, and so does
+        each CPU model (a blob packs weights for the ISA it was compiled on) and OpenVINO version.
+        """
+        import hashlib
+        import json
+
+        import openvino as ov
+        try:
+            cpu = str(self.core.get_property(self._device, "FULL_DEVICE_NAME"))
+        except Exception:  # not every device reports it
+            cpu = self._device
+        key = json.dumps({"config": cfg, "device": self._device, "name": cpu, "openvino": ov.get_version()},
+                         sort_keys=True)
+        return f"{cfg['INFERENCE_PRECISION_HINT']}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
     def _run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         # start_async + wait, not infer(): the synchronous call runs the graph on the calling thread,
