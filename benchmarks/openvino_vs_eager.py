@@ -57,6 +57,13 @@ def bench_model(name: str, out: Path, args) -> dict:
         (extra[preset],) = edge.convert_all(name, targets=["openvino"], precisions=["int8"],
                                             out=out / f"{name}-{preset}", options={"int8_preset": preset})
     hint = args.precision_hint
+    # every hint other than f32 is checked against PyTorch first (edge verify --runtime-option precision_hint=...):
+    # OpenVINO's reduced-precision kernels have computed wrong numbers before (converters/openvino.py, masks)
+    checks = {}
+    for h in sorted(({hint} | ({"bf16"} if args.bf16 else set())) - {"f32"}):
+        for p, art in arts.items():
+            rec = edge.verify(art.path, runtime_options={"precision_hint": h})   # reference rebuilt from the manifest
+            checks[f"{p} ({h})"] = f"{rec['precision']} check passed, cosine {next(iter(rec['outputs'].values()))['cosine']:.5f}"
     if args.threads:
         torch.set_num_threads(args.threads)
     ov_opts = {"threads": args.threads} if args.threads else {}
@@ -82,6 +89,7 @@ def bench_model(name: str, out: Path, args) -> dict:
            "openvino_threads": sessions[f"openvino fp32 ({hint})"].load_details["compiled_properties"].get(
                "INFERENCE_NUM_THREADS"),
            "int8_parity": next(iter(arts["int8"].manifest.parity["outputs"].values())),
+           "hint_checks": checks,
            "int8_quantization": arts["int8"].manifest.details.get("quantization")}
     if entry.test_set is not None:
         tx, ty = entry.test_set()
@@ -109,6 +117,8 @@ def report(res: dict, hint: str) -> str:
                      f"vs eager (p50)  x{res['min_speedup_vs_eager'][k]:5.2f} (min)   round medians {rm}")
     lines.append(f"  int8 vs openvino fp32 ({hint} hint): x{res['int8_vs_openvino_fp32']:.2f} (p50), "
                  f"x{res['int8_vs_openvino_fp32_min']:.2f} (min)")
+    for k, v in res.get("hint_checks", {}).items():
+        lines.append(f"  openvino {k}: {v}")
     for key in [k for k in res if k.endswith("_test_set")]:
         t, what = res[key], key[:-len("_test_set")]
         lines.append(f"  {what} on the test set ({t['samples']}): top-1 agreement with eager "
