@@ -71,6 +71,12 @@ class PlatformError(EdgeError):
     """The artifact needs hardware or an OS this machine lacks (macOS for CoreML, CUDA)."""
 
 
+class RuntimeLoadError(EdgeError):
+    """The runtime could not load or compile an artifact (with the options given)."""
+
+    exit_code = 1
+
+
 class ConversionError(EdgeError):
     """The backend could not convert the model."""
 

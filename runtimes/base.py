@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import numpy as np
 
-from edge.errors import InputError, MissingBackendError
+from edge.errors import EdgeError, InputError, MissingBackendError, RuntimeLoadError
 
 if TYPE_CHECKING:
     from edge.artifact import Artifact
@@ -47,7 +47,15 @@ class Session(ABC):
         # static shapes allow a fast path: numpy input of the right dtype, shape and layout is passed through
         self._static = [None if any(isinstance(d, str) for d in t.shape) else tuple(t.shape) for t in self.inputs]
         t0 = time.perf_counter()
-        self._load()
+        try:
+            self._load()
+        except EdgeError:
+            raise
+        except Exception as e:  # the backends raise many types: name the artifact, the options and the reason
+            lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()] or [type(e).__name__]
+            given = ", ".join(f"{k}={v}" for k, v in sorted(options.items())) or "default options"
+            raise RuntimeLoadError(f"the {self.name} runtime could not load {artifact.path} with {given}: "
+                                   f"{type(e).__name__}: {lines[-1][:300]}") from e
         self.load_ms = (time.perf_counter() - t0) * 1e3
         self.load_details: dict[str, Any] = getattr(self, "load_details", {})
 

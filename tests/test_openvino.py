@@ -15,7 +15,8 @@ pytest.importorskip("openvino", reason="the openvino extra is not installed")
 pytest.importorskip("nncf", reason="the openvino extra (nncf) is not installed")
 
 import edge  # noqa: E402
-from edge.errors import ArtifactError, CalibrationError, UsageError, VerificationError  # noqa: E402
+from edge.errors import (ArtifactError, CalibrationError, RuntimeLoadError, UsageError,  # noqa: E402
+                         VerificationError)
 from edge.profile import op_kinds  # noqa: E402
 
 PRECISIONS = ("fp32", "fp16", "int8", "int8-weights", "int4-weights")
@@ -108,6 +109,8 @@ def test_session_options_and_model_cache(artifacts, tmp_path):
         edge.load(path, precision_hint="int3")
     with pytest.raises(UsageError, match="hint"):
         edge.load(path, hint="fastest")
+    with pytest.raises(RuntimeLoadError, match="could not load .* device=NOPE: RuntimeError: .*NOPE"):
+        edge.load(path, device="NOPE", cache_dir=False)   # what OpenVINO says, without its C++ stack
 
 
 class _KeyMaskedAttention(torch.nn.Module):
