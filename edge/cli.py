@@ -114,7 +114,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def _bench_matrix(args: argparse.Namespace) -> int:
     """`edge bench MODEL... --targets ... --precisions ... --resolutions ...`: the matrix and its reports."""
     if args.runtime_option:
-        raise UsageError("--runtime-option applies to artifact folders; for a matrix of models use --option")
+        raise UsageError("--runtime-option applies to artifact folders (edge bench ARTIFACT ...), "
+                         "not to a matrix of models")
     from edge.matrix import STATUS_FAILED, parse_resolutions, run_matrix, split_list
     from edge.report import format_table, write_all
     results = run_matrix(args.artifacts, targets=split_list(args.targets), precisions=split_list(args.precisions)
@@ -298,6 +299,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _warnings_as_lines(command: str) -> None:
+    """edge's own warnings (an unchecked runtime option, a model not fully delegated) as one plain line each."""
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"edge {command}: warning: {message}", file=file or sys.stderr)
+    warnings.showwarning = show
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -305,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     import edge.progress
+    _warnings_as_lines(args.command)
     edge.progress.ENABLED = not getattr(args, "json", False) and sys.stderr.isatty() or bool(
         getattr(args, "progress", False))
     try:

@@ -58,6 +58,8 @@ def test_convert_verify_info_bench(tmp_path):
     (["convert", "vit_tiny_digits", "--precision", "int3", "-o", "{tmp}/x"], 2, ["int3", "fp32"]),
     (["verify", "{tmp}/nowhere"], 2, ["no artifact folder"]),
     (["bench", "{tmp}/nowhere"], 2, ["no artifact folder"]),
+    (["bench", "vit_tiny_digits", "--runtime-option", "precision_hint=bf16"], 2, ["applies to artifact folders"]),
+    (["verify", "{tmp}/nowhere", "--runtime-option", "bf16"], 2, ["--runtime-option 'bf16' must look like key=value"]),
 ])
 def test_bad_input_exit_2(tmp_path, args, code, needles):
     r = edge_cli(*(a.replace("{tmp}", str(tmp_path)) for a in args))

@@ -170,6 +170,10 @@ def test_verify_under_the_bf16_hint(artifacts, tmp_path):
         warnings.simplefilter("always")
         edge.load(path, precision_hint="bf16").close()
     assert any("edge verify" in str(w.message) and "precision_hint=bf16" in str(w.message) for w in caught)
+    r = subprocess.run([sys.executable, "-m", "edge.cli", "bench", str(path), "--runtime-option", "precision_hint=bf16",
+                        "--iters", "3", "--no-native-profile"], capture_output=True, text=True)
+    assert r.returncode == 0 and "openvino/fp32" in r.stdout, r.stderr
+    assert r.stderr.startswith("edge bench: warning: ") and "edge verify" in r.stderr and "Traceback" not in r.stderr
     r = subprocess.run([sys.executable, "-m", "edge.cli", "verify", str(path), "--runtime-option", "precision_hint=bf16"],
                        capture_output=True, text=True)
     assert r.returncode == 0 and "under precision_hint=bf16" in r.stdout, r.stderr
