@@ -66,6 +66,11 @@ class Session(ABC):
                         if options.get(k) is not None and str(options[k]).lower() != cls.NUMERIC_OPTIONS[k])
 
     @classmethod
+    def numeric_variants(cls) -> list[dict[str, Any]]:
+        """Option sets with their own numerics that this machine runs (the conformance suite checks each)."""
+        return []
+
+    @classmethod
     def judged_precision(cls, precision: str, options: dict[str, Any]) -> str:
         """The precision (tolerance family) a run of a ``precision`` artifact under ``options`` is judged as."""
         return precision

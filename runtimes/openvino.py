@@ -51,6 +51,13 @@ class OpenVinoSession(Session):
     NUMERIC_OPTIONS = {"precision_hint": "f32"}
 
     @classmethod
+    def numeric_variants(cls) -> list[dict[str, Any]]:
+        """The bf16 hint where the CPU has bf16 kernels (the CPU plugin's own default there)."""
+        import openvino as ov
+        caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        return [{"precision_hint": "bf16"}] if "BF16" in caps else []
+
+    @classmethod
     def judged_precision(cls, precision: str, options: dict[str, Any]) -> str:
         """An fp32 / fp16-weight IR under the bf16 or f16 hint computes in that precision."""
         hint = str(options.get("precision_hint") or "f32").lower()

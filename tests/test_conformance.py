@@ -2,7 +2,8 @@
 
 Each conversion is verified against PyTorch by edge.convert itself (it raises on a parity failure). A target whose
 backend is not installed is skipped with the pip extra in the reason; a target that cannot execute here
-(CoreML off macOS) is spec-checked. To keep CI within its time budget, models that take any resolution or length
+(CoreML off macOS) is spec-checked. Runtime settings with their own numerics that this machine runs
+(``Session.numeric_variants``: OpenVINO's bf16 hint on a bf16 CPU) are verified as well. To keep CI within its time budget, models that take any resolution or length
 run at their entry's ``test_shapes``, and models tagged "large" (>= 20M parameters) or identical in architecture to
 another zoo model (``same_as``) run only with EDGE_FULL_CONFORMANCE=1; the models that run cover the same code paths.
 """
@@ -15,6 +16,7 @@ import torch
 
 import edge
 from edge.converters import TARGETS, get_converter
+from edge.runtimes import RUNTIMES
 from edge.zoo import get_entry, list_models
 
 FULL = os.environ.get("EDGE_FULL_CONFORMANCE") == "1"
@@ -58,3 +60,7 @@ def test_target_converts_and_verifies_model(model, target, tmp_path):
     with edge.load(art.path) as session:
         outs = session.run(*edge.api.default_inputs(art))
         assert len(outs) == len(m.outputs)
+    # runtime settings with their own numerics that this machine runs (OpenVINO's bf16 hint on a bf16 CPU: the
+    # CPU plugin's default there) are checked too; two OpenVINO bugs gave wrong numbers only under it
+    for options in RUNTIMES.get(m.runtime).numeric_variants():
+        assert edge.verify(art.path, runtime_options=options)["passed"]
