@@ -3,9 +3,10 @@
 Each conversion is verified against PyTorch by edge.convert itself (it raises on a parity failure). A target whose
 backend is not installed is skipped with the pip extra in the reason; a target that cannot execute here
 (CoreML off macOS) is spec-checked. Runtime settings with their own numerics that this machine runs
-(``Session.numeric_variants``: OpenVINO's bf16 hint on a bf16 CPU) are verified as well. To keep CI within its time budget, models that take any resolution or length
-run at their entry's ``test_shapes``, and models tagged "large" (>= 20M parameters) or identical in architecture to
-another zoo model (``same_as``) run only with EDGE_FULL_CONFORMANCE=1; the models that run cover the same code paths.
+(``Session.numeric_variants``: OpenVINO's bf16 hint on a bf16 CPU) are verified as well. To keep CI within its
+time budget, models that take any resolution or length run at their entry's ``test_shapes``, and models tagged
+"large" (>= 20M parameters) or identical in architecture to another zoo model (``same_as``) run only with
+EDGE_FULL_CONFORMANCE=1; the models that run cover the same code paths.
 """
 from __future__ import annotations
 
