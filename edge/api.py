@@ -191,7 +191,7 @@ def verify_artifact(art: Artifact, spec: ModelSpec, *, converter: Any = None, n_
 
     m = art.manifest
     runtime, options = RUNTIMES.get(m.runtime), dict(runtime_options or {})
-    key = runtime.numeric_key(options)             # '' when the options keep the runtime's default numerics
+    key = runtime.numeric_key(options, m)          # '' when the options keep the artifact's verified numerics
     judged = runtime.judged_precision(m.precision, options)
     conv = converter or get_converter(m.target)
     reason = conv.can_execute_artifact(m) if hasattr(conv, "can_execute_artifact") else conv.can_execute()
@@ -326,7 +326,7 @@ def load(path: str | Path, *, runtime: str | None = None, allow_failed: bool = F
         raise ArtifactError(f"{path} failed its parity check ({art.manifest.parity.get('error', 'see manifest')}); "
                             f"it is not loaded. Inspect it with edge.load(path, allow_failed=True)")
     cls = RUNTIMES.get(runtime or art.manifest.runtime)
-    key = cls.numeric_key(options)
+    key = cls.numeric_key(options, art.manifest)
     check = ((art.manifest.parity or {}).get("runtime_checks") or {}).get(key) if key else None
     if check is not None and check.get("passed") is False and not allow_failed:
         raise ArtifactError(f"{check.get('error') or f'{path} failed its parity check under {key}'}. "

@@ -60,10 +60,16 @@ class Session(ABC):
         self.load_details: dict[str, Any] = getattr(self, "load_details", {})
 
     @classmethod
-    def numeric_key(cls, options: dict[str, Any]) -> str:
+    def numeric_defaults(cls, manifest: Any) -> dict[str, str]:
+        """The values of ``NUMERIC_OPTIONS`` an artifact was verified with (the class defaults unless recorded)."""
+        return dict(cls.NUMERIC_OPTIONS)
+
+    @classmethod
+    def numeric_key(cls, options: dict[str, Any], manifest: Any = None) -> str:
         """``key=value`` of the ``options`` that change numerics (not at their default), '' when none."""
-        return ",".join(f"{k}={str(options[k]).lower()}" for k in sorted(cls.NUMERIC_OPTIONS)
-                        if options.get(k) is not None and str(options[k]).lower() != cls.NUMERIC_OPTIONS[k])
+        defaults = cls.numeric_defaults(manifest)
+        return ",".join(f"{k}={str(options[k]).lower()}" for k in sorted(defaults)
+                        if options.get(k) is not None and str(options[k]).lower() != defaults[k])
 
     @classmethod
     def numeric_variants(cls) -> list[dict[str, Any]]:

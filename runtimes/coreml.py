@@ -2,7 +2,7 @@
 
 Core ML prediction exists only on macOS; on Linux an artifact is checked by its converter from the spec
 (see converters/coreml.py) and cannot be run. Options: ``compute_units`` (all | cpu_and_ne | cpu_only;
-default the one recorded at conversion).
+default the one recorded at conversion; others change the numbers, see ``edge verify --runtime-option``).
 """
 from __future__ import annotations
 
@@ -29,6 +29,12 @@ class CoreMLSession(Session):
     name = "coreml"
     extra = "coreml"
     requires = ("coremltools",)
+    # the Neural Engine and the GPU compute in fp16: other units than the converted ones change the numbers
+    NUMERIC_OPTIONS = {"compute_units": "all"}
+
+    @classmethod
+    def numeric_defaults(cls, manifest: Any) -> dict[str, str]:
+        return {"compute_units": str((manifest.options if manifest else {}).get("compute_units", "all"))}
 
     def _load(self) -> None:
         reason = not_macos_reason()

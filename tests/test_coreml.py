@@ -143,6 +143,21 @@ def test_runtime_off_macos_is_a_platform_error(tmp_path):
         CoreMLSession(Artifact(Path(tmp_path), m))
 
 
+def test_other_compute_units_are_a_numeric_option():
+    """The Neural Engine computes in fp16: compute units other than the converted ones need their own check."""
+    from edge.artifact import Manifest, TensorSpec
+    from edge.runtimes.coreml import CoreMLSession
+
+    def manifest(units):
+        return Manifest(target="coreml", format="mlpackage", runtime="coreml", precision="fp32", files={},
+                        inputs=[TensorSpec("input", [1, 1, 32, 32])], outputs=[TensorSpec("output", [1, 10])],
+                        options={} if units is None else {"compute_units": units})
+    assert CoreMLSession.numeric_key({"compute_units": "cpu_only"}, manifest(None)) == "compute_units=cpu_only"
+    assert CoreMLSession.numeric_key({"compute_units": "all"}, manifest(None)) == ""
+    assert CoreMLSession.numeric_key({"compute_units": "cpu_only"}, manifest("cpu_only")) == ""
+    assert CoreMLSession.numeric_key({"compute_units": "all"}, manifest("cpu_only")) == "compute_units=all"
+
+
 @pytest.mark.macos
 @pytest.mark.skipif(not MACOS, reason=NOT_MACOS)
 def test_prediction_matches_pytorch_on_macos(vit_coreml):
