@@ -29,7 +29,7 @@ import torch
 
 import edge
 from edge.api import prepare
-from edge.profile import EagerSession, op_kinds, summarize, time_session
+from edge.profile import EagerSession, format_kinds, op_kinds, summarize, time_session
 
 
 def main() -> None:
@@ -124,8 +124,7 @@ def profile_kinds(session, inputs, p50_ms: float, eager_ms: float, iters: int = 
     gemm = sum(k["ms"] for k in kinds if "GEMM" in k["kind"])
     print(f"\n{session.artifact.manifest.precision}: ETDump ops {total:.3f} ms per run (wall p50 {p50_ms:.3f} ms); "
           f"matrix kernels alone {gemm:.3f} ms: eager / that = {eager_ms / gemm:.2f}x at most")
-    for k in kinds[:12]:
-        print(f"  {k['ms']:7.3f} ms  {k['share']:6.1%}  x{k['ops']:<4} {k['kind']}")
+    print("\n".join(format_kinds(kinds)))
     return kinds
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 import edge
-from edge.profile import EagerSession, op_kinds, time_interleaved
+from edge.profile import EagerSession, format_kinds, op_kinds, time_interleaved
 
 PROFILE_ITERS = 30   # runs under the per-layer counters (--profile)
 
@@ -63,7 +63,8 @@ def bench_model(name: str, out: Path, args) -> dict:
     for h in sorted(({hint} | ({"bf16"} if args.bf16 else set())) - {"f32"}):
         for p, art in arts.items():
             rec = edge.verify(art.path, runtime_options={"precision_hint": h})   # reference rebuilt from the manifest
-            checks[f"{p} ({h})"] = f"{rec['precision']} check passed, cosine {next(iter(rec['outputs'].values()))['cosine']:.5f}"
+            cosine = next(iter(rec["outputs"].values()))["cosine"]
+            checks[f"{p} ({h})"] = f"{rec['precision']} check passed, cosine {cosine:.5f}"
     if args.threads:
         torch.set_num_threads(args.threads)
     ov_opts = {"threads": args.threads} if args.threads else {}
@@ -106,7 +107,6 @@ def bench_model(name: str, out: Path, args) -> dict:
     return res
 
 
-
 def report(res: dict, hint: str) -> str:
     lines = [f"\n== {res['model']} {res['input']}  (torch threads {res['torch_threads']}, openvino threads "
              f"{res['openvino_threads']}; medians over {len(next(iter(res['latency'].values()))['round_medians'])} "
@@ -124,8 +124,9 @@ def report(res: dict, hint: str) -> str:
         lines.append(f"  {what} on the test set ({t['samples']}): top-1 agreement with eager "
                      f"{t['top1_agreement']:.4f}, accuracy {t['int8_accuracy']:.4f} (eager {t['eager_accuracy']:.4f})")
     for path, kinds in res.get("kinds", {}).items():
-        lines.append(f"  {path}: per-layer counters {sum(k['ms'] for k in kinds):.3f} ms per run ({PROFILE_ITERS} runs)")
-        lines += [f"    {k['ms']:7.3f} ms {k['share']:6.1%}  x{k['ops']:<4} {k['kind']}" for k in kinds[:8]]
+        total = sum(k["ms"] for k in kinds)
+        lines.append(f"  {path}: per-layer counters {total:.3f} ms per run ({PROFILE_ITERS} runs)")
+        lines += format_kinds(kinds, top=8, indent="    ")
     return "\n".join(lines)
 
 

@@ -72,11 +72,13 @@ def optimum_irs(out: Path) -> tuple[torch.nn.Module, Path, Path]:
     hf.save_pretrained(out / "hf")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        OVModelForImageClassification.from_pretrained(out / "hf", export=True, compile=False).save_pretrained(out / "fp32")
+        exported = OVModelForImageClassification.from_pretrained(out / "hf", export=True, compile=False)
+        exported.save_pretrained(out / "fp32")
         rng = np.random.default_rng(0)
         calib = nncf.Dataset([{"pixel_values": rng.standard_normal((1, 3, 224, 224)).astype(np.float32)}
                               for _ in range(CALIB)])
-        quantizer = OVQuantizer.from_pretrained(OVModelForImageClassification.from_pretrained(out / "fp32", compile=False))
+        quantizer = OVQuantizer.from_pretrained(
+            OVModelForImageClassification.from_pretrained(out / "fp32", compile=False))
         quantizer.quantize(calibration_dataset=calib, save_directory=out / "int8",
                            ov_config=OVConfig(quantization_config=OVQuantizationConfig(num_samples=CALIB)))
     return hf, out / "fp32" / "openvino_model.xml", out / "int8" / "openvino_model.xml"
@@ -115,7 +117,8 @@ def main() -> None:
                                                                   precisions=["fp32", "int8"], out=out / "edge")}
         calib = arts["int8"].manifest.details.get("calibration") or {}
         print(f"edge int8 calibration: {calib.get('kind')}, {calib.get('samples')} samples")
-        sessions = {"eager fp32 (edge vit_tiny)": EagerSession(model), "eager fp32 (transformers ViT)": EagerSession(hf)}
+        sessions = {"eager fp32 (edge vit_tiny)": EagerSession(model),
+                    "eager fp32 (transformers ViT)": EagerSession(hf)}
         for hint in hints:   # edge's artifacts are checked under each hint before they are timed
             for p in ("fp32", "int8") if hint != "f32" else ():
                 edge.verify(arts[p].path, model, runtime_options={"precision_hint": hint})
@@ -132,7 +135,8 @@ def main() -> None:
               f"interleaved rounds x {args.iters}; x = eager (edge vit_tiny) / path")
         for k, v in stats.items():
             tool = k.split()[0]
-            cos = f"  cosine to its eager {cosine(sessions[k].run(*inputs[k])[0], ref[tool]):.4f}" if "int8" in k else ""
+            cos = (f"  cosine to its eager {cosine(sessions[k].run(*inputs[k])[0], ref[tool]):.4f}"
+                   if "int8" in k else "")
             print(f"  {k:<30} p50 {v['p50_ms']:7.3f} ms  x{eager / v['p50_ms']:5.2f}   rounds "
                   f"{min(v['round_medians']):.2f}-{max(v['round_medians']):.2f}{cos}")
         for hint in hints:

@@ -229,18 +229,17 @@ def verify_artifact(art: Artifact, spec: ModelSpec, *, converter: Any = None, n_
         finally:
             session.close()
     checks = dict((m.parity or {}).get("runtime_checks") or {})
-    error, failure = None, None
+    failure = None
+    consequence = (f"edge.load refuses {key} for it (it still loads with the runtime's defaults)" if key
+                   else V.FAILED_CONSEQUENCE)
     try:
-        V.judge(metrics, judged, real_inputs=real is not None, artifact=str(art.path))
+        V.judge(metrics, judged, real_inputs=real is not None, artifact=str(art.path), under=key,
+                consequence=consequence)
     except VerificationError as e:
-        failure, error = e, str(e)
-        if key:
-            cmp = "<=" if e.metric == "max_abs" else ">="
-            error = (f"{art.path} failed its {judged} parity check under {key}: output {e.output!r} {e.metric} "
-                     f"{e.value:.3g} (must be {cmp} {e.limit:.3g}); edge.load refuses {key} for it (it still "
-                     f"loads with the runtime's defaults)")
+        failure = e
+    error = None if failure is None else str(failure)
     rec = V.parity_record(metrics, judged, inputs=len(batches), real_inputs=real is not None,
-                          passed=error is None, error=error)
+                          passed=failure is None, error=error)
     if vs_original is not None:
         rec["vs_original"] = vs_original
     if key:
@@ -248,12 +247,11 @@ def verify_artifact(art: Artifact, spec: ModelSpec, *, converter: Any = None, n_
         checks[key] = rec
         m.parity = {**(m.parity or {}), "runtime_checks": checks}
     else:
-        m.status = STATUS_VERIFIED if error is None else STATUS_FAILED
+        m.status = STATUS_VERIFIED if failure is None else STATUS_FAILED
         m.parity = {**rec, "runtime_checks": checks} if checks else rec
     art.write_manifest()
     if failure is not None:
-        raise VerificationError(error, output=failure.output, metric=failure.metric, value=failure.value,
-                                limit=failure.limit, artifact=str(art.path))
+        raise failure
     return rec
 
 

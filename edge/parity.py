@@ -104,8 +104,13 @@ def compare(refs: list[list[np.ndarray]], gots: list[list[np.ndarray]], outputs:
     return result
 
 
-def judge(metrics: dict[str, dict[str, float]], precision: str, *, real_inputs: bool, artifact: str = "") -> None:
-    """Raise VerificationError on the first metric outside the precision's tolerance."""
+FAILED_CONSEQUENCE = "the artifact is marked failed and will not load"
+
+
+def judge(metrics: dict[str, dict[str, float]], precision: str, *, real_inputs: bool, artifact: str = "",
+          under: str = "", consequence: str = FAILED_CONSEQUENCE) -> None:
+    """Raise VerificationError on the first metric outside the precision's tolerance (``under``: the runtime
+    options the run used, named in the message)."""
     tol = tolerance_for(precision)
     for name, m in metrics.items():
         checks: list[tuple[str, float, float, bool]] = []
@@ -119,8 +124,8 @@ def judge(metrics: dict[str, dict[str, float]], precision: str, *, real_inputs: 
             if not ok:  # NaN fails too
                 cmp = "<=" if metric == "max_abs" else ">="
                 raise VerificationError(
-                    f"{artifact or 'artifact'} failed its {precision} parity check: output {name!r} {metric} "
-                    f"{value:.3g} (must be {cmp} {limit:.3g}); the artifact is marked failed and will not load",
+                    f"{artifact or 'artifact'} failed its {precision} parity check{' under ' + under if under else ''}: "
+                    f"output {name!r} {metric} {value:.3g} (must be {cmp} {limit:.3g}); {consequence}",
                     output=name, metric=metric, value=value, limit=limit, artifact=artifact)
 
 

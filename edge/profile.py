@@ -151,6 +151,11 @@ def op_kinds(table: Sequence[dict[str, Any]], iters: int) -> list[dict[str, Any]
             for k, (ms, n) in sorted(sums.items(), key=lambda kv: -kv[1][0])]
 
 
+def format_kinds(kinds: Sequence[dict[str, Any]], top: int = 12, indent: str = "  ") -> list[str]:
+    """The first ``top`` rows of :func:`op_kinds` as lines: ms per run, share, number of ops, kind."""
+    return [f"{indent}{k['ms']:7.3f} ms  {k['share']:6.1%}  x{k['ops']:<4} {k['kind']}" for k in kinds[:top]]
+
+
 def profile_session(session: Any, inputs: Sequence[Any], *, warmup: int = 10, iters: int = 100,
                     native: bool = True, rss_before: float | None = None) -> LatencyReport:
     """Benchmark an open session on ``inputs``."""

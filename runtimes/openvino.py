@@ -6,6 +6,8 @@ an fp32 IR then differs from PyTorch by ~1e-2. The session therefore always sets
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
 from collections import defaultdict
@@ -131,9 +133,6 @@ class OpenVinoSession(Session):
         test_model_cache_keeps_precision_hints_apart). Each config therefore gets its own folder, and so does
         each CPU model (a blob packs weights for the ISA it was compiled on) and OpenVINO version.
         """
-        import hashlib
-        import json
-
         import openvino as ov
         try:
             cpu = str(self.core.get_property(self._device, "FULL_DEVICE_NAME"))

@@ -15,7 +15,7 @@ pytest.importorskip("torchao", reason="the executorch extra (torchao) is not ins
 
 import edge  # noqa: E402
 from edge.errors import ArtifactError, UsageError, VerificationError  # noqa: E402
-from edge.profile import op_kinds  # noqa: E402
+from edge.profile import format_kinds, op_kinds  # noqa: E402
 
 DIGITS_PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -98,6 +98,7 @@ def test_digits_session_matches_eager_and_profiles(digits):
     assert abs(sum(k["ms"] for k in kinds) - sum(r["total_ms"] for r in full) / 3) < 1e-9
     assert any(k["kind"].startswith("Fully Connected (NC, F32)") for k in kinds)
     assert not any("#" in k["kind"] or "[delegate" in k["kind"] for k in kinds)
+    assert format_kinds(kinds, top=2)[0].endswith(kinds[0]["kind"]) and len(format_kinds(kinds, top=2)) == 2
 
 
 @pytest.mark.slow
