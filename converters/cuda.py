@@ -40,7 +40,8 @@ class CudaConverter(Converter):
     extra = "cuda"
     requires = ("torch",)
     precisions = ("fp32", "fp16", "bf16")
-    # device "auto": cuda where PyTorch sees a GPU, else cpu; an explicit "cuda" without one is a PlatformError
+    # device "auto": cuda where PyTorch sees a GPU; without one, "auto" and "cuda" are PlatformErrors (a CPU
+    # package is built only when asked for with device "cpu")
     options = {"device": ("auto", "cuda", "cpu"), "route": ("aoti", "onnxruntime")}
 
     def resolve_options(self, given: dict[str, Any]) -> dict[str, Any]:
@@ -51,8 +52,15 @@ class CudaConverter(Converter):
                                  "use --target onnx")
             out["device"] = "cuda"
         elif out["device"] == "auto":
-            out["device"] = "cuda" if cuda_available() else "cpu"
+            if not cuda_available():   # never build a CPU package quietly when a GPU one was asked for
+                raise PlatformError("the cuda target needs a CUDA GPU and this machine has none; pass --device cpu "
+                                    "(option device='cpu') to build an AOTInductor package for the CPU on purpose, "
+                                    "or convert on the GPU machine")
+            out["device"] = "cuda"
         return out
+
+    def can_execute(self) -> str | None:
+        return None if cuda_available() else "no CUDA GPU here (--device cpu builds a CPU package)"
 
     def can_execute_artifact(self, manifest: Any) -> str | None:
         """Why this machine cannot run ``manifest``'s artifact (None if it can)."""

@@ -25,7 +25,7 @@ import warnings
 from typing import Any
 
 from edge.converters.base import ConversionJob, ConversionResult, Converter
-from edge.errors import ConversionError
+from edge.errors import ConversionError, EdgeWarning
 
 PTE, BPTE, ETRECORD = "model.pte", "model.bpte", "etrecord.bin"
 # Tolerances the bundled test is checked with on a device, per precision family (expected outputs
@@ -76,7 +76,7 @@ class ExecuTorchConverter(Converter):
         details["convert_seconds"] = round(time.perf_counter() - t0, 2)
         details["convert_cpu_seconds"] = round(time.process_time() - c0, 2)
         if "warning" in details["delegation"]:   # outside the block above, which silences backend chatter
-            warnings.warn(f"executorch: {details['delegation']['warning']}", stacklevel=2)
+            warnings.warn(f"executorch: {details['delegation']['warning']}", EdgeWarning, stacklevel=2)
 
         pte = job.out_dir / PTE
         pte.write_bytes(et_program.buffer)

@@ -12,10 +12,10 @@ import torch
 
 from edge import __version__
 from edge.artifact import (STATUS_CHECKED_SPEC, STATUS_FAILED, STATUS_UNVERIFIED, STATUS_VERIFIED, Artifact,
-                           Manifest, now_iso, sha256_path, staging_dir)
+                           Manifest, check_destination, now_iso, sha256_path, staging_dir)
 from edge.converters.base import ConversionJob
 from edge.capture import capture, flatten_outputs, input_specs, output_specs
-from edge.errors import ArtifactError, UsageError, VerificationError
+from edge.errors import ArtifactError, EdgeWarning, UsageError, VerificationError
 from edge.progress import step
 from edge.sources import ModelSpec, resolve
 
@@ -100,17 +100,22 @@ def convert_all(model: Any, *, targets: Sequence[str], precisions: Sequence[str]
     Every artifact is written and verified before a VerificationError is raised for the first failure.
     """
     from edge.converters import get_converter
+    targets, precisions = _names(targets, "target"), _names(precisions, "precision")
     converters = [(get_converter(t), p) for t in targets for p in precisions]
+    check_option_keys([conv for conv, _ in converters], options or {})
     for conv, p in converters:   # all bad input is reported before any work starts
         conv.check_precision(p)
         conv.require()
         conv.resolve_options(options or {})
+    dests = [Path(out) if _single else Path(out) / (conv.name if len(precisions) == 1 else f"{conv.name}-{p}")
+             for conv, p in converters]
+    for dest in dests:   # every destination is checked before the first conversion writes anything
+        check_destination(dest)
     prep = prepared or prepare(model, example_inputs=example_inputs, input_shapes=input_shapes, weights=weights,
                                trust_weights=trust_weights, dynamic_batch=dynamic_batch, optimize=optimize,
                                disable_passes=disable_passes, keep_tokens=keep_tokens)
     spec = prep.spec
-    with torch.no_grad():
-        ref_out = spec.module(*spec.example_inputs)
+    ref_out = run_reference(spec.module, spec.example_inputs)
     ins, outs = input_specs(spec.example_inputs, dynamic_batch), output_specs(ref_out, dynamic_batch)
     calibration = None
     if any(p in conv.needs_calibration for conv, p in converters):
@@ -119,8 +124,7 @@ def convert_all(model: Any, *, targets: Sequence[str], precisions: Sequence[str]
             calibration = load_calibration(calib, ins, preprocessing=spec.info.get("preprocessing"),
                                            test_set=spec.entry.test_set if spec.entry else None)
     artifacts, failures = [], []
-    for conv, precision in converters:
-        dest = Path(out) if _single else Path(out) / (conv.name if len(precisions) == 1 else f"{conv.name}-{precision}")
+    for (conv, precision), dest in zip(converters, dests):
         module, program, passes = prep.program_for(conv.name)
         with staging_dir(dest) as stage:
             job = ConversionJob(program=program, module=module, example_inputs=spec.example_inputs, inputs=ins,
@@ -158,6 +162,40 @@ def convert_all(model: Any, *, targets: Sequence[str], precisions: Sequence[str]
     if failures:
         raise failures[0]
     return artifacts
+
+
+def _names(values: Sequence[str] | str, what: str) -> list[str]:
+    """Targets or precisions as a list of names; an empty list is bad input, not a run that does nothing."""
+    items = [values] if isinstance(values, str) else list(values or [])
+    if not all(isinstance(item, str) for item in items):
+        raise UsageError(f"{what}s must be names (strings), got {items!r}")
+    names = [name.strip() for item in items for name in item.split(",") if name.strip()]
+    if not names:
+        raise UsageError(f"no {what} given; name at least one (see `edge targets` for targets and their precisions)")
+    return list(dict.fromkeys(names))
+
+
+def check_option_keys(converters: Sequence[Any], options: dict[str, Any]) -> None:
+    """Refuse option keys that no converter of the run declares (a typo would otherwise be ignored)."""
+    known = {k for conv in converters for k in conv.options}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        valid = "; ".join(f"{conv.name}: {', '.join(conv.options) or '(none)'}" for conv in converters)
+        raise UsageError(f"unknown target option {', '.join(map(repr, unknown))} for "
+                         f"{', '.join(dict.fromkeys(c.name for c in converters))}; valid options: {valid}")
+
+
+def run_reference(module: torch.nn.Module, example_inputs: Sequence[torch.Tensor]) -> Any:
+    """The model's own forward on the example inputs; a failure there is bad input (exit 2) naming the shapes."""
+    try:
+        with torch.no_grad():
+            return module(*example_inputs)
+    except (Exception, SystemExit) as e:
+        shapes = ", ".join(",".join(str(d) for d in t.shape) for t in example_inputs)
+        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()] or [type(e).__name__]
+        raise UsageError(f"the model's forward failed on input shape {shapes} "
+                         f"({len(example_inputs)} input{'s' if len(example_inputs) != 1 else ''}): "
+                         f"{type(e).__name__}: {lines[-1][:300]}; pass the --input-shape(s) the model takes") from None
 
 
 def _test_split(spec: ModelSpec) -> tuple[np.ndarray, np.ndarray] | None:
@@ -278,26 +316,24 @@ def _agreement_with_original(spec: ModelSpec, session: Any, m: Manifest, batches
 
 
 def verify(artifact: str | Path, model: Any = None, *, weights: str | Path | None = None,
-           trust_weights: bool = False, runtime_options: dict[str, Any] | None = None) -> dict[str, Any]:
+           trust_weights: bool = False, runtime_options: dict[str, Any] | None = None,
+           trust_source: bool = False) -> dict[str, Any]:
     """Re-run an artifact's parity check. Without ``model`` the reference is rebuilt from the manifest's source.
+
+    An artifact is untrusted input: a zoo name is always rebuilt, but a ``file.py:factory`` or
+    ``package.module:factory`` source is only imported, and a ``.pt2`` or weights path the manifest names is
+    only read, with ``trust_source=True`` (``edge verify --trust-source``). Otherwise pass ``model`` (and
+    ``weights``) yourself.
 
     Example:
         >>> edge.verify("out/vit-onnx")["passed"]
         True
     """
+    from edge.runtimes import RUNTIMES
     art = Artifact.open(artifact)
-    src = art.manifest.source
+    RUNTIMES.get(art.manifest.runtime).check_options(dict(runtime_options or {}))   # bad options before any work
     if model is None:
-        if src.get("kind") == "module":
-            raise UsageError(f"{artifact} was built from an in-memory module; pass the model: edge.verify(path, model)")
-        if (src.get("kind") in ("zoo", "factory") and not src.get("weights") and weights is None
-                and "init" not in src):
-            raise UsageError(f"{artifact} was built from {src.get('name')}'s random initialization by an edge that "
-                             f"did not record its seed, so its reference cannot be rebuilt; pass the weights "
-                             f"(--weights) or the model (edge.verify(path, model))")
-        model = src.get("path") if src.get("kind") == "exported_program" else src.get("name")
-        if src.get("kind") == "factory" and weights is None:
-            weights = src.get("weights")
+        model, weights = _reference_from_source(art, weights, trust_source)
     shapes = [tuple(t.concrete_shape(1)) for t in art.manifest.inputs]
     spec = resolve(model, input_shapes=shapes, weights=weights, trust_weights=trust_weights)
     if tuple(spec.example_inputs[0].shape) != shapes[0]:
@@ -310,6 +346,47 @@ def verify(artifact: str | Path, model: Any = None, *, weights: str | Path | Non
         reference = opt.optimize(spec.module, target=art.manifest.target, example_inputs=spec.example_inputs,
                                  **{k: v for p in lossy for k, v in p.get("options", {}).items()})
     return verify_artifact(art, spec, runtime_options=runtime_options, reference=reference)
+
+
+def _reference_from_source(art: Artifact, weights: str | Path | None, trust: bool) -> tuple[Any, Any]:
+    """The model (and weights) to rebuild ``art``'s reference from its manifest, within what may be trusted."""
+    from edge.sources import file_sha256
+    from edge.zoo import list_models
+    src, where = art.manifest.source, art.path
+    kind, name = src.get("kind"), src.get("name")
+    if kind == "module":
+        raise UsageError(f"{where} was built from an in-memory module; pass the model: edge.verify(path, model) "
+                         f"or edge verify {where} --model file.py:factory")
+    if kind not in ("zoo", "factory", "exported_program"):
+        raise UsageError(f"{where}'s manifest names no model source edge can rebuild (source kind {kind!r}); "
+                         f"pass the model with --model")
+    if kind == "zoo" and (not isinstance(name, str) or name not in list_models()):
+        raise UsageError(f"{where}'s manifest names zoo model {name!r}, which this edge does not have "
+                         f"(`edge models` lists them); pass the model with --model")
+    if kind != "zoo" and not trust:
+        what = f"import and run {name!r}" if kind == "factory" else f"read {src.get('path')!r}"
+        raise UsageError(f"{where} names its model as {kind} {name!r}; rebuilding it would {what}, which the "
+                         f"artifact chose. Pass --trust-source if you trust where this artifact came from, or "
+                         f"give the model yourself with --model (and --weights)")
+    if kind != "zoo" and not src.get("weights") and weights is None and "init" not in src:
+        raise UsageError(f"{where} was built from {name}'s random initialization by an edge that "
+                         f"did not record its seed, so its reference cannot be rebuilt; pass the weights "
+                         f"(--weights) or the model (edge.verify(path, model))")
+    if weights is None and src.get("weights_sha256"):   # built with the user's own weights file
+        if not trust:
+            raise UsageError(f"{where} was built with the weights {src.get('weights')!r}; pass them with "
+                             f"--weights (or --trust-source to read the path the manifest names)")
+        weights = src.get("weights")
+        if not isinstance(weights, str) or not Path(weights).is_file():
+            raise UsageError(f"the weights {weights!r} {where} was built with are not there any more; "
+                             f"pass them with --weights")
+        if file_sha256(Path(weights)) != src["weights_sha256"]:
+            raise UsageError(f"the weights at {weights} changed since {where} was built (sha256 differs); "
+                             f"pass the weights it was built with (--weights)")
+    model = src.get("path") if kind == "exported_program" else name
+    if kind == "exported_program" and not isinstance(model, str):
+        raise UsageError(f"{where}'s manifest names no .pt2 path; pass the model with --model")
+    return model, weights
 
 
 def load(path: str | Path, *, runtime: str | None = None, allow_failed: bool = False, **options: Any):
@@ -331,7 +408,7 @@ def load(path: str | Path, *, runtime: str | None = None, allow_failed: bool = F
                             f"Load it without {key}, or inspect it with allow_failed=True")
     if key and check is None:
         warnings.warn(f"{path}: {key} changes the numbers and this artifact was checked without it; check it "
-                      f"with: edge verify {path} --runtime-option {key}", UserWarning, stacklevel=2)
+                      f"with: edge verify {path} --runtime-option {key}", EdgeWarning, stacklevel=2)
     return cls(art, **options)
 
 

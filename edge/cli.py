@@ -5,10 +5,12 @@ Exit codes: 0 ok, 1 an artifact failed verification or could not be built, 2 bad
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from edge import __version__
 from edge.errors import EdgeError, UsageError
@@ -85,8 +87,8 @@ def _parity_text(parity: dict[str, Any]) -> str:
 def cmd_verify(args: argparse.Namespace) -> int:
     import edge
     options = _parse_options(args.runtime_option, flag="--runtime-option")
-    parity = edge.verify(args.artifact, weights=args.weights, trust_weights=args.trust_weights,
-                         runtime_options=options)
+    parity = edge.verify(args.artifact, args.model, weights=args.weights, trust_weights=args.trust_weights,
+                         runtime_options=options, trust_source=args.trust_source)
     under = f" under {parity['runtime_options']}" if parity.get("runtime_options") else ""
     _emit(args, parity, f"verified {args.artifact}{under}{_parity_text(parity)}")
     return 0
@@ -227,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
         if json_flag:
             sp.add_argument("--json", action="store_true", help="print JSON instead of a table")
         sp.add_argument("--progress", action="store_true", help="show step progress even when stderr is not a terminal")
+        sp.add_argument("--verbose", "-v", action="store_true",
+                        help="show the backends' own output and warnings (hidden by default), and tracebacks")
         return sp
 
     c = add("convert", "convert a model for one or more targets, then verify it against PyTorch")
@@ -252,8 +256,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = add("verify", "re-run an artifact's parity check against PyTorch")
     v.add_argument("artifact")
+    v.add_argument("--model", help="the reference model (zoo name, file.py:factory, package.module:factory or "
+                   ".pt2); default: the source the manifest names")
     v.add_argument("--weights", help="weights of the reference model (if not recorded in the manifest)")
     v.add_argument("--trust-weights", action="store_true")
+    v.add_argument("--trust-source", action="store_true",
+                   help="rebuild the reference from the code or files the manifest names (imports and runs that "
+                        "code: only for artifacts you trust)")
     v.add_argument("--runtime-option", action="append", metavar="KEY=VALUE",
                    help="runtime option to check under, e.g. precision_hint=bf16 (openvino); recorded apart")
 
@@ -299,33 +308,67 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _warnings_as_lines(command: str) -> None:
-    """edge's own warnings (an unchecked runtime option, a model not fully delegated) as one plain line each."""
-    import warnings
+@contextlib.contextmanager
+def _warnings_as_lines(command: str, verbose: bool) -> Iterator[None]:
+    """edge's own warnings (an unchecked runtime option, a model not fully delegated) as one plain line each;
+    other packages' warnings go where backend output goes (hidden unless --verbose). Restored afterwards."""
+    from edge.errors import EdgeWarning
+    from edge.progress import console
+    with warnings.catch_warnings():
+        original = warnings.showwarning
 
-    def show(message, category, filename, lineno, file=None, line=None):
-        print(f"edge {command}: warning: {message}", file=file or sys.stderr)
-    warnings.showwarning = show
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, EdgeWarning):
+                print(f"edge {command}: warning: {message}", file=console())
+            elif verbose:
+                original(message, category, filename, lineno, file, line)
+            else:
+                print(f"{category.__name__}: {message} ({filename}:{lineno})", file=sys.stderr)
+        warnings.showwarning = show
+        yield
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``edge`` command. Run as a program (``argv`` None), backends' own output goes to a log file that is
+    named only when something went wrong; ``--verbose`` shows it, and an internal error's traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()
         return 2
     import edge.progress
-    _warnings_as_lines(args.command)
-    edge.progress.ENABLED = not getattr(args, "json", False) and sys.stderr.isatty() or bool(
-        getattr(args, "progress", False))
-    try:
-        return COMMANDS[args.command](args)
-    except EdgeError as e:
-        print(f"edge {args.command}: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    verbose = bool(getattr(args, "verbose", False))
+    show_progress = not getattr(args, "json", False) and sys.stderr.isatty() or bool(getattr(args, "progress", False))
+    hush = argv is None and not verbose and args.command != "serve"
+    log: Path | None = None
+    keep_log = False
+    with contextlib.ExitStack() as stack:
+        if hush:
+            log = stack.enter_context(edge.progress.hide_backend_output())
+        stack.enter_context(edge.progress.enabled(show_progress))
+        stack.enter_context(_warnings_as_lines(args.command, verbose))
+        err = edge.progress.console()
+        try:
+            return COMMANDS[args.command](args)
+        except EdgeError as e:
+            print(f"edge {args.command}: error: {e}", file=err)
+            return e.exit_code
+        except KeyboardInterrupt:
+            print("interrupted", file=err)
+            return 130
+        except Exception as e:  # a bug in edge or an unexpected backend failure: one line, details on request
+            if verbose:
+                raise
+            import traceback
+            traceback.print_exc(file=sys.stderr)   # into the backend log when hushed
+            keep_log = log is not None
+            where = f"; the traceback is in {log}" if keep_log else "; rerun with --verbose for the traceback"
+            lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()] or [""]
+            print(f"edge {args.command}: internal error: {type(e).__name__}: {lines[-1][:300]}{where}", file=err)
+            return 1
+        finally:
+            if log is not None and not keep_log:
+                stack.callback(log.unlink, missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,10 @@ class EdgeError(Exception):
     exit_code = 2
 
 
+class EdgeWarning(UserWarning):
+    """A warning edge gives on purpose (the CLI prints these; other packages' warnings only with --verbose)."""
+
+
 class UsageError(EdgeError):
     """Bad arguments: a flag, shape or option that cannot be used."""
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from edge.errors import EdgeError, UsageError
+from edge.progress import console
 
 SCHEMA = "edge.bench/1"
 STATUS_OK = "ok"
@@ -259,7 +260,7 @@ def _print_progress(done: int, total: int, cell: dict[str, Any]) -> None:
         tail += "  (cached)" if cell["cached"] else f"  (converted in {cell['convert_s']:.1f}s)"
     else:
         tail = f"{cell['status'].upper()}: {cell['error']}"
-    print(f"[{done}/{total}] {what:<44} {tail}", file=sys.stderr, flush=True)
+    print(f"[{done}/{total}] {what:<44} {tail}", file=console(), flush=True)
 
 
 def run_matrix(models: Sequence[str], *, targets: Sequence[str] | None = None,
@@ -411,7 +412,7 @@ def _run_group_isolated(model: str, res: int | None, pairs: list[tuple[str, str]
                 remaining.remove((cell["target"], cell["precision"]))
                 current = None
                 emit(cell)
-            else:   # what native libraries print goes to the user's stderr, never into the results
+            else:   # what native libraries print goes to stderr (the CLI's backend log), never into the results
                 sys.stderr.write(line)
         rc = proc.wait()
         if current is not None:   # it died inside this cell

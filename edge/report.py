@@ -33,9 +33,12 @@ def load_results(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise UsageError(f"{path} does not exist; produce it with `edge bench MODEL ... --out DIR`")
     try:
-        data = json.loads(path.read_text())
-    except ValueError as e:
-        raise UsageError(f"{path} is not JSON ({e}); pass the results.json that `edge bench` wrote") from None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        reason = "it nests too deeply" if isinstance(e, RecursionError) else str(e).splitlines()[0][:120]
+        raise UsageError(f"{path} is not JSON ({reason}); pass the results.json that `edge bench` wrote") from None
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror}") from None
     if not isinstance(data, dict) or not str(data.get("schema", "")).startswith("edge.bench/") \
             or not isinstance(data.get("cells"), list):
         raise UsageError(f"{path} is not an edge bench results file (no 'schema': 'edge.bench/1' and 'cells'); "

@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from edge.errors import UsageError
+from edge.progress import console
 
 APP_FILES = {"/": "index.html", "/index.html": "index.html", "/app.js": "app.js", "/sw.js": "sw.js",
              "/style.css": "style.css", "/manifest.webmanifest": "manifest.webmanifest", "/icon.svg": "icon.svg"}
@@ -184,7 +185,7 @@ def make_server(artifact: str | Path, *, host: str = "127.0.0.1", port: int = 80
                 return self._json(HTTPStatus.BAD_REQUEST, {"error": str(e)})
             if not quiet:
                 print(f"browser cell {cell['id']}: p50 {cell['p50_ms']:.3f} ms ({cell['iters']} iters) from "
-                      f"{cell['user_agent']} -> {results_path}", file=sys.stderr, flush=True)
+                      f"{cell['user_agent']} -> {results_path}", file=console(), flush=True)
             self._json(HTTPStatus.OK, {"ok": True, "results": str(results_path), "cell": {
                 k: v for k, v in cell.items() if k != "samples_ms"}})
 

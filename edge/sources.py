@@ -4,9 +4,13 @@ Everything ends as a :class:`ModelSpec`: an eval-mode module, example inputs and
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
+import logging
+import math
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +19,8 @@ from typing import Any, Callable, Sequence
 import torch
 
 from edge.errors import ModelLoadError, UsageError
+
+MAX_INPUT_ELEMENTS = 1 << 28   # 256 M elements (1 GiB of float32): larger example inputs are surely a typo
 
 
 @dataclass
@@ -41,12 +47,15 @@ def parse_shapes(text: str | Sequence[str] | None) -> list[tuple[int, ...]] | No
     shapes = []
     for item in items:
         for part in str(item).split(";"):
-            try:
-                dims = tuple(int(d) for d in part.replace("x", ",").split(",") if d.strip())
-            except ValueError:
-                raise UsageError(f"--input-shape {part!r} is not a list of integers; write it like 1,3,224,224") from None
-            if not dims or any(d <= 0 for d in dims):
+            pieces = [d.strip() for d in re.split(r"[,x]", part.strip())]
+            if not all(re.fullmatch(r"\+?\d+", d) for d in pieces):
+                raise UsageError(f"--input-shape {part!r} is not a list of integers; write it like 1,3,224,224")
+            dims = tuple(int(d) for d in pieces)
+            if any(d <= 0 for d in dims):
                 raise UsageError(f"--input-shape {part!r} must list positive sizes, like 1,3,224,224")
+            if len(dims) > 8 or math.prod(dims) > MAX_INPUT_ELEMENTS:
+                raise UsageError(f"--input-shape {part!r} is too large ({len(dims)} dims, {math.prod(dims):,} "
+                                 f"elements; at most 8 dims and {MAX_INPUT_ELEMENTS:,} elements)")
             shapes.append(dims)
     return shapes
 
@@ -66,6 +75,9 @@ def load_state_dict(path: str | Path, *, trust: bool = False) -> dict[str, torch
     Checkpoints saved from CUDA tensors load on CPU-only machines; DDP's ``module.`` prefix is dropped.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ModelLoadError(f"weights path {path} is a folder; pass the weights file itself (.pt, .pth or "
+                             f".safetensors)")
     if not path.is_file():
         raise ModelLoadError(f"weights file {path} does not exist")
     if path.suffix == ".safetensors":
@@ -119,6 +131,8 @@ def _import_factory(ref: str):
     target, _, attr = ref.rpartition(":")
     if target.endswith(".py"):
         path = Path(target)
+        if path.is_dir():
+            raise ModelLoadError(f"model file {path} is a folder; name a .py file, like models.py:build")
         if not path.is_file():
             raise ModelLoadError(f"model file {path} does not exist")
         name = f"edge_user_{path.stem}_{abs(hash(str(path.resolve()))) % 10**8}"
@@ -127,13 +141,18 @@ def _import_factory(ref: str):
         sys.modules[name] = mod
         try:
             spec.loader.exec_module(mod)
-        except Exception as e:
-            raise ModelLoadError(f"importing {path} failed: {type(e).__name__}: {e}") from None
+        except (Exception, SystemExit) as e:
+            sys.modules.pop(name, None)
+            raise ModelLoadError(f"importing {path} failed: {_reason(e)}") from None
     else:
+        if not target or not all(part.isidentifier() for part in target.split(".")):
+            raise ModelLoadError(f"{ref!r} is neither file.py:factory nor package.module:factory")
         try:
             mod = importlib.import_module(target)
         except ImportError as e:
             raise ModelLoadError(f"cannot import module {target!r}: {e}") from None
+        except (Exception, SystemExit) as e:
+            raise ModelLoadError(f"importing {target} failed: {_reason(e)}") from None
     fn = getattr(mod, attr, None)
     if not callable(fn):
         names = [n for n in dir(mod) if not n.startswith("_") and callable(getattr(mod, n))]
@@ -141,9 +160,28 @@ def _import_factory(ref: str):
     return fn
 
 
+def _reason(e: BaseException) -> str:
+    """One line for an exception raised by the user's code (SystemExit included)."""
+    if isinstance(e, SystemExit):
+        return f"it called sys.exit({e.code!r})"
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {lines[-1][:300]}" if lines else type(e).__name__
+
+
 def example_from_shapes(shapes: list[tuple[int, ...]], seed: int = 0) -> tuple[torch.Tensor, ...]:
     g = torch.Generator().manual_seed(seed)
     return tuple(torch.randn(*s, generator=g) for s in shapes)
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str):
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 # Zoo models and factories are built under this torch seed (the caller's RNG state is restored), so one
@@ -175,9 +213,10 @@ def resolve(model: Any, *, example_inputs: Sequence[torch.Tensor] | None = None,
         if not path.is_file():
             raise ModelLoadError(f"exported program {path} does not exist")
         try:
-            program = torch.export.load(str(path))
+            with _quiet_logger("torch"):   # torch logs a traceback for a corrupt archive before it raises
+                program = torch.export.load(str(path))
         except Exception as e:
-            raise ModelLoadError(f"{path} is not a loadable torch.export program: {e}") from None
+            raise ModelLoadError(f"{path} is not a loadable torch.export program: {_reason(e)}") from None
         module = program.module()
         source = {"kind": "exported_program", "path": str(path), "sha256": file_sha256(path), "name": path.stem}
         if example_inputs is None and input_shapes is None:
@@ -188,8 +227,8 @@ def resolve(model: Any, *, example_inputs: Sequence[torch.Tensor] | None = None,
         fn = _import_factory(model)
         try:
             module = built_seeded(fn)
-        except Exception as e:
-            raise ModelLoadError(f"calling {model}() failed: {type(e).__name__}: {e}") from None
+        except (Exception, SystemExit) as e:
+            raise ModelLoadError(f"calling {model}() failed: {_reason(e)}") from None
         if not isinstance(module, torch.nn.Module):
             raise ModelLoadError(f"{model}() returned {type(module).__name__}, not a torch.nn.Module")
         source = {"kind": "factory", "name": model}

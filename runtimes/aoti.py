@@ -24,6 +24,7 @@ class AotiSession(Session):
     """Options: ``device_index`` (GPU ordinal, default the current device)."""
 
     name = "aoti"
+    OPTIONS = {"device_index": int}
     extra = "cuda"
     requires = ("torch",)
     timer = "cuda-event"
@@ -129,6 +130,6 @@ class AotiSession(Session):
             rows.setdefault((ev.name[:120], "cuda-kernel" if on_gpu else "cpu"), []).append(dur)
         return op_table(rows, top=top) if rows else None
 
-    def close(self) -> None:
+    def _close(self) -> None:
         self.model = None
         self._staged = None

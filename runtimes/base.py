@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import numpy as np
 
-from edge.errors import EdgeError, InputError, MissingBackendError, RuntimeLoadError
+from edge.errors import EdgeError, InputError, MissingBackendError, RuntimeLoadError, UnknownNameError, UsageError
 
 if TYPE_CHECKING:
     from edge.artifact import Artifact
@@ -34,13 +34,15 @@ class Session(ABC):
     # An artifact's parity record is for the defaults; a run under other values is checked with
     # ``edge verify ART --runtime-option KEY=VALUE`` and recorded apart, in parity["runtime_checks"].
     NUMERIC_OPTIONS: ClassVar[dict[str, str]] = {}
+    # Every option ``edge.load(path, **options)`` accepts, with its type; another key is a UsageError.
+    OPTIONS: ClassVar[dict[str, type]] = {}
 
     def __init__(self, artifact: "Artifact", **options: Any):
         for mod in self.requires:
             if importlib.util.find_spec(mod) is None:
                 raise MissingBackendError(mod, self.extra, f"the {self.name} runtime")
         self.artifact = artifact
-        self.options = options
+        self.options = self.check_options(options)
         self.inputs = artifact.manifest.inputs
         self.outputs = artifact.manifest.outputs
         self._np_dtypes = [np.dtype(t.dtype) for t in self.inputs]
@@ -58,6 +60,34 @@ class Session(ABC):
                                    f"{type(e).__name__}: {lines[-1][:300]}") from e
         self.load_ms = (time.perf_counter() - t0) * 1e3
         self.load_details: dict[str, Any] = getattr(self, "load_details", {})
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """``options`` checked against :attr:`OPTIONS` (names and types); integers given as text are read."""
+        out = {}
+        for key, value in options.items():
+            kind = cls.OPTIONS.get(key)
+            if kind is None:
+                raise UnknownNameError(f"{cls.name} runtime option", key, cls.OPTIONS)
+            if value is None or kind is object:
+                out[key] = value
+                continue
+            if kind is int:
+                text = str(value).strip()
+                if isinstance(value, bool) or not text.isdigit():
+                    raise UsageError(f"{cls.name} runtime option {key}={value!r} must be a whole number >= 0")
+                value = int(text)
+            elif kind is list:
+                items = [value] if isinstance(value, str) else value
+                if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
+                    raise UsageError(f"{cls.name} runtime option {key}={value!r} must be a name or a list of names")
+                value = list(items)
+            elif not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise UsageError(f"{cls.name} runtime option {key}={value!r} must be text")
+            else:
+                value = str(value)
+            out[key] = value
+        return out
 
     @classmethod
     def numeric_defaults(cls, manifest: Any) -> dict[str, str]:
@@ -104,6 +134,14 @@ class Session(ABC):
         for spec, dtype, x in zip(self.inputs, self._np_dtypes, inputs):
             if hasattr(x, "detach"):
                 x = x.detach().cpu().numpy()
+            if not isinstance(x, np.ndarray):
+                try:
+                    x = np.asarray(x)
+                except (ValueError, TypeError) as e:
+                    raise InputError(f"input {spec.name!r} is not an array: {e}") from None
+            if x.dtype.kind not in "biuf":
+                raise InputError(f"input {spec.name!r} must be a numeric array (numpy or torch) of {spec.dtype}, "
+                                 f"got an array of dtype {x.dtype}")
             a = np.ascontiguousarray(x, dtype=dtype)
             if not spec.matches(a.shape):
                 raise InputError(f"input {spec.name!r} has shape {list(a.shape)}, the artifact expects "
@@ -114,6 +152,9 @@ class Session(ABC):
 
     def run(self, *inputs: Any) -> list[np.ndarray]:
         """Run on numpy arrays or torch tensors; returns a list of numpy arrays, one per output."""
+        if self._closed:
+            raise InputError(f"this {self.name} session of {self.artifact.path} was closed; load the artifact "
+                             f"again with edge.load(path)")
         return self._run(self.prepare(*inputs))
 
     def synchronize(self) -> None:
@@ -129,8 +170,16 @@ class Session(ABC):
         """
         return None
 
+    _closed = False
+
     def close(self) -> None:
-        """Release the runtime's resources."""
+        """Release the runtime's resources; ``run`` afterwards is an InputError. Closing twice is fine."""
+        if not self._closed:
+            self._closed = True
+            self._close()
+
+    def _close(self) -> None:
+        """Release the backend's objects (runtimes override this, not ``close``)."""
 
     def __enter__(self) -> "Session":
         return self

@@ -27,6 +27,7 @@ def not_macos_reason() -> str | None:
 
 class CoreMLSession(Session):
     name = "coreml"
+    OPTIONS = {"compute_units": str}
     extra = "coreml"
     requires = ("coremltools",)
     # the Neural Engine and the GPU compute in fp16: other units than the converted ones change the numbers
@@ -73,5 +74,5 @@ class CoreMLSession(Session):
         out = self.model.predict(self._feed(arrays))
         return [np.asarray(out[t.name], dtype=np.float32) for t in self.outputs]
 
-    def close(self) -> None:
+    def _close(self) -> None:
         self.model = None

@@ -35,6 +35,7 @@ class ExecuTorchSession(Session):
     """Options: ``threads`` (XNNPACK threadpool size; default ExecuTorch's choice)."""
 
     name = "executorch"
+    OPTIONS = {"threads": int}
     extra = "executorch"
     requires = ("executorch",)
 
@@ -107,14 +108,15 @@ class ExecuTorchSession(Session):
                 for _ in range(iters):
                     method.execute(xs)
                 program.write_etdump_result_to_file(etdump, str(Path(tmp) / "debug.bin"))
-            return etdump_table(etdump, self.artifact.path / ETRECORD, top)
+            etrecord = self.artifact.file(ETRECORD) if ETRECORD in self.artifact.manifest.files else None
+            return etdump_table(etdump, etrecord, top)
 
-    def close(self) -> None:
+    def _close(self) -> None:
         self._call = None
         self._method = self._program = self._module = self._bundle = None
 
 
-def etdump_table(etdump: str, etrecord: Path, top: int | None = 25) -> list[dict[str, Any]] | None:
+def etdump_table(etdump: str, etrecord: Path | None, top: int | None = 25) -> list[dict[str, Any]] | None:
     """Leaf events of an ETDump as the native-profile table.
 
     Rows are the XNNPACK operators inside each delegate call (named ``<op> [delegate k]``) and the
@@ -126,7 +128,7 @@ def etdump_table(etdump: str, etrecord: Path, top: int | None = 25) -> list[dict
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from executorch.devtools import Inspector
-        insp = Inspector(etdump_path=etdump, etrecord=str(etrecord) if etrecord.is_file() else None)
+        insp = Inspector(etdump_path=etdump, etrecord=str(etrecord) if etrecord is not None and etrecord.is_file() else None)
     rows: dict[tuple[str, str], list[float]] = defaultdict(list)
     calls: dict[tuple[str, str], list[float]] = defaultdict(list)
     extra: dict[tuple[str, str], dict] = {}

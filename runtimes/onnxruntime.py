@@ -16,6 +16,7 @@ class OnnxRuntimeSession(Session):
     """Options: ``providers`` (default CPU), ``threads`` (intra-op threads, default ORT's choice)."""
 
     name = "onnxruntime"
+    OPTIONS = {"threads": int, "providers": list}
     extra = "onnx"
     requires = ("onnxruntime",)
 
@@ -71,5 +72,5 @@ class OnnxRuntimeSession(Session):
                 rows[(ev["name"][: -len("_kernel_time")], ev.get("args", {}).get("op_name", "?"))].append(ev["dur"] / 1e3)
         return op_table(rows, top=top)
 
-    def close(self) -> None:
+    def _close(self) -> None:
         self.sess = None

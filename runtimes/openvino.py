@@ -48,6 +48,7 @@ class OpenVinoSession(Session):
     """
 
     name = "openvino"
+    OPTIONS = {"hint": str, "precision_hint": str, "streams": str, "threads": int, "device": str, "cache_dir": object}
     extra = "openvino"
     requires = ("openvino",)
     NUMERIC_OPTIONS = {"precision_hint": "f32"}
@@ -188,6 +189,6 @@ class OpenVinoSession(Session):
         del req, compiled
         return op_table(rows, extra, top)
 
-    def close(self) -> None:
+    def _close(self) -> None:
         self.request = None
         self.compiled = None

@@ -32,8 +32,12 @@ def small():
 
 
 def test_device_auto_resolves_to_what_is_here():
-    opts = CudaConverter().resolve_options({})
-    assert opts == {"device": "cuda" if CUDA else "cpu", "route": "aoti"}
+    if CUDA:
+        assert CudaConverter().resolve_options({}) == {"device": "cuda", "route": "aoti"}
+    else:   # no quiet CPU package: --device cpu must be asked for
+        with pytest.raises(PlatformError, match="--device cpu"):
+            CudaConverter().resolve_options({})
+    assert CudaConverter().resolve_options({"device": "cpu"}) == {"device": "cpu", "route": "aoti"}
 
 
 def test_onnxruntime_route_on_cpu_is_refused():

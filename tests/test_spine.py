@@ -170,8 +170,11 @@ def test_factory_with_weights(tmp_path):
     art2 = edge.convert("tests.models_for_tests:build", weights=tmp_path / "w.safetensors",
                         input_shapes=[(1, 3, 12, 12)], target="onnx", out=tmp_path / "g")
     np.testing.assert_allclose(edge.load(art2.path).run(x)[0], trained(x).detach().numpy(), atol=1e-5)
-    # edge.verify rebuilds the reference from the manifest's source and weights
-    assert edge.verify(art2.path)["passed"]
+    # edge.verify rebuilds the reference from the manifest's source and weights, once the user trusts them
+    with pytest.raises(UsageError, match="--trust-source"):
+        edge.verify(art2.path)
+    assert edge.verify(art2.path, trust_source=True)["passed"]
+    assert edge.verify(art2.path, "tests.models_for_tests:build", weights=tmp_path / "w.safetensors")["passed"]
 
 
 def test_verify_rebuilds_a_random_init_zoo_model(tmp_path):
@@ -225,7 +228,9 @@ def test_exported_program_source(tiny, tmp_path):
     torch.export.save(ep, tmp_path / "tiny.pt2")
     art = edge.convert(str(tmp_path / "tiny.pt2"), target="onnx", out=tmp_path / "p")
     assert art.manifest.source["kind"] == "exported_program" and art.manifest.inputs[0].shape == [1, 3, 10, 10]
-    assert edge.verify(art.path)["passed"]
+    with pytest.raises(UsageError, match="--trust-source"):   # the .pt2 path is outside the artifact
+        edge.verify(art.path)
+    assert edge.verify(art.path, trust_source=True)["passed"]
 
 
 def test_benchmark_report(digits_onnx):
