@@ -368,7 +368,7 @@ def _reference_from_source(art: Artifact, weights: str | Path | None, trust: boo
         raise UsageError(f"{where} names its model as {kind} {name!r}; rebuilding it would {what}, which the "
                          f"artifact chose. Pass --trust-source if you trust where this artifact came from, or "
                          f"give the model yourself with --model (and --weights)")
-    if kind != "zoo" and not src.get("weights") and weights is None and "init" not in src:
+    if kind in ("zoo", "factory") and not src.get("weights") and weights is None and "init" not in src:
         raise UsageError(f"{where} was built from {name}'s random initialization by an edge that "
                          f"did not record its seed, so its reference cannot be rebuilt; pass the weights "
                          f"(--weights) or the model (edge.verify(path, model))")

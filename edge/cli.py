@@ -47,6 +47,8 @@ def _parse_options(pairs: list[str] | None, flag: str = "--option") -> dict[str,
 def cmd_convert(args: argparse.Namespace) -> int:
     import edge
     from edge.sources import parse_shapes
+    if not args.out.strip():
+        raise UsageError("-o/--out is empty; name the artifact folder to create, e.g. -o out/model")
     targets = [t.strip() for t in args.target.split(",") if t.strip()]
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
     options = _parse_options(args.option)

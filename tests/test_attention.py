@@ -1,7 +1,6 @@
 """Attention / LayerNorm / token-dropping passes: parity with the modules they replace, export, conversion."""
 from __future__ import annotations
 
-import importlib.util
 
 import pytest
 import torch
@@ -10,6 +9,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import edge
+from conftest import needs
 from edge import passes as P
 from edge.errors import UsageError
 from edge.passes.attention import (SDPA, XNNPACK, EdgeAttention, EdgeLayerNorm, EdgeMultiheadAttention,
@@ -309,9 +309,8 @@ def test_onnx_convert_sdpa_and_token_drop(tmp_path):
 
 
 @pytest.mark.slow
+@needs("openvino", "openvino")
 def test_openvino_parity(tmp_path):
-    if importlib.util.find_spec("edge.converters.openvino") is None:
-        pytest.skip("converters/openvino.py is not written yet")
     art = edge.convert("vit_tiny_digits", target="openvino", out=tmp_path / "ov")
     assert art.manifest.parity["passed"]
     passes = art.manifest.details["optimize_passes"]
@@ -321,9 +320,8 @@ def test_openvino_parity(tmp_path):
 
 
 @pytest.mark.slow
+@needs("executorch", "executorch")
 def test_executorch_whole_model_in_one_delegate(tmp_path):
-    if importlib.util.find_spec("executorch") is None:
-        pytest.skip("executorch is not installed (pip install edge[executorch])")
     model, x = tiny_vit(depth=2), torch.randn(1, 1, 16, 16)
     before = edge.convert(model, example_inputs=(x,), target="executorch", out=tmp_path / "raw", optimize=False,
                           verify=False)   # only its delegation is looked at

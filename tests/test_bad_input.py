@@ -192,6 +192,8 @@ CLI_CASES = [
      "not an edge artifact", None),
     ("out-under-file", ["convert", "{u}/models.py:build", "--input-shape", "1,3,8,8", "-o", "{u}/a_file/o"], 2,
      "is a file, not a folder", None),
+    ("out-empty", ["convert", "{u}/models.py:build", "--input-shape", "1,3,8,8", "-o", ""], 2, "-o/--out is empty",
+     None),
     ("out-proc", ["convert", "{u}/models.py:build", "--input-shape", "1,3,8,8", "-o", "/proc/edge-out"], 2,
      "cannot write", None),
     ("out-symlink", ["convert", "{u}/models.py:build", "--input-shape", "1,3,8,8", "-o", "{u}/link"], 2,

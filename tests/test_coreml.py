@@ -120,13 +120,6 @@ def test_image_input_records_normalization(tmp_path, vit_prepared):
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["gru_digits", "visiongru_digits"])
 def test_recurrent_digits_convert_to_supported_ops(model, tmp_path):
-    from edge.zoo import WEIGHTS_DIR, get_entry
-    try:
-        entry = get_entry(model)
-    except edge.errors.UnknownNameError:
-        pytest.skip(f"{model} is not in the zoo yet")
-    if entry.weights and not (WEIGHTS_DIR / entry.weights).is_file():
-        pytest.skip(f"{model}'s weights are not trained yet")
     art = edge.convert(model, target="coreml", precision="fp16", out=tmp_path / "a")
     ops = art.manifest.details["mil_op_histogram"]
     assert "gru" not in ops and "while_loop" not in ops   # the tuned, unrolled form

@@ -1,13 +1,13 @@
 """The recurrent zoo models: VisionGRU (paper sizes, any resolution, exact chunked scan) and the GRU classifiers."""
 from __future__ import annotations
 
-import importlib.util
 
 import pytest
 import torch
 from torch import nn
 
 import edge
+from conftest import needs
 from edge.passes.recurrent import ChunkedMinGRU, TunedGRU
 from edge.zoo import create_model, get_entry
 from edge.zoo.visiongru import MinGRU
@@ -85,16 +85,8 @@ def test_gru_classifier_small_through_onnx(tmp_path):
     _convert("gru_classifier", "onnx", tmp_path, input_shapes=[(2, 20, 64)])
 
 
-def _openvino_ok() -> bool:
-    try:
-        from edge.converters import get_converter
-        return importlib.util.find_spec("openvino") is not None and get_converter("openvino").missing() is None
-    except Exception:
-        return False
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _openvino_ok(), reason="the openvino target is not available")
+@needs("openvino", "openvino")
 @pytest.mark.parametrize("name", ["visiongru_digits", "gru_digits"])
 def test_digits_models_through_openvino(name, tmp_path):
     art = _convert(name, "openvino", tmp_path)
@@ -106,16 +98,8 @@ def test_digits_models_through_openvino(name, tmp_path):
 
 
 
-def _executorch_ok() -> bool:
-    try:
-        from edge.converters import get_converter
-        return get_converter("executorch").missing() is None
-    except Exception:
-        return False
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _executorch_ok(), reason="the executorch target is not available")
+@needs("executorch", "executorch")
 def test_tuned_gru_through_executorch_is_one_delegate(tmp_path):
     """The 196-step GRU lowers as one torch.scan loop of 97 iterations (two steps each) that make one XNNPACK
     call each (nn.GRU: 198 calls and 392 portable split_with_sizes_copy); before and after the loop one call
@@ -132,7 +116,7 @@ def test_tuned_gru_through_executorch_is_one_delegate(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _executorch_ok(), reason="the executorch target is not available")
+@needs("executorch", "executorch")
 @pytest.mark.parametrize("kind", ["gru", "lstm"])
 def test_bidirectional_stacked_rnn_through_executorch(tmp_path, kind):
     """Two layers, both directions, an initial state and the final state out: verified against PyTorch."""
@@ -157,7 +141,7 @@ def test_bidirectional_stacked_rnn_through_executorch(tmp_path, kind):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _executorch_ok(), reason="the executorch target is not available")
+@needs("executorch", "executorch")
 def test_visiongru_digits_through_executorch(tmp_path):
     """One XNNPACK delegate, nothing on portable kernels: no flip (the backward minGRU is a reverse scan),
     no expand (LayerNorm's means on 2-D), no zero fills, the head's mean kept 4-D."""
