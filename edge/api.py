@@ -151,7 +151,8 @@ def convert_all(model: Any, *, targets: Sequence[str], precisions: Sequence[str]
                     # a lossy pass (token dropping) changes the numbers by design: the artifact's parity is
                     # checked against the optimized eager module, agreement with the original is recorded
                     lossy = any(p.get("lossy") for p in passes)
-                    verify_artifact(art, spec, converter=conv, reference=module if lossy else None)
+                    verify_artifact(art, spec, converter=conv, reference=module if lossy else None,
+                                    name=str(dest.absolute()))
                 except VerificationError as e:
                     failures.append(e)
             else:
@@ -209,12 +210,13 @@ def _test_split(spec: ModelSpec) -> tuple[np.ndarray, np.ndarray] | None:
 
 def verify_artifact(art: Artifact, spec: ModelSpec, *, converter: Any = None, n_random: int = 3,
                     runtime_options: dict[str, Any] | None = None,
-                    reference: torch.nn.Module | None = None) -> dict[str, Any]:
+                    reference: torch.nn.Module | None = None, name: str | None = None) -> dict[str, Any]:
     """Run ``art`` with its runtime against ``spec.module`` in PyTorch; record the result in its manifest.
 
     ``reference`` (the optimized module, when a lossy pass such as token dropping ran) replaces
     ``spec.module`` as the parity reference; agreement with ``spec.module`` is then recorded, not judged,
-    under ``parity["vs_original"]``.
+    under ``parity["vs_original"]``. ``name``: the artifact's final path, for messages (while it is verified in
+    its staging folder).
 
     ``runtime_options`` that change numerics (``Session.NUMERIC_OPTIONS``, e.g. OpenVINO's
     ``precision_hint="bf16"``) are judged by the precision they compute in and recorded apart, under
@@ -271,7 +273,7 @@ def verify_artifact(art: Artifact, spec: ModelSpec, *, converter: Any = None, n_
     consequence = (f"edge.load refuses {key} for it (it still loads with the runtime's defaults)" if key
                    else V.FAILED_CONSEQUENCE)
     try:
-        V.judge(metrics, judged, real_inputs=real is not None, artifact=str(art.path), under=key,
+        V.judge(metrics, judged, real_inputs=real is not None, artifact=name or str(art.path), under=key,
                 consequence=consequence)
     except VerificationError as e:
         failure = e

@@ -91,7 +91,8 @@ class VerificationError(EdgeError):
     """The artifact's outputs differ from the PyTorch reference beyond tolerance.
 
     Attributes:
-        output: the output that failed; metric: which check; value, limit: measured and allowed.
+        output: the (first) output that failed; metric: which check; value, limit: measured and allowed;
+        failures: every (output, metric, value, limit) outside tolerance.
     """
 
     exit_code = 1
@@ -99,4 +100,5 @@ class VerificationError(EdgeError):
     def __init__(self, message: str, *, output: str = "", metric: str = "", value: float = 0.0,
                  limit: float = 0.0, artifact: str = ""):
         self.output, self.metric, self.value, self.limit, self.artifact = output, metric, value, limit, artifact
+        self.failures: list[tuple[str, str, float, float]] = [(output, metric, value, limit)] if metric else []
         super().__init__(message)

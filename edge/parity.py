@@ -109,9 +109,10 @@ FAILED_CONSEQUENCE = "the artifact is marked failed and will not load"
 
 def judge(metrics: dict[str, dict[str, float]], precision: str, *, real_inputs: bool, artifact: str = "",
           under: str = "", consequence: str = FAILED_CONSEQUENCE) -> None:
-    """Raise VerificationError on the first metric outside the precision's tolerance (``under``: the runtime
-    options the run used, named in the message)."""
+    """Raise one VerificationError naming every output and metric outside the precision's tolerance
+    (``under``: the runtime options the run used, named in the message)."""
     tol = tolerance_for(precision)
+    failures: list[tuple[str, str, float, float]] = []
     for name, m in metrics.items():
         checks: list[tuple[str, float, float, bool]] = []
         if tol.atol is not None:
@@ -120,13 +121,20 @@ def judge(metrics: dict[str, dict[str, float]], precision: str, *, real_inputs: 
         checks.append(("cosine", m["cosine"], tol.min_cosine, m["cosine"] >= tol.min_cosine))
         if real_inputs and "top1_agreement" in m and tol.min_top1 is not None:
             checks.append(("top1_agreement", m["top1_agreement"], tol.min_top1, m["top1_agreement"] >= tol.min_top1))
-        for metric, value, limit, ok in checks:
-            if not ok:  # NaN fails too
-                cmp = "<=" if metric == "max_abs" else ">="
-                raise VerificationError(
-                    f"{artifact or 'artifact'} failed its {precision} parity check{' under ' + under if under else ''}: "
-                    f"output {name!r} {metric} {value:.3g} (must be {cmp} {limit:.3g}); {consequence}",
-                    output=name, metric=metric, value=value, limit=limit, artifact=artifact)
+        failures += [(name, metric, value, limit) for metric, value, limit, ok in checks if not ok]   # NaN fails
+    if not failures:
+        return
+    by_output: dict[str, list[str]] = {}
+    for name, metric, value, limit in failures:
+        cmp = "<=" if metric == "max_abs" else ">="
+        by_output.setdefault(name, []).append(f"{metric} {value:.3g} (must be {cmp} {limit:.3g})")
+    what = "; ".join(f"output {name!r} {', '.join(parts)}" for name, parts in by_output.items())
+    name, metric, value, limit = failures[0]
+    err = VerificationError(
+        f"{artifact or 'artifact'} failed its {precision} parity check{' under ' + under if under else ''}: "
+        f"{what}; {consequence}", output=name, metric=metric, value=value, limit=limit, artifact=artifact)
+    err.failures = failures
+    raise err
 
 
 def accuracy(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, y: np.ndarray, batch: int) -> float:

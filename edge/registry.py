@@ -6,9 +6,10 @@ and ``edge.runtimes``, or at run time with :meth:`Registry.register`.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 from importlib.metadata import entry_points
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Callable, Generic, Iterator, TypeVar
 
 from edge.errors import PluginError, UnknownNameError
 
@@ -36,6 +37,20 @@ class Registry(Generic[T]):
             self._lazy.pop(name, None)
             return o
         return add(obj) if obj is not None else add
+
+    @contextlib.contextmanager
+    def scoped(self, name: str, obj: T) -> Iterator[T]:
+        """Register ``obj`` under ``name`` for the block only (tests, one-off plugins); the previous entry returns."""
+        lazy, loaded = self._lazy.get(name), self._loaded.get(name)
+        self.register(name, obj)
+        try:
+            yield obj
+        finally:
+            self._loaded.pop(name, None)
+            if loaded is not None:
+                self._loaded[name] = loaded
+            if lazy is not None:
+                self._lazy[name] = lazy
 
     def _scan_entry_points(self) -> None:
         if self._scanned:
