@@ -96,7 +96,8 @@ def plan_cells(models: Sequence[str], *, targets: Sequence[str], precisions: Seq
             if zoo and res is not None and native_resolution(model) is None:
                 error = (f"{model} does not take a square image input, so --resolutions cannot apply; "
                          f"bench it without --resolutions")
-            shown = res if res is not None else native_resolution(model)
+            shown = res if res is not None else native_resolution(model) if zoo else _shape_resolution(
+                settings.get("input_shapes"))
             for target in targets:
                 for precision in precisions:
                     why = error or avail[target]
@@ -110,6 +111,12 @@ def plan_cells(models: Sequence[str], *, targets: Sequence[str], precisions: Seq
                         cells.append(CellSpec(model=model, resolution=shown, target=target, precision=precision,
                                               device=dev, error=why or cant, **settings))
     return cells
+
+
+def _shape_resolution(shapes: Sequence[Sequence[int]] | None) -> int | None:
+    """H of the first input when it is a square image [N, C, H, H], else None."""
+    first = list(shapes[0]) if shapes else []
+    return int(first[-1]) if len(first) == 4 and first[-1] == first[-2] else None
 
 
 # ---------------------------------------------------------------- run log
@@ -227,8 +234,8 @@ def run_matrix(models: Sequence[str], *, targets: Sequence[str] | None = None,
     if ray:
         from edge.fleet import run_on_ray
         return run_on_ray(models, targets=targets, precisions=precisions, resolutions=resolutions, avail=avail,
-                          settings=settings, header=header, cache=cache, address=ray, devices=devices, out=out,
-                          report=report, show=progress is True)
+                          settings=settings, header=header, cache=Path(cache_dir) if cache_dir else None,
+                          address=ray, devices=devices, out=out, report=report, show=progress is True)
     specs = plan_cells(models, targets=targets, precisions=precisions, resolutions=resolutions, avail=avail,
                        **settings)
     log = RunLog(len(specs), header, out, report, progress is True)
