@@ -173,6 +173,11 @@ def artifact_key(spec: CellSpec, prep: Any, conv: Any, options: dict[str, Any]) 
 _PREPARED: dict[tuple, Any] = {}
 
 
+def forget_prepared() -> None:
+    """Drop the kept model: a new run resolves its sources again (a model file may have been edited since)."""
+    _PREPARED.clear()
+
+
 def _prepared(spec: CellSpec) -> Any:
     """The resolved model of ``spec``'s group, kept for the next cells of the same group in this process."""
     from edge.resolution import prepared

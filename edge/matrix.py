@@ -91,9 +91,17 @@ def plan_cells(models: Sequence[str], *, targets: Sequence[str], precisions: Seq
     cells = []
     for model in models:
         zoo = is_zoo(model)
+        known = None
+        if not zoo and ":" not in model and not model.endswith(".pt2"):
+            from edge.errors import EdgeError
+            from edge.zoo import get_entry
+            try:
+                get_entry(model)
+            except EdgeError as e:   # an unknown name: its cells fail with the did-you-mean, the others run
+                known = str(e)
         for res in resolutions:
-            error = None
-            if zoo and res is not None and native_resolution(model) is None:
+            error = known
+            if not error and zoo and res is not None and native_resolution(model) is None:
                 error = (f"{model} does not take a square image input, so --resolutions cannot apply; "
                          f"bench it without --resolutions")
             shown = res if res is not None else native_resolution(model) if zoo else _shape_resolution(
@@ -264,8 +272,10 @@ def conversion_summary(spec_ids: list[str], record: dict[str, Any]) -> dict[str,
 def _run_local(specs: list[CellSpec], cache: Path, log: RunLog, isolate: bool) -> list[dict[str, Any]]:
     """Each model/resolution group: its distinct artifacts converted (in a worker process when ``isolate``),
     then every cell measured on this machine, one at a time, each in a clean process."""
+    from edge.cells import forget_prepared
     from edge.devices import LocalDevice
     from edge.store import PathStore
+    forget_prepared()
     device = LocalDevice("local", cache_dir=cache)
     store = PathStore(cache)
     groups: dict[tuple, list[CellSpec]] = {}
