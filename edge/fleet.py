@@ -21,10 +21,12 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from edge.cells import STATUS_FAILED, CellSpec, bench_cell, new_cell
 from edge.errors import MissingBackendError, UsageError
@@ -179,3 +181,52 @@ def run_on_ray(models: Sequence[str], *, targets: Sequence[str], precisions: Seq
         for a in actors.values():
             ray.kill(a)
     return finish(header, log.cells, conversions)
+
+
+@contextlib.contextmanager
+def loopback_cluster(devices: dict[str, int], *, head_cpus: int = 2, head_device: str | None = None,
+                     object_store_mb: int = 80) -> Iterator[Any]:
+    """A Ray cluster on this machine, every node bound to 127.0.0.1, connected; stopped on exit.
+
+    The head has ``head_cpus`` CPUs (conversions run there) and, with ``head_device``, that device; each entry
+    of ``devices`` (name -> CPUs) is one more node offering ``device:<name>``. For tests and benchmarks.
+
+    Example:
+        >>> with loopback_cluster({"cpu-a": 0, "cpu-b": 0}) as cluster:
+        ...     run_matrix(models, targets=["onnx"], ray=cluster.address)
+    """
+    try:
+        import ray
+        import ray._private.ray_constants as rc
+        from ray.cluster_utils import Cluster
+    except ImportError:
+        raise MissingBackendError("ray", "fleet", "a local Ray cluster") from None
+    # Ray resolves 127.0.0.1 to the machine's interface address unless told it is not a real cluster; the
+    # constant is read at import, so it is set here too, and the env var carries it to every node's processes.
+    saved = {k: os.environ.get(k) for k in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_TMPDIR")}
+    enable, rc.ENABLE_RAY_CLUSTER = rc.ENABLE_RAY_CLUSTER, False
+    tmp = f"/tmp/edge-ray-{os.getpid()}-{uuid.uuid4().hex[:4]}"   # short: Ray's unix sockets live under it
+    os.makedirs(f"{tmp}/ray")
+    os.environ.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_TMPDIR=tmp)
+    loop = {"node_ip_address": "127.0.0.1", "object_store_memory": object_store_mb << 20}
+    cluster = None
+    try:
+        cluster = Cluster(initialize_head=True, head_node_args={
+            **loop, "num_cpus": head_cpus, "include_dashboard": False,
+            "resources": {DEVICE_RESOURCE + head_device: 1} if head_device else {}})
+        for name, cpus in devices.items():
+            cluster.add_node(**loop, num_cpus=cpus, resources={DEVICE_RESOURCE + name: 1})
+        ray.init(address=cluster.address, log_to_driver=False, logging_level="ERROR")
+        yield cluster
+    finally:
+        ray.shutdown()
+        if cluster is not None:
+            cluster.shutdown()
+        rc.ENABLE_RAY_CLUSTER = enable
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        import shutil
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -5,8 +5,6 @@ Three nodes: a head with CPUs and no device (conversions run there), and two dev
 """
 from __future__ import annotations
 
-import os
-
 import pytest
 
 pytestmark = [pytest.mark.slow,
@@ -38,33 +36,12 @@ BAD = GOOD.replace("return self.fc(", "if x.sum() > 0:\n            x = x * 2\n 
 def cluster(tmp_path_factory):
     """A head (2 CPUs, no device) and two device nodes (no CPUs), every process bound to 127.0.0.1."""
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'edge[fleet]')")
-    from ray.cluster_utils import Cluster
-    # Ray resolves 127.0.0.1 to the machine's interface address unless it is told it is not a real cluster;
-    # read when ray's constants load, so it is set before the first node starts (and left for this process).
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    import ray._private.ray_constants as rc
-    rc.ENABLE_RAY_CLUSTER = False
-    tmp = f"/tmp/edge-ray-{os.getpid()}"   # short: Ray's unix sockets live under it
-    os.makedirs(f"{tmp}/ray", exist_ok=True)
-    old_tmp = os.environ.get("RAY_TMPDIR")
-    os.environ["RAY_TMPDIR"] = tmp
-    loop = {"node_ip_address": "127.0.0.1", "object_store_memory": 80 << 20}
-    c = Cluster(initialize_head=True, head_node_args={**loop, "num_cpus": 2, "include_dashboard": False})
-    c.add_node(**loop, num_cpus=0, resources={"device:cpu-a": 1})
-    c.add_node(**loop, num_cpus=0, resources={"device:cpu-b": 1})
-    ray.init(address=c.address, log_to_driver=False, logging_level="ERROR")
+    from edge.fleet import loopback_cluster
     models = tmp_path_factory.mktemp("models")
     (models / "good.py").write_text(GOOD)
     (models / "bad.py").write_text(BAD)
-    try:
+    with loopback_cluster({"cpu-a": 0, "cpu-b": 0}) as c:
         yield ray, c, models, tmp_path_factory.mktemp("fleet-cache")
-    finally:
-        ray.shutdown()
-        c.shutdown()
-        if old_tmp is None:
-            os.environ.pop("RAY_TMPDIR", None)
-        else:
-            os.environ["RAY_TMPDIR"] = old_tmp
 
 
 def _nodes(ray):
@@ -78,9 +55,14 @@ def test_matrix_on_a_cluster(cluster, tmp_path):
     ray, c, models, cache = cluster
     head, where = _nodes(ray)
     assert set(where) == {"cpu-a", "cpu-b"} and head not in where.values()
+    for node in ray.nodes():   # every node of the test cluster is on loopback
+        assert node["NodeManagerAddress"] == "127.0.0.1"
+    from edge.fleet import list_devices   # what `edge devices --ray auto` prints
+    offered = {d["name"]: d for d in list_devices(c.address)}
+    assert {n: d["node_id"] for n, d in offered.items()} == where and offered["cpu-a"]["targets"]["onnx"] is None
     good, bad = f"{models / 'good.py'}:make", f"{models / 'bad.py'}:make"
     res = run_matrix([good, bad], targets=["onnx"], precisions=["fp32", "int3"], input_shapes=[(1, 1, 8, 8)],
-                     cache_dir=cache, warmup=1, iters=5, op_profile=False, ray="auto", out=tmp_path)
+                     cache_dir=cache, warmup=1, iters=5, op_profile=False, ray=c.address, out=tmp_path)
     cells = {c["id"]: c for c in res["cells"]}
     assert len(cells) == 8   # 2 models x 2 precisions x 2 devices
     for dev in ("cpu-a", "cpu-b"):
@@ -114,7 +96,7 @@ def test_a_lost_device_fails_only_its_cells(cluster, tmp_path):
 
     good = f"{models / 'good.py'}:make"
     res = run_matrix([good], targets=["onnx"], resolutions=[8, 12], input_shapes=[(1, 1, 8, 8)],
-                     cache_dir=cache, warmup=1, iters=20, op_profile=False, ray="auto",
+                     cache_dir=cache, warmup=1, iters=20, op_profile=False, ray=c.address,
                      progress=kill_a_after_its_first_cell)
     assert killed
     by_dev = {d: [c for c in res["cells"] if c["device"] == d] for d in ("cpu-a", "cpu-b")}
