@@ -50,8 +50,17 @@ def kind_of(name: str) -> str:
 
 
 def device_for(name: str = "local", **config: Any) -> "Device":
-    """The device object for ``name`` (its kind from :func:`kind_of`)."""
-    return DEVICE_KINDS.get(kind_of(name))(name, **config)
+    """The device object for ``name`` (its kind from :func:`kind_of`).
+
+    Settings come from ``config`` over the node's ``EDGE_DEVICE_CONFIG`` (JSON: device name -> settings, e.g.
+    ``{"browser-pixel": {"host": "0.0.0.0", "port": 8000}}``), so a lab configures each device where it is.
+    """
+    try:
+        node = json.loads(os.environ.get("EDGE_DEVICE_CONFIG") or "{}")
+    except ValueError as e:
+        raise DeviceError(f"EDGE_DEVICE_CONFIG is not JSON ({e}); write it like "
+                          f"'{{\"browser-pixel\": {{\"host\": \"0.0.0.0\"}}}}'") from None
+    return DEVICE_KINDS.get(kind_of(name))(name, **{**(node.get(name) or {}), **config})
 
 
 def exit_text(rc: int) -> str:

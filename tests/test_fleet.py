@@ -32,7 +32,7 @@ def make():
 BAD = GOOD.replace("return self.fc(", "if x.sum() > 0:\n            x = x * 2\n        return self.fc(")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def cluster(tmp_path_factory):
     """A head (2 CPUs, no device) and two device nodes (no CPUs), every process bound to 127.0.0.1."""
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'edge[fleet]')")
@@ -51,6 +51,13 @@ def _nodes(ray):
 
 
 def test_matrix_on_a_cluster(cluster, tmp_path):
+    """One test for the whole cluster (xdist would otherwise start a cluster per worker): the matrix, then a
+    run in which one device's actor is killed."""
+    _matrix_runs_where_its_devices_are(cluster, tmp_path)
+    _a_lost_device_fails_only_its_cells(cluster)
+
+
+def _matrix_runs_where_its_devices_are(cluster, tmp_path):
     from edge.matrix import run_matrix
     ray, c, models, cache = cluster
     head, where = _nodes(ray)
@@ -84,7 +91,7 @@ def test_matrix_on_a_cluster(cluster, tmp_path):
     assert len(load_results(tmp_path / "results.json")["cells"]) == 8   # streamed as cells finished
 
 
-def test_a_lost_device_fails_only_its_cells(cluster, tmp_path):
+def _a_lost_device_fails_only_its_cells(cluster):
     from edge.matrix import run_matrix
     ray, c, models, cache = cluster
     killed = []
