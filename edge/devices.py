@@ -188,7 +188,8 @@ class BrowserDevice(Device):
             thread = threading.Thread(target=srv.serve_forever, daemon=True)
             thread.start()
             self.url = f"http://{srv.server_address[0]}:{srv.server_address[1]}/"
-            print(f"edge bench: {spec.id} waits for the page at {self.url} on {self.name}", file=sys.stderr,
+            from edge.progress import console
+            print(f"edge bench: {spec.id} waits for the page at {self.url} on {self.name}", file=console(),
                   flush=True)
             try:
                 posted = self._wait(results, float(self.config.get("timeout_s", 600)))
