@@ -122,14 +122,32 @@ def _bench_matrix(args: argparse.Namespace) -> int:
                          "not to a matrix of models")
     from edge.matrix import STATUS_FAILED, parse_resolutions, run_matrix, split_list
     from edge.report import format_table, write_all
+    from edge.sources import parse_shapes
     results = run_matrix(args.artifacts, targets=split_list(args.targets), precisions=split_list(args.precisions)
                          or ["fp32"], resolutions=parse_resolutions(args.resolutions), cache_dir=args.cache_dir,
                          warmup=args.warmup, iters=args.iters, calib=args.calib, options=_parse_options(args.option),
                          rebuild=args.rebuild, optimize=not args.no_optimize, progress=True,
-                         op_profile=not args.no_native_profile)
+                         op_profile=not args.no_native_profile, weights=args.weights,
+                         input_shapes=parse_shapes(args.input_shape), out=args.out, ray=args.ray,
+                         devices=split_list(args.devices))
     paths = write_all(results, args.out)
     _emit(args, results, format_table(results) + "\nwrote " + ", ".join(str(p) for p in paths))
     return 1 if any(c["status"] == STATUS_FAILED for c in results["cells"]) else 0
+
+
+@command("devices")
+def cmd_devices(args: argparse.Namespace) -> int:
+    """`edge devices [--ray ADDRESS]`: the devices a run can measure on, and the targets each runs."""
+    if args.ray:
+        from edge.fleet import list_devices
+        rows = list_devices(args.ray)
+    else:
+        from edge.devices import device_for
+        rows = [device_for("local").info()]
+    _emit(args, rows, "\n".join(
+        f"{r['name']:<16} {r['kind']:<8} {r.get('node') or r['host'].get('hostname', '')}  {r['host'].get('cpu', '')}"
+        f"\n  runs: {', '.join(t for t, why in r['targets'].items() if why is None) or 'nothing'}" for r in rows))
+    return 0
 
 
 @command("report")
@@ -286,6 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-native-profile", action="store_true", help="skip the runtime's per-op profile")
     b.add_argument("--runtime-option", action="append", metavar="KEY=VALUE",
                    help="artifacts: runtime option, e.g. precision_hint=bf16 or threads=1 (openvino)")
+    b.add_argument("--weights", help="matrix: weights for file.py:factory / package.module:factory models")
+    b.add_argument("--input-shape", action="append", help="matrix: input shape of factory models, like 1,3,224,224")
+    b.add_argument("--ray", metavar="ADDRESS", help="matrix: run on a Ray cluster (auto, or ray://HOST:10001)")
+    b.add_argument("--devices", help="matrix with --ray: devices to measure on, comma-separated (default: all)")
 
     r = add("report", "rebuild results.csv, report.md and report.html from a results.json", json_flag=False)
     r.add_argument("results", help="results.json written by `edge bench MODEL ...` (or `edge serve`)")
@@ -304,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     i = add("info", "show an artifact's manifest")
     i.add_argument("artifact")
     i.add_argument("--no-check", action="store_true", help="do not check file hashes")
+    dv = add("devices", "list the devices a bench run can measure on (this machine, or a Ray cluster's)")
+    dv.add_argument("--ray", metavar="ADDRESS", help="a Ray cluster (auto, or ray://HOST:10001)")
     add("models", "list zoo models")
     add("targets", "list targets, their precisions and whether their backend is installed")
     add("optimize", "list optimize passes")

@@ -1,11 +1,11 @@
-"""Benchmark a matrix of models x resolutions x targets x precisions in one run.
+"""Benchmark a matrix of models x resolutions x targets x precisions (x devices) in one run.
 
-Each (model, resolution) is resolved and captured once (``edge.api.prepare``) and shared by every
-target of the run. Artifacts live in a content-addressed cache keyed by the model, its weights, the
-target, precision, input shape, options and the versions of edge, torch, the backend and the
-converter's source, so a second run converts nothing it already has. Every cell is verified by
-``edge.convert`` and measured with ``edge.benchmark`` (the same :class:`~edge.profile.LatencyReport`
-statistics for every cell). A failed cell records its error and the run goes on.
+Three plain-data steps (:mod:`edge.cells`): :func:`plan_cells` makes the cross product and rejects what needs
+no work to reject; ``convert_cell`` converts and verifies each distinct artifact once, or reuses the one the
+cache holds under its key (the digest of what was lowered); ``bench_cell`` measures it on a device. This
+module runs them on this machine; :mod:`edge.fleet` runs the same functions on a Ray cluster
+(``run_matrix(..., ray="auto")``). A failed cell records its error and the run goes on; each cell is written
+to ``out/results.json`` as it finishes, so a killed run keeps what it measured.
 
 Example:
     >>> from edge.matrix import run_matrix
@@ -14,38 +14,21 @@ Example:
 """
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import inspect
 import json
 import os
 import platform
+import subprocess
 import sys
-import time
-import traceback
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from edge.errors import EdgeError, UsageError
+from edge.cells import (CELL_FIELDS, STATUS_FAILED, STATUS_OK, STATUS_SKIPPED, CellSpec,  # noqa: F401 (re-exported)
+                        bench_cell, convert_cell)
+from edge.errors import UsageError
 from edge.progress import console
+from edge.resolution import ResolutionError, native_resolution  # noqa: F401 (re-exported)
 
 SCHEMA = "edge.bench/1"
-STATUS_OK = "ok"
-STATUS_FAILED = "failed"
-STATUS_SKIPPED = "skipped"   # converted and spec-checked, but this machine cannot run it (CoreML off macOS)
-
-# One row per cell, in this order, for results.csv (results.json holds these plus samples_ms).
-CELL_FIELDS = [
-    "id", "model", "resolution", "target", "precision", "runtime", "status", "error", "cached", "artifact",
-    "cache_key", "convert_s", "size_mb", "p50_ms", "mean_ms", "std_ms", "min_ms", "max_ms", "p90_ms", "p95_ms",
-    "p99_ms", "throughput_per_s", "load_ms", "first_inference_ms", "peak_rss_mb", "rss_growth_mb", "warmup",
-    "iters", "timer", "parity_passed", "cosine", "max_abs", "accuracy", "reference_accuracy", "device",
-    "user_agent",
-]
-
-
-class ResolutionError(UsageError):
-    """The model cannot be built at the requested input resolution."""
 
 
 def default_cache_dir() -> Path:
@@ -84,208 +67,143 @@ def host_info() -> dict[str, Any]:
             "python": platform.python_version()}
 
 
-# ---------------------------------------------------------------- models at a resolution
+# ---------------------------------------------------------------- plan
 
-def _weights_digest(entry: Any, weights: str | None) -> str:
-    from edge.sources import file_sha256
-    from edge.zoo import WEIGHTS_DIR
-    if weights:
-        return file_sha256(Path(weights))
-    if entry is not None and entry.weights:
-        path = WEIGHTS_DIR / entry.weights
-        return file_sha256(path) if path.is_file() else f"missing:{entry.weights}"
-    return "random-init:seed0"
+def plan_cells(models: Sequence[str], *, targets: Sequence[str], precisions: Sequence[str] = ("fp32",),
+               resolutions: Sequence[int | None] = (None,), devices: dict[str, dict[str, Any]] | None = None,
+               avail: dict[str, str | None] | None = None, **settings: Any) -> list[CellSpec]:
+    """The cross product models x resolutions x targets x precisions x devices as :class:`CellSpec` s.
 
+    Cells that can be rejected without work carry their ``error``: a target not installed here, a precision
+    the target lacks, a device that cannot run the target, a resolution a model cannot take.
 
-def native_resolution(model: str) -> int | None:
-    """The zoo model's default square input size, or None (not a zoo model, or not an image input)."""
-    from edge.zoo import get_entry, list_models
-    if model not in list_models():
-        return None
-    shape = get_entry(model).input_shapes[0]
-    return int(shape[-1]) if len(shape) == 4 and shape[-1] == shape[-2] else None
-
-
-def _resample_grid(t: Any, new_shape: tuple[int, ...]) -> Any:
-    """Resample a [1, prefix + g*g, D] position table to [1, prefix + G*G, D] (bicubic, as timm does).
-
-    Returns None when the shapes are not of that form, so the caller can report why it cannot adapt.
+    Args:
+        devices: device name -> its :meth:`edge.devices.Device.info` (``targets`` it runs); default ``local``.
+        avail: :func:`available_targets` of the converting machine (computed when None).
+        **settings: CellSpec fields shared by every cell (weights, input_shapes, options, calib, optimize,
+            rebuild, warmup, iters, op_profile).
     """
-    import math
-
-    import torch.nn.functional as F
-    if t.ndim != 3 or len(new_shape) != 3 or t.shape[0] != 1 or t.shape[2] != new_shape[2]:
-        return None
-    for prefix in (0, 1, 2):
-        g, G = math.isqrt(t.shape[1] - prefix), math.isqrt(new_shape[1] - prefix)
-        if g * g == t.shape[1] - prefix and G * G == new_shape[1] - prefix and g > 0:
-            grid = t[:, prefix:].reshape(1, g, g, -1).permute(0, 3, 1, 2)
-            grid = F.interpolate(grid, size=(G, G), mode="bicubic", align_corners=False)
-            return __import__("torch").cat([t[:, :prefix], grid.permute(0, 2, 3, 1).reshape(1, G * G, -1)], dim=1)
-    return None
-
-
-def model_at(model: str, resolution: int | None, *, weights: str | None = None):
-    """A :class:`edge.sources.ModelSpec` of ``model`` taking ``resolution`` x ``resolution`` inputs.
-
-    At the zoo model's native size this is ``edge.sources.resolve``. At another size the factory is
-    called with ``img_size=resolution``; bundled weights are loaded and any position table whose
-    patch grid changed is resampled bicubically (recorded in ``source["resampled"]``); the test set
-    is resized to the new size so accuracy is still measured. A model whose factory cannot change
-    its size raises :class:`ResolutionError` naming why.
-    """
-    import torch
-
-    from edge.sources import ModelSpec, example_from_shapes, resolve
-    native = native_resolution(model)
-    torch.manual_seed(0)   # random-init zoo models (vit_tiny) get the same weights every run
-    if resolution is None or resolution == native:
-        return resolve(model, weights=weights)
-    if native is None:
-        from edge.zoo import list_models
-        if model in list_models():
-            raise ResolutionError(f"{model} does not take a square image input, so --resolutions cannot apply; "
-                                  f"bench it without --resolutions")
-        return resolve(model, weights=weights, input_shapes=[(1, 3, resolution, resolution)])
-    from edge.zoo import create_model, get_entry
-    entry = get_entry(model)
-    try:
-        module, _ = create_model(model, pretrained=False, img_size=resolution)
-    except TypeError as e:
-        raise ResolutionError(f"{model} cannot change its input resolution: its factory does not take "
-                              f"img_size ({e}); bench it at its native {native}px") from None
-    source: dict[str, Any] = {"kind": "zoo", "name": model, "weights": entry.weights, "img_size": resolution}
-    if entry.weights or weights:
-        if weights:
-            from edge.sources import load_state_dict
-            sd = load_state_dict(weights)
-            source["weights"] = str(weights)
-        else:
-            sd = create_model(model)[0].state_dict()
-        target = module.state_dict()
-        resampled = []
-        for key, value in list(sd.items()):
-            if key in target and tuple(target[key].shape) != tuple(value.shape):
-                new = _resample_grid(value, tuple(target[key].shape))
-                if new is None:
-                    raise ResolutionError(
-                        f"{model}'s weights do not fit {resolution}px: {key} has shape {list(value.shape)}, the "
-                        f"{resolution}px model needs {list(target[key].shape)} and it is not a position table "
-                        f"that can be resampled; bench it at its native {native}px")
-                sd[key] = new
-                resampled.append(key)
-        module.load_state_dict(sd)
-        source["resampled"] = resampled
-    C = entry.input_shapes[0][1]
-    shape = (entry.input_shapes[0][0], C, resolution, resolution)
-    test_set = None
-    if entry.test_set is not None:
-        def test_set(_orig=entry.test_set, _r=resolution):
-            import numpy as np
-            import torch.nn.functional as F
-            x, y = _orig()
-            x = F.interpolate(torch.from_numpy(np.asarray(x)), size=(_r, _r), mode="bilinear", align_corners=False)
-            return x.numpy(), y
-    pre = dict(entry.preprocessing)
-    if pre:
-        pre["size"] = [resolution, resolution]
-    entry = dataclasses.replace(entry, input_shapes=[shape], test_set=test_set, preprocessing=pre)
-    example = example_from_shapes([shape])
-    if test_set is not None:
-        example = (torch.as_tensor(test_set()[0][: shape[0]]),)
-    return ModelSpec(module=module.eval(), example_inputs=example, source=source, info=entry.info(), entry=entry)
+    from edge.converters import get_converter
+    from edge.resolution import is_zoo
+    avail = available_targets() if avail is None else avail
+    devices = devices or {"local": {"targets": avail}}
+    precisions_of = {t: get_converter(t).precisions for t in targets if avail.get(t) is None}
+    cells = []
+    for model in models:
+        zoo = is_zoo(model)
+        known = None
+        if not zoo and ":" not in model and not model.endswith(".pt2"):
+            from edge.errors import EdgeError
+            from edge.zoo import get_entry
+            try:
+                get_entry(model)
+            except EdgeError as e:   # an unknown name: its cells fail with the did-you-mean, the others run
+                known = str(e)
+        for res in resolutions:
+            error = known
+            if not error and zoo and res is not None and native_resolution(model) is None:
+                error = (f"{model} does not take a square image input, so --resolutions cannot apply; "
+                         f"bench it without --resolutions")
+            shown = res if res is not None else native_resolution(model) if zoo else _shape_resolution(
+                settings.get("input_shapes"))
+            for target in targets:
+                for precision in precisions:
+                    why = error or avail[target]
+                    if why is None and precision not in precisions_of[target]:
+                        why = (f"unknown precision for target {target!r}: {precision!r}; choose one of: "
+                               f"{', '.join(precisions_of[target])}")
+                    for dev, info in devices.items():
+                        runs = (info.get("targets") or {})
+                        cant = None if runs.get(target, "not offered") is None else (
+                            f"device {dev} cannot run {target}: {runs.get(target, 'it does not offer it')}")
+                        cells.append(CellSpec(model=model, resolution=shown, target=target, precision=precision,
+                                              device=dev, error=why or cant, **settings))
+    return cells
 
 
-# ---------------------------------------------------------------- the cache
-
-def _code_digest(obj: Any) -> str:
-    try:
-        src = inspect.getsourcefile(type(obj))
-        return hashlib.sha256(Path(src).read_bytes()).hexdigest()[:16] if src else "?"
-    except (TypeError, OSError):
-        return "?"
+def _shape_resolution(shapes: Sequence[Sequence[int]] | None) -> int | None:
+    """H of the first input when it is a square image [N, C, H, H], else None."""
+    first = list(shapes[0]) if shapes else []
+    return int(first[-1]) if len(first) == 4 and first[-1] == first[-2] else None
 
 
-def cache_key(*, model: str, weights_digest: str, target: str, precision: str, input_shapes: list,
-              options: dict[str, Any], versions: dict[str, str], code: str, calib: Any = None,
-              optimize: bool = True) -> tuple[str, dict]:
-    """(sha256 hex, the record hashed): everything that changes the artifact's bytes or its parity."""
-    record = {"model": model, "weights": weights_digest, "target": target, "precision": precision,
-              "input_shapes": [list(s) for s in input_shapes], "options": options, "versions": versions,
-              "converter_code": code, "calib": str(calib) if calib is not None else None, "optimize": optimize}
-    blob = json.dumps(record, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest(), record
+# ---------------------------------------------------------------- run log
+
+class RunLog:
+    """Collects finished cells, writes each to ``out/results.json`` at once, reports done/running/failed."""
+
+    def __init__(self, total: int, header: dict[str, Any], out: str | Path | None,
+                 report: Callable[[int, int, dict[str, Any]], None] | None, show: bool):
+        self.total, self.header, self.report, self.show = total, header, report, show
+        self.out = Path(out) if out else None
+        self.cells: list[dict[str, Any]] = []
+        self.running: set[str] = set()
+
+    def started(self, cell_id: str) -> None:
+        self.running.add(cell_id)
+
+    def finished(self, cell: dict[str, Any]) -> None:
+        self.running.discard(cell["id"])
+        self.cells.append(cell)
+        if self.out is not None:   # the run so far, valid for `edge report` if the run is killed now
+            from edge.artifact import write_json_atomic
+            self.out.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.out / "results.json", {**self.header, "complete": False, "cells": self.cells})
+        if self.report:
+            self.report(len(self.cells), self.total, cell)
+        if self.show:
+            failed = sum(c["status"] == STATUS_FAILED for c in self.cells)
+            print(f"[{len(self.cells)}/{self.total} done, {len(self.running)} running, {failed} failed] "
+                  f"{progress_text(cell)}", file=console(), flush=True)
 
 
-def _cached_artifact(path: Path):
-    """The verified artifact at ``path`` if it is complete and unchanged, else None."""
-    from edge.artifact import STATUS_CHECKED_SPEC, STATUS_VERIFIED, Artifact
-    if not (path / "manifest.json").is_file():
-        return None
-    try:
-        art = Artifact.open(path)
-    except EdgeError:
-        return None
-    return art if art.manifest.status in (STATUS_VERIFIED, STATUS_CHECKED_SPEC) else None
-
-
-def _dir_size_mb(art: Any) -> float:
-    total = 0
-    for rel in art.manifest.files:
-        p = art.file(rel)
-        total += p.stat().st_size if p.is_file() else sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
-    return total / 2**20
+def progress_text(cell: dict[str, Any]) -> str:
+    what = f"{cell['id']}"
+    if cell["status"] != STATUS_OK:
+        return f"{what:<44} {cell['status'].upper()}: {cell['error']}"
+    tail = f"p50 {cell['p50_ms']:.3f} ms"
+    if cell.get("model_rss_mb") is not None:
+        tail += f"  model +{cell['model_rss_mb']:.0f} MiB"
+    if cell.get("accuracy") is not None:
+        tail += f"  acc {cell['accuracy']:.4f}"
+    if (cell.get("placement") or {}).get("summary"):
+        tail += f"  [{cell['placement']['summary'].split(';')[0]}]"
+    tail += "  (cached)" if cell["cached"] else f"  (converted in {cell['convert_s'] or 0:.1f}s)"
+    return f"{what:<44} {tail}"
 
 
 # ---------------------------------------------------------------- the run
-
-def _error_text(e: BaseException) -> str:
-    msg = str(e).strip() or type(e).__name__
-    return msg if isinstance(e, EdgeError) else f"{type(e).__name__}: {msg.splitlines()[0]}"
-
-
-def _parity_fields(parity: dict[str, Any]) -> dict[str, Any]:
-    outs = parity.get("outputs") or {}
-    first = next(iter(outs.values()), {})
-    return {"parity_passed": parity.get("passed"), "cosine": first.get("cosine"), "max_abs": first.get("max_abs"),
-            "accuracy": first.get("accuracy"), "reference_accuracy": first.get("reference_accuracy")}
-
-
-def _print_progress(done: int, total: int, cell: dict[str, Any]) -> None:
-    what = f"{cell['model']}@{cell['resolution']} {cell['target']}/{cell['precision']}"
-    if cell["status"] == STATUS_OK:
-        tail = f"p50 {cell['p50_ms']:.3f} ms  peak RSS {cell['peak_rss_mb']:.0f} MiB"
-        if cell.get("accuracy") is not None:
-            tail += f"  acc {cell['accuracy']:.4f}"
-        tail += "  (cached)" if cell["cached"] else f"  (converted in {cell['convert_s']:.1f}s)"
-    else:
-        tail = f"{cell['status'].upper()}: {cell['error']}"
-    print(f"[{done}/{total}] {what:<44} {tail}", file=console(), flush=True)
-
 
 def run_matrix(models: Sequence[str], *, targets: Sequence[str] | None = None,
                precisions: Sequence[str] = ("fp32",), resolutions: Sequence[int | None] = (None,),
                cache_dir: str | Path | None = None, warmup: int = 10, iters: int = 100, calib: Any = None,
                options: dict[str, Any] | None = None, rebuild: bool = False, op_profile: bool = True,
-               optimize: bool = True, isolate: bool = True,
+               optimize: bool = True, isolate: bool = True, weights: str | None = None,
+               input_shapes: Sequence[Sequence[int]] | None = None, out: str | Path | None = None,
+               ray: str | None = None, devices: Sequence[str] | None = None,
                progress: Callable[[int, int, dict[str, Any]], None] | bool | None = None) -> dict[str, Any]:
     """Convert (or reuse), verify and benchmark every cell of models x resolutions x targets x precisions.
 
     Args:
-        models: zoo names (or ``file.py:factory``; those need ``resolutions``).
+        models: zoo names, ``file.py:factory``, ``package.module:factory`` or ``.pt2`` files.
         targets: target names; None means every target that can run on this machine.
         precisions: precisions to try on every target (a target without one gets a failed cell).
-        resolutions: square input sizes; None in the list means the model's native size.
+        resolutions: square input sizes; None in the list means the model's own size.
+        weights / input_shapes: as ``edge convert --weights / --input-shape``, for factory models.
         cache_dir: artifact cache (default :func:`default_cache_dir`).
         rebuild: convert again even when the cache has the artifact.
         optimize: run edge's optimize passes (``edge convert --no-optimize`` when False).
-        isolate: run each model/resolution in a child process, so a backend crash fails one cell only.
-        op_profile: run the runtime's per-op profiler on the slowest cell.
+        isolate: convert each model/resolution in a child process, so a backend crash fails its cells only
+            (every cell is measured in a clean child process in any case).
+        op_profile: run the runtime's per-op profiler in every cell (inside the cell's process).
+        out: folder where results.json grows cell by cell while the run goes.
+        ray: a Ray address (``auto``, ``ray://head:10001``) to run on a cluster (:mod:`edge.fleet`).
+        devices: with ``ray``, the devices to measure on (default: every device the cluster offers).
         progress: a callback ``(done, total, cell)``, or True to print one line per cell on stderr.
 
     Returns:
-        The results dict (``schema``, ``created``, ``host``, ``settings``, ``cells``, ``op_profile``),
-        ready for :func:`edge.report.write_all`.
+        The results dict (``schema``, ``created``, ``host``, ``settings``, ``cells``, ``conversions``,
+        ``op_profile``), ready for :func:`edge.report.write_all`.
     """
     import edge
     from edge.artifact import now_iso
@@ -297,6 +215,8 @@ def run_matrix(models: Sequence[str], *, targets: Sequence[str] | None = None,
     for r in resolutions:
         if r is not None and (not isinstance(r, int) or r <= 0):
             raise UsageError(f"resolution {r!r} must be a positive integer like 224")
+    if devices and not ray:
+        raise UsageError("--devices names devices of a Ray cluster; add --ray auto (or ray://HOST:PORT)")
     avail = available_targets()
     if targets is None:
         targets = [t for t, why in avail.items() if why is None]
@@ -305,218 +225,141 @@ def run_matrix(models: Sequence[str], *, targets: Sequence[str] | None = None,
             from edge.errors import UnknownNameError
             raise UnknownNameError("target", t, avail)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    report = progress if callable(progress) else (_print_progress if progress else None)
-    host = host_info()
-    total = len(models) * len(resolutions) * len(targets) * len(precisions)
-    cells: list[dict[str, Any]] = []
-
-    def emit(cell: dict[str, Any]) -> None:
-        cells.append(cell)
-        if report:
-            report(len(cells), total, cell)
-
-    run_opts = {"cache": cache, "warmup": warmup, "iters": iters, "calib": calib, "options": options or {},
-                "rebuild": rebuild, "optimize": optimize}
-    pairs = [(t, p) for t in targets for p in precisions]
-    for model in models:
-        for res in resolutions:
-            if isolate:
-                _run_group_isolated(model, res, pairs, run_opts, emit)
-            else:
-                _run_group(model, res, pairs, avail, host, emit, **run_opts)
-    results = {"schema": SCHEMA, "created": now_iso(), "host": host,
-               "settings": {"models": list(models), "targets": list(targets), "precisions": list(precisions),
-                            "resolutions": [r for r in resolutions], "warmup": warmup, "iters": iters,
-                            "optimize": optimize,
-                            "targets_not_run": {t: why for t, why in avail.items() if why and t not in targets},
-                            "cache_dir": str(cache), "calib": str(calib) if calib is not None else None,
-                            "versions": {"edge": edge.__version__, **_torch_version()}},
-               "cells": cells, "op_profile": None}
-    if op_profile:
-        results["op_profile"] = slowest_op_profile(cells)
-    return results
+    settings = {"weights": str(weights) if weights else None,
+                "input_shapes": [list(s) for s in input_shapes] if input_shapes else None,
+                "options": options or {}, "calib": str(calib) if calib is not None else None,
+                "optimize": optimize, "rebuild": rebuild, "warmup": warmup, "iters": iters, "op_profile": op_profile}
+    header = {"schema": SCHEMA, "created": now_iso(), "host": host_info(),
+              "settings": {"models": list(models), "targets": list(targets), "precisions": list(precisions),
+                           "resolutions": list(resolutions), "warmup": warmup, "iters": iters,
+                           "optimize": optimize, "weights": settings["weights"],
+                           "input_shapes": settings["input_shapes"],
+                           "targets_not_run": {t: why for t, why in avail.items() if why and t not in targets},
+                           "cache_dir": str(cache), "calib": settings["calib"], "ray": ray,
+                           "versions": {"edge": edge.__version__, **_torch_version()}},
+              "op_profile": None}
+    report = progress if callable(progress) else None
+    if ray:
+        from edge.fleet import run_on_ray
+        return run_on_ray(models, targets=targets, precisions=precisions, resolutions=resolutions, avail=avail,
+                          settings=settings, header=header, cache=Path(cache_dir) if cache_dir else None,
+                          address=ray, devices=devices, out=out, report=report, show=progress is True)
+    specs = plan_cells(models, targets=targets, precisions=precisions, resolutions=resolutions, avail=avail,
+                       **settings)
+    log = RunLog(len(specs), header, out, report, progress is True)
+    records = _run_local(specs, cache, log, isolate)
+    return finish(header, log.cells, records)
 
 
-def _run_group(model: str, res: int | None, pairs: list[tuple[str, str]], avail: dict[str, str | None],
-               host: dict[str, Any], emit: Callable[[dict[str, Any]], None], *, cache: Path, warmup: int, iters: int,
-               calib: Any, options: dict[str, Any], rebuild: bool, optimize: bool,
-               started: Callable[[dict[str, Any]], None] | None = None) -> None:
-    """Every (target, precision) cell of one model at one resolution, captured once, in this process."""
-    import edge
-    from edge.api import Prepared
-    from edge.artifact import STATUS_CHECKED_SPEC
-    from edge.converters import get_converter
-    base = {"model": model, "resolution": res if res is not None else native_resolution(model)}
-    prep, spec_error = None, None
-    try:
-        spec = model_at(model, res)
-        prep = Prepared(spec, False, optimize, (), {}, {})
-        if spec.example_inputs[0].ndim == 4:
-            base["resolution"] = int(spec.example_inputs[0].shape[-1])
-    except Exception as e:
-        spec_error = _error_text(e)
-    for target, precision in pairs:
-        cell = {**{k: None for k in CELL_FIELDS}, **base, "target": target, "precision": precision,
-                "cached": False, "device": host["cpu"]}
-        cell["id"] = f"{model}@{cell['resolution']}/{target}/{precision}"
-        if spec_error or avail[target]:
-            cell.update(status=STATUS_FAILED, error=spec_error or avail[target])
-            emit(cell)
-            continue
-        if started:
-            started(cell)
-        try:
-            _run_cell(cell, prep, target, precision, get_converter, cache, warmup=warmup, iters=iters, calib=calib,
-                      options=options, rebuild=rebuild, checked_spec=STATUS_CHECKED_SPEC, benchmark=edge.benchmark)
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as e:  # recorded in the table; the other cells still run
-            cell.update(status=STATUS_FAILED, error=_error_text(e))
-            if not isinstance(e, EdgeError):
-                cell["traceback"] = traceback.format_exc(limit=6)
-        emit(cell)
+def finish(header: dict[str, Any], cells: list[dict[str, Any]],
+           conversions: list[dict[str, Any]]) -> dict[str, Any]:
+    """The results dict of a run: its cells, the conversions it made, the slowest cell's per-op table."""
+    ok = [c for c in cells if c["status"] == STATUS_OK and c.get("op_profile")]
+    prof = None
+    if ok:
+        c = max(ok, key=lambda c: c["p50_ms"])
+        prof = {"cell": c["id"], "runtime": c["runtime"], "iters": min(c["iters"], 20), "rows": c["op_profile"],
+                "error": None}
+    return {**header, "complete": True, "cells": cells, "conversions": conversions, "op_profile": prof}
 
 
-_MARK_START, _MARK_CELL = "@@edge-matrix-start ", "@@edge-matrix-cell "
+def conversion_summary(spec_ids: list[str], record: dict[str, Any]) -> dict[str, Any]:
+    """What results.json keeps of one conversion (the cells that share it, where and how long it ran)."""
+    return {"key": record.get("key"), "cells": spec_ids, "status": record["status"], "cached": record.get("cached"),
+            "convert_s": record.get("convert_s"), "node": record.get("node"), "error": record.get("error")}
 
 
-def _exit_text(rc: int) -> str:
-    import signal
-    if rc < 0:
-        try:
-            return f"killed by {signal.Signals(-rc).name}"
-        except ValueError:
-            return f"killed by signal {-rc}"
-    return f"exit status {rc}"
+def _run_local(specs: list[CellSpec], cache: Path, log: RunLog, isolate: bool) -> list[dict[str, Any]]:
+    """Each model/resolution group: its distinct artifacts converted (in a worker process when ``isolate``),
+    then every cell measured on this machine, one at a time, each in a clean process."""
+    from edge.cells import forget_prepared
+    from edge.devices import LocalDevice
+    from edge.store import PathStore
+    forget_prepared()
+    device = LocalDevice("local", cache_dir=cache)
+    store = PathStore(cache)
+    groups: dict[tuple, list[CellSpec]] = {}
+    for s in specs:
+        groups.setdefault(s.group, []).append(s)
+    conversions = []
+    for group in groups.values():
+        distinct: dict[tuple, CellSpec] = {}
+        for s in group:
+            distinct.setdefault(s.artifact_spec, s)
+        todo = list(distinct.values())
+        records = convert_isolated(todo, store) if isolate else [convert_cell(s, store) for s in todo]
+        by_spec = dict(zip(distinct, records))
+        for key, rec in by_spec.items():
+            conversions.append(conversion_summary([s.id for s in group if s.artifact_spec == key], rec))
+        for s in group:
+            log.started(s.id)
+            log.finished(bench_cell(s, by_spec[s.artifact_spec], device))
+    return conversions
 
 
-def _run_group_isolated(model: str, res: int | None, pairs: list[tuple[str, str]], run_opts: dict[str, Any],
-                        emit: Callable[[dict[str, Any]], None]) -> None:
-    """:func:`_run_group` in a child process, so a backend that crashes the interpreter (a native abort in a
-    converter or runtime) costs one failed cell, not the run. The child is restarted for the cells left."""
-    import subprocess
-    remaining = list(pairs)
+# ---------------------------------------------------------------- the conversion worker
+
+_MARK_START, _MARK_RECORD = "@@edge-convert-start ", "@@edge-convert-record "
+
+
+def convert_isolated(specs: list[CellSpec], store: Any) -> list[dict[str, Any]]:
+    """:func:`edge.cells.convert_cell` of each spec in a child process (they share one capture), so a backend that
+    crashes the interpreter costs the records of the cell it was converting; the child restarts for the rest."""
+    from edge.devices import exit_text
+    results: dict[int, dict[str, Any]] = {}
+    remaining = list(range(len(specs)))
     while remaining:
-        job = {"model": model, "res": res, "pairs": remaining,
-               **{k: (str(v) if k == "cache" else v) for k, v in run_opts.items()}}
+        job = {"specs": [specs[i].to_json() for i in remaining], "store": str(store.root)}
         proc = subprocess.Popen([sys.executable, "-m", "edge.matrix"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, text=True, bufsize=1)
         proc.stdin.write(json.dumps(job, default=str))
         proc.stdin.close()
-        current = None
+        current, done = None, []
         for line in proc.stdout:
             if line.startswith(_MARK_START):
-                current = json.loads(line[len(_MARK_START):])
-            elif line.startswith(_MARK_CELL):
-                cell = json.loads(line[len(_MARK_CELL):])
-                remaining.remove((cell["target"], cell["precision"]))
+                current = remaining[int(line[len(_MARK_START):])]
+            elif line.startswith(_MARK_RECORD):
+                results[current] = json.loads(line[len(_MARK_RECORD):])
+                done.append(current)
                 current = None
-                emit(cell)
             else:   # what native libraries print goes to stderr (the CLI's backend log), never into the results
                 sys.stderr.write(line)
         rc = proc.wait()
+        remaining = [i for i in remaining if i not in done]
         if current is not None:   # it died inside this cell
-            current.update(status=STATUS_FAILED, error=f"the benchmark worker died during this cell "
-                           f"({_exit_text(rc)}): the backend crashed the process; the other cells ran in a new "
-                           f"worker. Reproduce it alone with `edge convert {model} -t {current['target']} "
-                           f"-p {current['precision']} -o out/x` to see the backend's message")
-            remaining.remove((current["target"], current["precision"]))
-            emit(current)
+            spec = specs[current]
+            results[current] = {"key": None, "status": STATUS_FAILED, "cached": False, "resolution": spec.resolution,
+                                "error": f"the conversion worker died during this cell ({exit_text(rc)}): the "
+                                         f"backend crashed the process; the other cells ran in a new worker. "
+                                         f"Reproduce it alone with `edge convert {spec.model} -t {spec.target} "
+                                         f"-p {spec.precision} -o out/x` to see the backend's message"}
+            remaining.remove(current)
         elif remaining:   # died before starting a cell (import error): every cell left fails the same way
-            for target, precision in remaining:
-                cell = {**{k: None for k in CELL_FIELDS}, "model": model, "resolution": res, "target": target,
-                        "precision": precision, "cached": False, "status": STATUS_FAILED,
-                        "id": f"{model}@{res}/{target}/{precision}",
-                        "error": f"the benchmark worker exited ({_exit_text(rc)}) before running this cell"}
-                emit(cell)
-            return
+            for i in remaining:
+                results[i] = {"key": None, "status": STATUS_FAILED, "cached": False, "resolution": specs[i].resolution,
+                              "error": f"the conversion worker exited ({exit_text(rc)}) before converting this cell"}
+            break
+    return [results[i] for i in range(len(specs))]
 
 
 def _worker_main() -> None:
-    """``python -m edge.matrix``: run one group from the JSON job on stdin, one marked line per cell on stdout."""
+    """``python -m edge.matrix``: convert the specs of the JSON job on stdin, one marked line per record."""
+    from edge.store import PathStore
     out = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)   # anything else written to stdout (Python or native) goes to stderr
     sys.stdout = sys.stderr
     job = json.loads(sys.stdin.read())
-
-    def line(mark: str, cell: dict[str, Any]) -> None:
-        out.write(mark + json.dumps(cell, default=str) + "\n")
+    store = PathStore(job["store"])
+    for i, d in enumerate(job["specs"]):
+        out.write(f"{_MARK_START}{i}\n")
         out.flush()
-
-    _run_group(job["model"], job["res"], [tuple(p) for p in job["pairs"]], available_targets(), host_info(),
-               lambda c: line(_MARK_CELL, c), cache=Path(job["cache"]), warmup=job["warmup"], iters=job["iters"],
-               calib=job["calib"], options=job["options"], rebuild=job["rebuild"], optimize=job["optimize"],
-               started=lambda c: line(_MARK_START, c))
+        out.write(_MARK_RECORD + json.dumps(convert_cell(CellSpec.from_json(d), store), default=str) + "\n")
+        out.flush()
 
 
 def _torch_version() -> dict[str, str]:
     import torch
     return {"torch": torch.__version__}
-
-
-def _run_cell(cell: dict[str, Any], prep: Any, target: str, precision: str, get_converter: Callable, cache: Path,
-              *, warmup: int, iters: int, calib: Any, options: dict[str, Any], rebuild: bool, checked_spec: str,
-              benchmark: Callable) -> None:
-    import platform as _platform
-
-    import torch
-
-    import edge
-    conv = get_converter(target)
-    conv.check_precision(precision)
-    opts = conv.resolve_options(options)
-    spec = prep.spec
-    versions = {"edge": edge.__version__, "torch": torch.__version__, "python": _platform.python_version(),
-                **conv.backend_version()}
-    key, record = cache_key(model=spec.name, weights_digest=_weights_digest(spec.entry, spec.source.get("weights")
-                                                                            if spec.source.get("kind") != "zoo"
-                                                                            else None),
-                            target=target, precision=precision,
-                            input_shapes=[tuple(t.shape) for t in spec.example_inputs], options=opts,
-                            versions=versions, code=_code_digest(conv),
-                            calib=calib if precision in conv.needs_calibration else None,
-                            optimize=prep.optimize)
-    if spec.source.get("resampled") is not None:
-        key = hashlib.sha256((key + json.dumps(spec.source, sort_keys=True, default=str)).encode()).hexdigest()
-    path = cache / "artifacts" / key[:24]
-    cell["cache_key"] = key[:24]
-    art = None if rebuild else _cached_artifact(path)
-    cell["cached"] = art is not None
-    if art is None:
-        t0 = time.perf_counter()
-        art = edge.convert(None, target=target, precision=precision, out=path, prepared=prep, calib=calib,
-                           options=opts)
-        cell["convert_s"] = time.perf_counter() - t0
-        (cache / "artifacts" / f"{key[:24]}.key.json").write_text(json.dumps(record, indent=1, default=str))
-    m = art.manifest
-    cell.update(artifact=str(path), runtime=m.runtime, size_mb=_dir_size_mb(art), **_parity_fields(m.parity))
-    if m.status == checked_spec:
-        cell.update(status=STATUS_SKIPPED, error=f"converted, not run: {m.parity.get('skipped', 'cannot run here')}")
-        return
-    rep = benchmark(path, warmup=warmup, iters=iters, native_profile=False)
-    d = rep.to_json(samples=True)
-    for k in ("p50_ms", "mean_ms", "std_ms", "min_ms", "max_ms", "p90_ms", "p95_ms", "p99_ms", "throughput_per_s",
-              "load_ms", "first_inference_ms", "peak_rss_mb", "rss_growth_mb", "warmup", "iters", "timer",
-              "samples_ms"):
-        cell[k] = d[k]
-    cell["status"] = STATUS_OK
-
-
-def slowest_op_profile(cells: list[dict[str, Any]], iters: int = 20) -> dict[str, Any] | None:
-    """The runtime's own per-op table for the slowest measured cell (None if no cell ran)."""
-    ok = [c for c in cells if c["status"] == STATUS_OK and c.get("artifact") and c.get("p50_ms") is not None]
-    if not ok:
-        return None
-    cell = max(ok, key=lambda c: c["p50_ms"])
-    import edge
-    from edge.api import default_inputs
-    try:
-        with edge.load(cell["artifact"]) as session:
-            rows = session.native_profile(session.prepare(*default_inputs(session.artifact)), iters=iters)
-    except Exception as e:   # the report says why the breakdown is missing
-        return {"cell": cell["id"], "rows": None, "error": _error_text(e)}
-    return {"cell": cell["id"], "runtime": cell["runtime"], "iters": iters, "rows": rows,
-            "error": None if rows else f"the {cell['runtime']} runtime has no per-op profiler"}
 
 
 # ---------------------------------------------------------------- CLI helpers

@@ -90,15 +90,51 @@ def _f(v: Any, fmt: str | None = None) -> str:
 
 
 TABLE_COLUMNS = [("model", "model", None), ("res", "resolution", None), ("target", "target", None),
-                 ("precision", "precision", None), ("status", "status", None), ("p50 ms", "p50_ms", ".3f"),
+                 ("precision", "precision", None), ("device", "device", None), ("status", "status", None),
+                 ("p50 ms", "p50_ms", ".3f"),
                  ("p90 ms", "p90_ms", ".3f"), ("std ms", "std_ms", ".3f"), ("load ms", "load_ms", ".1f"),
-                 ("peak RSS MiB", "peak_rss_mb", ".0f"), ("size MiB", "size_mb", ".2f"), ("cosine", "cosine", ".6f"),
-                 ("accuracy", "accuracy", ".4f"), ("cached", "cached", None)]
+                 ("peak RSS MiB", "peak_rss_mb", ".0f"), ("model MiB", "model_rss_mb", ".1f"),
+                 ("size MiB", "size_mb", ".2f"), ("cosine", "cosine", ".6f"), ("accuracy", "accuracy", ".4f"),
+                 ("placement", "placement", None), ("cached", "cached", None)]
+
+
+def _value(c: dict[str, Any], key: str) -> Any:
+    if key == "placement":   # the table shows the count; the profile section has the whole line
+        p = c.get("placement") or {}
+        return f"{p['delegated']}/{p['total']} {p['unit']}" if p.get("total") is not None else None
+    return c.get(key)
 
 
 def _rows(results: dict[str, Any]) -> list[list[str]]:
-    return [[_f(c.get(key), fmt) for _, key, fmt in TABLE_COLUMNS]
+    return [[_f(_value(c, key), fmt) for _, key, fmt in TABLE_COLUMNS]
             for c in results["cells"]]
+
+
+PROFILE_COLUMNS = ["cell", "cold load ms", "warm load ms", "first inference ms", "p50 ms", "peak RSS MiB",
+                   "runtime alone MiB", "model adds MiB", "placement"]
+
+
+def deployment_rows(results: dict[str, Any]) -> list[list[str]]:
+    """Per measured cell: cold vs warm load, first inference vs steady state, the clean process's memory
+    (the runtime alone and what the model adds) and where its ops ran."""
+    rows = []
+    for c in results["cells"]:
+        if c.get("status") != OK or c.get("cold_load_ms") is None:
+            continue
+        rows.append([str(c["id"]), _f(c.get("cold_load_ms"), ".1f"), _f(c.get("warm_load_ms"), ".1f"),
+                     _f(c.get("first_inference_ms"), ".3f"), _f(c.get("p50_ms"), ".3f"), _f(c.get("peak_rss_mb"), ".1f"),
+                     _f(c.get("base_rss_mb"), ".1f"), _f(c.get("model_rss_mb"), ".1f"),
+                     str((c.get("placement") or {}).get("summary") or "-")])
+    return rows
+
+
+def _off_placement(c: dict[str, Any], top: int = 8) -> list[str]:
+    """The ops of a cell that did not run where most of it ran (portable / reference kernels / another provider)."""
+    p = c.get("placement") or {}
+    main = max(p.get("where") or {"": 0}, key=lambda k: (p.get("where") or {}).get(k, 0))
+    off = [r for r in p.get("rows") or [] if r.get("where") != main]
+    return [f"{r.get('op')} ({r.get('type')}, {r.get('where')}{', ' + r['kernel'] if r.get('kernel') else ''}"
+            f"{', x' + str(r['count']) if r.get('count') else ''})" for r in off[:top]]
 
 
 def _failures(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -124,6 +160,14 @@ def markdown(results: dict[str, Any]) -> str:
     if fails:
         lines += ["", "## Cells that did not run", ""]
         lines += [f"- **{c['id']}** ({c['status']}): {c.get('error')}" for c in fails]
+    prof_rows = deployment_rows(results)
+    if prof_rows:
+        lines += ["", "## Deployment profile (each cell in a clean process that imports only its runtime)", "",
+                  "| " + " | ".join(PROFILE_COLUMNS) + " |", "|" + "|".join("---" for _ in PROFILE_COLUMNS) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in prof_rows]
+        for c in results["cells"]:
+            if _off_placement(c):
+                lines.append(f"- {c['id']}: not on the main placement: {'; '.join(_off_placement(c))}")
     browser = [c for c in results["cells"] if c.get("target") == "browser"]
     if browser:
         lines += ["", "## Browser cells", ""]
@@ -307,6 +351,18 @@ def html_report(results: dict[str, Any]) -> str:
         parts += [f"<li><b>{esc(c['id'])}</b> ({esc(str(c['status']))}): <span class=err>{esc(str(c.get('error')))}"
                   f"</span></li>" for c in fails]
         parts.append("</ul>")
+    prof_rows = deployment_rows(results)
+    if prof_rows:
+        parts.append("<h2>Deployment profile</h2><p class=meta>Each cell in a clean process that imports only its "
+                     "runtime: cold load (no runtime cache) vs warm load (cache hit, or a second load), first "
+                     "inference vs steady state, the runtime alone and what the model adds to it, where the ops "
+                     "ran.</p><table><tr>" + "".join(f"<th>{esc(n)}</th>" for n in PROFILE_COLUMNS) + "</tr>")
+        parts += ["<tr>" + "".join(f"<td>{esc(v)}</td>" for v in r) + "</tr>" for r in prof_rows]
+        parts.append("</table>")
+        off = [(c["id"], _off_placement(c)) for c in results["cells"] if _off_placement(c)]
+        if off:
+            parts.append("<ul>" + "".join(f"<li>{esc(i)}: not on the main placement: {esc('; '.join(o))}</li>"
+                                          for i, o in off) + "</ul>")
     browser = [c for c in results["cells"] if c.get("target") == "browser"]
     if browser:
         parts.append("<h2>Browser cells</h2><ul>")
@@ -345,6 +401,7 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
             va, vb = (ca or {}).get(k), cb.get(k)
             row[f"a_{k}"], row[f"b_{k}"] = va, vb
             row[f"{k}_ratio"] = vb / va if isinstance(va, (int, float)) and isinstance(vb, (int, float)) and va else None
+        row.update(noise_verdict((ca or {}).get("samples_ms"), cb.get("samples_ms")))
         acc_a, acc_b = _quality(ca or {})[0], _quality(cb)[0]
         row["quality_delta"] = acc_b - acc_a if acc_a is not None and acc_b is not None else None
         rows.append(row)
@@ -352,17 +409,48 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def noise_verdict(a: list[float] | None, b: list[float] | None, *, resamples: int = 1000,
+                  level: float = 0.95) -> dict[str, Any]:
+    """Whether b's median latency differs from a's by more than their run-to-run spread.
+
+    A bootstrap of the ratio of medians (each run's samples resampled with replacement, a fixed seed):
+    ``same`` when its ``level`` interval contains 1, else ``faster`` / ``slower``. Returns ``verdict`` and
+    ``p50_ratio_ci`` (None without samples in both runs).
+
+    Example:
+        >>> noise_verdict(run_a["samples_ms"], run_b["samples_ms"])["verdict"]
+        'same'
+    """
+    import numpy as np
+    if not a or not b or len(a) < 3 or len(b) < 3:
+        return {"verdict": None, "p50_ratio_ci": None}
+    rng = np.random.default_rng(0)
+    xa, xb = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    ma = np.median(rng.choice(xa, (resamples, len(xa))), axis=1)
+    mb = np.median(rng.choice(xb, (resamples, len(xb))), axis=1)
+    lo, hi = np.quantile(mb / ma, [(1 - level) / 2, (1 + level) / 2])
+    verdict = "same" if lo <= 1.0 <= hi else "faster" if hi < 1.0 else "slower"
+    return {"verdict": verdict, "p50_ratio_ci": [float(lo), float(hi)]}
+
+
 def format_compare(rows: list[dict[str, Any]], a_name: str = "a", b_name: str = "b") -> str:
     lines = [f"ratios are {b_name} / {a_name} (below 1.00: {b_name} is faster or smaller)",
-             f"{'cell':<44} {'p50 a ms':>9} {'p50 b ms':>9} {'p50 x':>7} {'p90 x':>7} {'RSS x':>7} {'quality d':>10}"]
+             f"verdict: 'same' when the 95% bootstrap interval of the p50 ratio contains 1 (run-to-run spread)",
+             f"{'cell':<44} {'p50 a ms':>9} {'p50 b ms':>9} {'p50 x':>7} {'p90 x':>7} {'RSS x':>7} {'quality d':>10}"
+             f"  verdict"]
     for r in rows:
         if r.get("p50_ms_ratio") is None:
             lines.append(f"{str(r['id']):<44} {a_name}: {r['a_status']}, {b_name}: {r['b_status']}")
             continue
         lines.append(f"{str(r['id']):<44} {_f(r['a_p50_ms']):>9} {_f(r['b_p50_ms']):>9} {_f(r['p50_ms_ratio'], '.2f'):>7} "
                      f"{_f(r.get('p90_ms_ratio'), '.2f'):>7} {_f(r.get('peak_rss_mb_ratio'), '.2f'):>7} "
-                     f"{_f(r.get('quality_delta'), '+.4f'):>10}")
+                     f"{_f(r.get('quality_delta'), '+.4f'):>10}  {_verdict_text(r)}")
     return "\n".join(lines)
+
+
+def _verdict_text(r: dict[str, Any]) -> str:
+    ci = r.get("p50_ratio_ci")
+    return "-" if not r.get("verdict") else f"{r['verdict']} (x{ci[0]:.2f}..x{ci[1]:.2f})"
 
 
 def format_table(results: dict[str, Any]) -> str:

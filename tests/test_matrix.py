@@ -6,8 +6,8 @@ import json
 import pytest
 
 from edge.errors import UsageError
-from edge.matrix import (CELL_FIELDS, ResolutionError, are_artifacts, cache_key, model_at, parse_resolutions,
-                         run_matrix)
+from edge.matrix import CELL_FIELDS, ResolutionError, are_artifacts, parse_resolutions, run_matrix
+from edge.resolution import zoo_at
 
 pytestmark = pytest.mark.skipif(not __import__("importlib.util").util.find_spec("onnxruntime"),
                                 reason="onnxruntime is not installed (pip install 'edge[onnx]')")
@@ -38,6 +38,14 @@ def test_matrix_cells_are_verified_and_measured(first_run):
         assert ok["parity_passed"] is True and ok["cosine"] > 0.9999
         assert len(ok["samples_ms"]) == 8 and ok["min_ms"] <= ok["p50_ms"] <= ok["max_ms"]
         assert ok["accuracy"] is not None and ok["runtime"] == "onnxruntime"
+        # the deployment profile, measured in a clean process that imports only onnxruntime
+        assert ok["process_imports"] == ["onnxruntime"]
+        assert 0 < ok["model_rss_mb"] < ok["peak_rss_mb"] == pytest.approx(ok["base_rss_mb"] + ok["model_rss_mb"])
+        assert ok["cold_load_ms"] > 0 and ok["warm_load_ms"] > 0 and "no compiled-model cache" in ok["load_cache"]
+        p = ok["placement"]
+        assert p["total"] > 10 and p["delegated"] == p["total"] and p["where"] == {"CPUExecutionProvider": p["total"]}
+        assert p["summary"].startswith(f"{p['total']} of {p['total']} nodes on CPUExecutionProvider")
+        assert ok["op_profile"] and ok["op_profile"][0]["share"] > 0   # the per-op table, from the cell's process
         bad = cells[f"vit_tiny_digits@{res_px}/onnx/int3"]
         assert bad["status"] == "failed" and "int3" in bad["error"] and "fp32" in bad["error"]
     # the bundled model keeps its accuracy at its own size; at 16 px it is a different (resampled) model
@@ -62,7 +70,7 @@ def test_second_run_reuses_the_cache(first_run):
 def test_tampered_cache_entry_is_not_reused(first_run, tmp_path):
     import shutil
 
-    from edge.matrix import _cached_artifact
+    from edge.store import usable_artifact as _cached_artifact
     res, cache, _ = first_run
     cell = next(c for c in res["cells"] if c["id"] == "vit_tiny_digits@32/onnx/fp32")
     copy = tmp_path / "entry"
@@ -73,15 +81,43 @@ def test_tampered_cache_entry_is_not_reused(first_run, tmp_path):
     assert _cached_artifact(copy) is None   # so run_matrix converts it again instead of measuring junk
 
 
-def test_cache_key_changes_with_every_input():
-    base = dict(model="m", weights_digest="w", target="onnx", precision="fp32", input_shapes=[(1, 3, 8, 8)],
-                options={"opset": 18}, versions={"torch": "2.13.0"}, code="c")
-    k0 = cache_key(**base)[0]
-    for field, value in [("weights_digest", "w2"), ("precision", "int8"), ("input_shapes", [(1, 3, 16, 16)]),
-                         ("options", {"opset": 17}), ("versions", {"torch": "2.14.0"}), ("code", "d"),
-                         ("target", "openvino"), ("model", "n")]:
-        assert cache_key(**{**base, field: value})[0] != k0, field
-    assert cache_key(**base)[0] == k0
+TINY = """import torch
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+def make():
+    return Net()
+"""
+
+
+@pytest.mark.slow
+def test_cache_key_follows_the_program(tmp_path):
+    """A factory model (edge convert's intake, with --input-shape): unchanged -> reused, edited -> converted again."""
+    from edge.artifact import Artifact
+    model = tmp_path / "tiny.py"
+    model.write_text(TINY)
+    run = lambda: run_matrix([f"{model}:make"], targets=["onnx"], input_shapes=[(1, 1, 8, 8)],  # noqa: E731
+                             cache_dir=tmp_path / "cache", warmup=1, iters=3, op_profile=False, isolate=False)
+    first = run()["cells"][0]
+    assert first["status"] == "ok" and first["cached"] is False and first["resolution"] == 8
+    again = run()["cells"][0]
+    assert again["cached"] is True and again["cache_key"] == first["cache_key"]
+    record = Artifact.open(again["artifact"]).manifest.details["cache_key"]
+    assert record["key"] == first["cache_key"] and len(record["record"]["program"]) == 64   # in the manifest
+    model.write_text(TINY.replace("relu", "sigmoid"))   # an edit: another program, same weights and shapes
+    edited = run()["cells"][0]
+    assert edited["status"] == "ok" and edited["cached"] is False and edited["cache_key"] != first["cache_key"]
+    assert Artifact.open(edited["artifact"]).manifest.details["cache_key"]["record"]["program"] != \
+        record["record"]["program"]
 
 
 def test_failed_cells_do_not_stop_the_run(tmp_path):
@@ -93,7 +129,7 @@ def test_failed_cells_do_not_stop_the_run(tmp_path):
 
 
 def test_resolution_change(monkeypatch):
-    spec = model_at("vit_tiny_digits", 24)
+    spec = zoo_at("vit_tiny_digits", 24)
     assert tuple(spec.example_inputs[0].shape) == (1, 1, 24, 24) and spec.source["resampled"] == ["pos_embed"]
     assert spec.info["preprocessing"]["size"] == [24, 24]
     x, _ = spec.entry.test_set()
@@ -110,8 +146,7 @@ def test_resolution_change(monkeypatch):
                                 factory=lambda: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(1024, 10)))
     monkeypatch.setitem(zoo._REGISTRY, "fixed_size_net", entry)
     with pytest.raises(ResolutionError, match="fixed_size_net cannot change its input resolution.*native 32px"):
-        model_at("fixed_size_net", 64)
-    assert tuple(model_at("fixed_size_net", 32).example_inputs[0].shape) == (1, 1, 32, 32)
+        zoo_at("fixed_size_net", 64)
 
 
 def test_cli_parsing_helpers(tmp_path):

@@ -65,7 +65,7 @@ def test_html_is_self_contained_with_four_plots(results, tmp_path):
 
 def test_markdown_lists_failures_and_ops(results):
     md = markdown(results)
-    assert "| m | 32 | onnx | fp32 | ok |" in md
+    assert "| m | 32 | onnx | fp32 | - | ok |" in md
     assert "m@32/executorch/fp32" in md and "unsupported" in md and "MatMul" in md
 
 
@@ -107,3 +107,37 @@ def test_load_results_errors(tmp_path):
     (tmp_path / "x.json").write_text("not json")
     with pytest.raises(UsageError, match="not JSON"):
         load_results(tmp_path / "x.json")
+
+
+def test_compare_verdict_is_noise_aware(results):
+    from edge.report import format_compare, noise_verdict
+    rng = np.random.default_rng(7)
+    a = list(rng.lognormal(np.log(1.0), 0.1, 60))
+    same = list(rng.lognormal(np.log(1.01), 0.1, 60))   # 1% apart: inside the run-to-run spread
+    faster = list(rng.lognormal(np.log(0.7), 0.1, 60))
+    assert noise_verdict(a, same)["verdict"] == "same"
+    v = noise_verdict(a, faster)
+    assert v["verdict"] == "faster" and v["p50_ratio_ci"][1] < 1
+    assert noise_verdict(faster, a)["verdict"] == "slower"
+    assert noise_verdict(a, None)["verdict"] is None
+    b = json.loads(json.dumps(results))
+    b["cells"][0]["samples_ms"] = [x * 0.5 for x in b["cells"][0]["samples_ms"]]
+    rows = {r["id"]: r for r in compare(results, b)}
+    assert rows["m@32/onnx/fp32"]["verdict"] == "faster" and rows["m@32/onnx/int8"]["verdict"] == "same"
+    assert "  faster (x0." in format_compare(list(rows.values()))
+
+
+def test_deployment_profile_and_placement_in_reports(results):
+    from edge.report import html_report
+    c = results["cells"][0]
+    c.update(cold_load_ms=120.0, warm_load_ms=30.0, first_inference_ms=4.0, base_rss_mb=60.0, model_rss_mb=12.5,
+             placement={"unit": "layers", "total": 3, "delegated": 2, "where": {"optimized": 2, "reference": 1},
+                        "rows": [{"op": "conv", "type": "Convolution", "where": "optimized"},
+                                 {"op": "fc", "type": "FullyConnected", "where": "optimized"},
+                                 {"op": "topk", "type": "TopK", "where": "reference", "kernel": "ref_any_f32"}],
+                        "summary": "2 of 3 layers on optimized kernels; f32 x3"})
+    md, page = markdown(results), html_report(results)
+    for text in (md, page):
+        assert "Deployment profile" in text and "2 of 3 layers on optimized kernels" in text
+        assert "topk (TopK, reference, ref_any_f32)" in text and "12.5" in text and "120.0" in text
+    assert "| 2/3 layers |" in md
