@@ -136,15 +136,7 @@ class Artifact:
                                 f"inside its folder (rebuild it with `edge convert`)")
         if not mpath.is_file():
             raise ArtifactError(f"{path} has no {MANIFEST}: it is not an edge artifact (create one with `edge convert`)")
-        try:
-            if mpath.stat().st_size > MAX_MANIFEST_BYTES:
-                raise ArtifactError(f"{mpath} is over {MAX_MANIFEST_BYTES >> 20} MiB: not an edge manifest")
-            data = json.loads(mpath.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError, RecursionError) as e:
-            reason = "it nests too deeply" if isinstance(e, RecursionError) else str(e).splitlines()[0][:120]
-            raise ArtifactError(f"{mpath} is not valid JSON ({reason}); rebuild the artifact with `edge convert`") from None
-        except OSError as e:
-            raise ArtifactError(f"cannot read {mpath}: {e.strerror}") from None
+        data = read_json(mpath, ArtifactError, "rebuild the artifact with `edge convert`", limit=MAX_MANIFEST_BYTES)
         art = cls(path, Manifest.from_json(data))
         for rel in art.manifest.files:
             member_path(path, rel)
@@ -165,6 +157,20 @@ class Artifact:
     def write_manifest(self) -> None:
         """Rewrite manifest.json atomically (used to record verification results)."""
         write_json_atomic(self.path / MANIFEST, self.manifest.to_json())
+
+
+def read_json(path: Path, error: type[Exception], todo: str, *, limit: int = 1 << 30) -> Any:
+    """Parse an untrusted JSON file; any way it can be bad (too large, not UTF-8, not JSON, nested past
+    Python's recursion limit, unreadable) becomes one ``error`` naming the file, ending with ``todo``."""
+    try:
+        if path.stat().st_size > limit:
+            raise error(f"{path} is over {limit >> 20} MiB; {todo}")
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        reason = "it nests too deeply" if isinstance(e, RecursionError) else str(e).splitlines()[0][:120]
+        raise error(f"{path} is not valid JSON ({reason}); {todo}") from None
+    except OSError as e:
+        raise error(f"cannot read {path}: {e.strerror}; {todo}") from None
 
 
 _REQUIRED_TEXT = ("target", "format", "runtime", "precision")

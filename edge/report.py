@@ -32,13 +32,8 @@ def load_results(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{path} does not exist; produce it with `edge bench MODEL ... --out DIR`")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError, RecursionError) as e:
-        reason = "it nests too deeply" if isinstance(e, RecursionError) else str(e).splitlines()[0][:120]
-        raise UsageError(f"{path} is not JSON ({reason}); pass the results.json that `edge bench` wrote") from None
-    except OSError as e:
-        raise UsageError(f"cannot read {path}: {e.strerror}") from None
+    from edge.artifact import read_json
+    data = read_json(path, UsageError, "pass the results.json that `edge bench` wrote")
     if not isinstance(data, dict) or not str(data.get("schema", "")).startswith("edge.bench/") \
             or not isinstance(data.get("cells"), list):
         raise UsageError(f"{path} is not an edge bench results file (no 'schema': 'edge.bench/1' and 'cells'); "

@@ -6,27 +6,13 @@ Three nodes: a head with CPUs and no device (conversions run there), and two dev
 from __future__ import annotations
 
 import pytest
+from test_matrix import TINY
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not __import__("importlib.util").util.find_spec("onnxruntime"),
                                  reason="onnxruntime is not installed (pip install 'edge[onnx]')")]
 
-GOOD = """import torch
-
-
-class Net(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
-        self.fc = torch.nn.Linear(4, 3)
-
-    def forward(self, x):
-        return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
-
-
-def make():
-    return Net()
-"""
+GOOD = TINY   # a small conv classifier factory (make)
 
 # data-dependent control flow: torch.export refuses it, so its conversion fails (deterministically)
 BAD = GOOD.replace("return self.fc(", "if x.sum() > 0:\n            x = x * 2\n        return self.fc(")
