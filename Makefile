@@ -29,7 +29,7 @@ demo: setup
 	$(BIN)/edge bench vit_tiny_digits --targets $(TARGETS) --warmup 10 --iters 200 -o out/demo-report
 	@echo
 	@echo "Report: open out/demo-report/report.html (also report.md, results.csv, results.json)"
-	@echo "Phone:  $(BIN)/edge serve out/demo/onnx --host 0.0.0.0 --results out/demo-report/results.json"
+	@echo "Phone:  $(BIN)/edge serve out/demo --host 0.0.0.0 --results out/demo-report/results.json"
 	@echo "        then open the printed URL on the phone; its timings join the report as a 'browser' cell"
 
 # In CI (CI=true) the browser test must run: a missing Chromium fails instead of skipping.

@@ -98,11 +98,14 @@ def convert_all(model: Any, *, targets: Sequence[str], precisions: Sequence[str]
                 weights: str | Path | None = None, trust_weights: bool = False, dynamic_batch: bool = False,
                 optimize: bool = True, disable_passes: Sequence[str] = (), keep_tokens: float | None = None,
                 calib: Any = None, verify: bool = True, options: dict[str, Any] | None = None,
-                prepared: Prepared | None = None, _single: bool = False) -> list[Artifact]:
+                prepared: Prepared | None = None, labels: Sequence[str] | None = None,
+                _single: bool = False) -> list[Artifact]:
     """Convert one model for several targets and precisions, capturing it once.
 
     Artifacts go to ``out/<target>`` (one precision) or ``out/<target>-<precision>``.
     Every artifact is written and verified before a VerificationError is raised for the first failure.
+    ``labels`` (class names, one per output class) go to the manifest's ``model.labels``, replacing a zoo
+    model's own.
     """
     from edge.converters import get_converter
     targets, precisions = _names(targets, "target"), _names(precisions, "precision")
@@ -122,6 +125,7 @@ def convert_all(model: Any, *, targets: Sequence[str], precisions: Sequence[str]
     spec = prep.spec
     ref_out = run_reference(spec.module, spec.example_inputs)
     ins, outs = input_specs(spec.example_inputs, dynamic_batch), output_specs(ref_out, dynamic_batch)
+    info = spec.info if labels is None else {**spec.info, "labels": check_labels(labels, outs)}
     calibration = None
     if any(p in conv.needs_calibration for conv, p in converters):
         from edge.calibration import load_calibration
@@ -144,7 +148,7 @@ def convert_all(model: Any, *, targets: Sequence[str], precisions: Sequence[str]
                 precision=precision, files={f: sha256_path(stage / f) for f in result.files},
                 inputs=ins, outputs=outs, source=spec.source, options=job.options,
                 details={**result.details, "optimize_passes": passes, "dynamic_batch": dynamic_batch},
-                model=spec.info, created=now_iso(),
+                model=info, created=now_iso(),
                 versions={"edge": __version__, "torch": torch.__version__, "python": platform.python_version(),
                           **conv.backend_version()})
             if job.calibration is not None:
@@ -202,6 +206,16 @@ def run_reference(module: torch.nn.Module, example_inputs: Sequence[torch.Tensor
         raise UsageError(f"the model's forward failed on input shape {shapes} "
                          f"({len(example_inputs)} input{'s' if len(example_inputs) != 1 else ''}): "
                          f"{type(e).__name__}: {lines[-1][:300]}; pass the --input-shape(s) the model takes") from None
+
+
+def check_labels(labels: Sequence[str], outs: list[Any]) -> list[str]:
+    """``labels`` as a list of strings, one per class of the first output, or a UsageError."""
+    labels = [str(x) for x in labels]
+    classes = outs[0].shape[-1] if outs and outs[0].shape else None
+    if not labels or (isinstance(classes, int) and len(labels) != classes):
+        raise UsageError(f"--labels has {len(labels)} names but the model's output {outs[0].name if outs else ''} "
+                         f"has {classes} classes; give one name per class, in class order")
+    return labels
 
 
 def _test_split(spec: ModelSpec) -> tuple[np.ndarray, np.ndarray] | None:

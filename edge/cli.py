@@ -61,13 +61,33 @@ def cmd_convert(args: argparse.Namespace) -> int:
         args.model, targets=targets, precisions=precisions, out=args.out, input_shapes=parse_shapes(args.input_shape),
         weights=args.weights, trust_weights=args.trust_weights, dynamic_batch=args.dynamic_batch,
         optimize=not args.no_optimize, disable_passes=args.disable_pass or (), keep_tokens=args.keep_tokens,
-        calib=args.calib, verify=not args.no_verify, options=options,
+        calib=args.calib, verify=not args.no_verify, options=options, labels=_read_labels(args.labels),
         _single=len(targets) * len(precisions) == 1)
     rows = [{"path": str(a.path), "target": a.manifest.target, "precision": a.manifest.precision,
              "status": a.manifest.status, "parity": a.manifest.parity} for a in arts]
     _emit(args, rows, "\n".join(f"{r['status']:>12}  {r['target']}/{r['precision']}  -> {r['path']}"
                                 f"{_parity_text(r['parity'])}" for r in rows))
     return 0
+
+
+def _read_labels(path: str | None) -> list[str] | None:
+    """``--labels FILE``: one class name per line (blank lines at the end ignored), or a JSON list."""
+    if path is None:
+        return None
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"--labels {path} cannot be read ({getattr(e, 'strerror', None) or e}); "
+                         f"give a UTF-8 text file with one class name per line") from None
+    if path.endswith(".json"):
+        try:
+            names = json.loads(text)
+        except ValueError as e:
+            raise UsageError(f"--labels {path} is not JSON ({e}); give a JSON list of class names") from None
+        if not isinstance(names, list) or not all(isinstance(n, (str, int)) for n in names):
+            raise UsageError(f"--labels {path} must hold a JSON list of class names")
+        return [str(n) for n in names]
+    return text.rstrip("\n").split("\n") if text.strip() else []
 
 
 def _parity_text(parity: dict[str, Any]) -> str:
@@ -267,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--keep-tokens", type=float, help="ViT token dropping: keep this fraction of patch tokens")
     c.add_argument("--calib", help="calibration data: image folder, .npy/.npz, 'synthetic' or 'testset'")
     c.add_argument("--no-verify", action="store_true", help="skip the parity check (artifact marked unverified)")
+    c.add_argument("--labels", metavar="FILE", help="class names, one per line (or a JSON list), stored in the "
+                   "manifest for apps (edge serve shows them)")
     c.add_argument("--coreml-target", help="CoreML deployment target (iOS17, iOS18, macOS14, macOS15)")
     c.add_argument("--compute-units", help="CoreML compute units (all, cpu_and_ne, cpu_only)")
     c.add_argument("--device", help="cuda target: cuda or cpu")
@@ -315,9 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
     cp = add("compare", "compare two bench runs cell by cell as ratios (b / a)")
     cp.add_argument("a", help="results.json of the baseline run")
     cp.add_argument("b", help="results.json of the new run")
-    sv = add("serve", "serve the phone web app with an ONNX artifact; the page posts its latency back",
+    sv = add("serve", "serve the phone web app with the ONNX artifacts under DIR; the page posts its latency back",
              json_flag=False)
-    sv.add_argument("artifact", help="an ONNX artifact folder (edge convert MODEL -t onnx -o DIR)")
+    sv.add_argument("artifact", metavar="DIR", help="an ONNX artifact folder, or a folder of artifacts (every ONNX "
+                    "artifact below it is offered), e.g. the -o folder of edge convert")
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: reachable from phones on the LAN)")
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--results", default="results.json",
