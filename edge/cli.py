@@ -408,9 +408,10 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as e:  # a bug in edge or an unexpected backend failure: one line, details on request
             if verbose:
                 raise
-            import traceback
-            traceback.print_exc(file=sys.stderr)   # into the backend log when hushed
             keep_log = log is not None
+            if keep_log:
+                import traceback
+                traceback.print_exc(file=sys.stderr)   # into the backend log
             where = f"; the traceback is in {log}" if keep_log else "; rerun with --verbose for the traceback"
             lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()] or [""]
             print(f"edge {args.command}: internal error: {type(e).__name__}: {lines[-1][:300]}{where}", file=err)

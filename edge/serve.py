@@ -367,6 +367,8 @@ def make_server(artifact: str | Path, *, host: str = "127.0.0.1", port: int = 80
     Example:
         >>> srv = make_server("out/demo", port=0); threading.Thread(target=srv.serve_forever).start()
     """
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise UsageError(f"--port {port!r} is not a TCP port; pick one from 1 to 65535 (0: any free port)")
     offered, skipped = discover(artifact)
     app = Path(app_dir) if app_dir else default_app_dir()
     dist = check_app(app)
@@ -494,8 +496,9 @@ def make_server(artifact: str | Path, *, host: str = "127.0.0.1", port: int = 80
 
     try:
         srv = ThreadingHTTPServer((host, port), Handler)
-    except OSError as e:
-        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror}; pick another --port") from None
+    except (OSError, OverflowError, UnicodeError) as e:
+        reason = getattr(e, "strerror", None) or str(e)
+        raise UsageError(f"cannot listen on {host}:{port}: {reason}; pick another --host/--port") from None
     srv.daemon_threads = True
     srv.offered, srv.skipped = offered, skipped   # type: ignore[attr-defined]
     return srv

@@ -298,7 +298,9 @@ CLI_CASES = [
      lambda u: (u / "deep.json").write_text("[" * 100000 + "]" * 100000)),
     ("compare-not-results", ["compare", "{u}/webapp/manifest.json", "{u}/webapp/manifest.json"], 2,
      "not an edge bench results file", None),
-    ("serve-not-artifact", ["serve", "{u}/mine", "--port", "0"], 2, "not an edge artifact", None),
+    ("serve-not-artifact", ["serve", "{u}/mine", "--port", "0"], 2, "no ONNX artifact to serve", None),
+    ("serve-bad-port", ["serve", "{u}/art", "--port", "99999"], 2, "is not a TCP port", None),
+    ("serve-bad-host", ["serve", "{u}/art", "--host", "no such host!", "--port", "0"], 2, "cannot listen on", None),
 ]
 if not CUDA:
     CLI_CASES.append(("cuda-without-gpu", ["convert", "{u}/models.py:build", "--input-shape", "1,3,8,8", "-t", "cuda",
