@@ -61,7 +61,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         args.model, targets=targets, precisions=precisions, out=args.out, input_shapes=parse_shapes(args.input_shape),
         weights=args.weights, trust_weights=args.trust_weights, dynamic_batch=args.dynamic_batch,
         optimize=not args.no_optimize, disable_passes=args.disable_pass or (), keep_tokens=args.keep_tokens,
-        calib=args.calib, verify=not args.no_verify, options=options,
+        calib=args.calib, verify=not args.no_verify, options=options, max_drop=args.max_drop,
         _single=len(targets) * len(precisions) == 1)
     rows = [{"path": str(a.path), "target": a.manifest.target, "precision": a.manifest.precision,
              "status": a.manifest.status, "parity": a.manifest.parity} for a in arts]
@@ -93,6 +93,20 @@ def cmd_verify(args: argparse.Namespace) -> int:
                          runtime_options=options, trust_source=args.trust_source)
     under = f" under {parity['runtime_options']}" if parity.get("runtime_options") else ""
     _emit(args, parity, f"verified {args.artifact}{under}{_parity_text(parity)}")
+    return 0
+
+
+@command("debug")
+def cmd_debug(args: argparse.Namespace) -> int:
+    import edge
+    from edge.debugger import format_table
+    table = edge.debug(args.artifact, inputs=args.inputs, top=args.top, weights=args.weights,
+                       trust_weights=args.trust_weights)
+    _emit(args, table.to_json(), format_table(table))
+    if args.html:
+        from edge.report import _write_text, debug_html
+        _write_text(Path(args.html), debug_html([table.to_json()]))
+        print(f"wrote {args.html}", file=sys.stderr)
     return 0
 
 
@@ -266,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--disable-pass", action="append", metavar="NAME", help="skip one optimize pass (see `edge optimize`)")
     c.add_argument("--keep-tokens", type=float, help="ViT token dropping: keep this fraction of patch tokens")
     c.add_argument("--calib", help="calibration data: image folder, .npy/.npz, 'synthetic' or 'testset'")
+    c.add_argument("--max-drop", type=float, metavar="POINTS",
+                   help="int8: keep the layers that cost accuracy in float until within POINTS of the float model")
     c.add_argument("--no-verify", action="store_true", help="skip the parity check (artifact marked unverified)")
     c.add_argument("--coreml-target", help="CoreML deployment target (iOS17, iOS18, macOS14, macOS15)")
     c.add_argument("--compute-units", help="CoreML compute units (all, cpu_and_ne, cpu_only)")
@@ -285,6 +301,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "code: only for artifacts you trust)")
     v.add_argument("--runtime-option", action="append", metavar="KEY=VALUE",
                    help="runtime option to check under, e.g. precision_hint=bf16 (openvino); recorded apart")
+
+    d = add("debug", "per-layer table of where an artifact's numbers depart from PyTorch (onnx, openvino, executorch)")
+    d.add_argument("artifact")
+    d.add_argument("--top", type=int, help="show only the N modules that introduce the most error, worst first")
+    d.add_argument("--inputs", help=".npy/.npz of input tensors (default: the artifact's verification inputs)")
+    d.add_argument("--html", metavar="FILE", help="also write the table as a plot (error per layer) to FILE")
+    d.add_argument("--weights", help="weights of the reference model (if not recorded in the manifest)")
+    d.add_argument("--trust-weights", action="store_true")
 
     b = add("bench", "measure artifacts' latency, or convert+verify+measure a matrix of models (see --targets)")
     b.add_argument("artifacts", nargs="+", metavar="ARTIFACT_OR_MODEL",
