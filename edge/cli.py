@@ -100,8 +100,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_debug(args: argparse.Namespace) -> int:
     import edge
     from edge.debugger import format_table
-    table = edge.debug(args.artifact, inputs=args.inputs, top=args.top, weights=args.weights,
-                       trust_weights=args.trust_weights)
+    table = edge.debug(args.artifact, inputs=args.inputs, top=args.top, model=args.model, weights=args.weights,
+                       trust_weights=args.trust_weights, trust_source=args.trust_source)
     _emit(args, table.to_json(), format_table(table))
     if args.html:
         from edge.report import _write_text, debug_html
@@ -307,8 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--top", type=int, help="show only the N modules that introduce the most error, worst first")
     d.add_argument("--inputs", help=".npy/.npz of input tensors (default: the artifact's verification inputs)")
     d.add_argument("--html", metavar="FILE", help="also write the table as a plot (error per layer) to FILE")
+    d.add_argument("--model", help="the reference model (as for `edge verify`); default: the manifest's source")
     d.add_argument("--weights", help="weights of the reference model (if not recorded in the manifest)")
     d.add_argument("--trust-weights", action="store_true")
+    d.add_argument("--trust-source", action="store_true",
+                   help="rebuild the reference from the code or files the manifest names (as for `edge verify`)")
 
     b = add("bench", "measure artifacts' latency, or convert+verify+measure a matrix of models (see --targets)")
     b.add_argument("artifacts", nargs="+", metavar="ARTIFACT_OR_MODEL",

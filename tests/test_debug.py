@@ -57,7 +57,7 @@ def outlier_artifacts(tmp_path_factory):
 @pytest.mark.parametrize("target", TARGETS)
 def test_fp32_every_layer_above_80_db(outlier_artifacts, target):
     art = outlier_artifacts[(target, "fp32")]
-    table = edge.debug(art.path)
+    table = edge.debug(art.path, trust_source=True)
     assert isinstance(table, DebugTable) and [r.module for r in table.rows] == ["fc1", "fc2", "head"]
     for row in table.rows:
         assert row.sqnr_db > 80, format_table(table)
@@ -71,7 +71,7 @@ def test_int8_outlier_layer_is_found_first(outlier_artifacts, target, tmp_path):
     before = {f: sha256_path(art.path / f) for f in art.manifest.files}
     listing = sorted(p.name for p in art.path.iterdir())
     if target == "openvino":   # the command line once (a subprocess re-imports everything: slow on 2 cores)
-        r = _cli("debug", str(art.path), "--json", "--top", "2", "--html", str(tmp_path / "d.html"))
+        r = _cli("debug", str(art.path), "--json", "--top", "2", "--html", str(tmp_path / "d.html"), "--trust-source")
         assert r.returncode == 0, r.stderr
         data = json.loads(r.stdout)
         rows = data["rows"]
@@ -79,7 +79,7 @@ def test_int8_outlier_layer_is_found_first(outlier_artifacts, target, tmp_path):
         page = (tmp_path / "d.html").read_text()
         assert "data:image/png;base64," in page and "Where the error comes from" in page
     else:
-        table = edge.debug(art.path, top=2)
+        table = edge.debug(art.path, top=2, trust_source=True)
         rows = [vars(r) for r in table.rows]
         assert format_table(table).count("\n") >= 3
     assert len(rows) == 2 and rows[0]["module"] == "fc2", rows
@@ -93,11 +93,11 @@ def test_debug_inputs_file(outlier_artifacts, tmp_path):
     import numpy as np
     art = outlier_artifacts[("onnx", "fp32")]
     np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((12, 64)).astype(np.float32))
-    table = edge.debug(art.path, inputs=tmp_path / "x.npy")
+    table = edge.debug(art.path, inputs=tmp_path / "x.npy", trust_source=True)
     assert table.inputs == 3 and table.input_kind.startswith("file")
     np.save(tmp_path / "bad.npy", np.zeros((3, 5), np.float32))
     with pytest.raises(UsageError, match="--inputs"):
-        edge.debug(art.path, inputs=tmp_path / "bad.npy")
+        edge.debug(art.path, inputs=tmp_path / "bad.npy", trust_source=True)
 
 
 def test_report_plots_a_debug_table():

@@ -331,7 +331,8 @@ def load_inputs(path: str | Path, specs: Sequence[Any]) -> list[tuple[np.ndarray
 
 
 def debug(path: str | Path, inputs: str | Path | Sequence[np.ndarray] | None = None, top: int | None = None, *,
-          model: Any = None, weights: str | Path | None = None, trust_weights: bool = False) -> DebugTable:
+          model: Any = None, weights: str | Path | None = None, trust_weights: bool = False,
+          trust_source: bool = False) -> DebugTable:
     """Per-layer numeric debugger: where an artifact's numbers depart from PyTorch.
 
     Args:
@@ -339,7 +340,8 @@ def debug(path: str | Path, inputs: str | Path | Sequence[np.ndarray] | None = N
         inputs: a ``.npy``/``.npz`` file (or a list of arrays, one per input); default: the artifact's own
             verification inputs (the held-out test split for zoo models with one, else example + random).
         top: keep only the ``top`` modules that introduce the most error (``drop_db``), worst first.
-        model, weights, trust_weights: the reference model when the manifest cannot rebuild it (as ``edge.verify``).
+        model, weights, trust_weights, trust_source: how the reference is rebuilt, as for ``edge.verify`` (a
+            ``file.py:factory`` or ``.pt2`` source named by the manifest is used only with ``trust_source``).
 
     Returns:
         A :class:`DebugTable` (``.rows``, ``.to_json()``; :func:`format_table` prints it).
@@ -359,7 +361,8 @@ def debug(path: str | Path, inputs: str | Path | Sequence[np.ndarray] | None = N
     if art.manifest.runtime not in PROBES:
         raise UsageError(f"edge debug reads intermediate tensors from {', '.join(PROBES)} artifacts; "
                          f"{path} runs on {art.manifest.runtime}")
-    art, prep, reference = reference_for(art, model, weights=weights, trust_weights=trust_weights)
+    art, prep, reference = reference_for(art, model, weights=weights, trust_weights=trust_weights,
+                                         trust_source=trust_source)
     module, program, _ = prep.program_for(art.manifest.target)
     if reference is not None:   # a lossy pass: the artifact was checked against the optimized module
         module = reference
