@@ -117,3 +117,20 @@ class Converter(ABC):
             except PackageNotFoundError:
                 pass
         return out
+
+
+# Option ``keep_float``: PyTorch module names (``blocks.3.mlp.fc1``) whose ops stay in float when the target
+# quantizes (``--max-drop`` fills it from edge's debugger; users may pass it too). Declared by the quantizing
+# targets as ``"keep_float": KEEP_FLOAT``; the value is a list of names.
+KEEP_FLOAT: tuple = ()
+
+
+def kept_float(job: ConversionJob) -> set[str]:
+    """The module names ``job`` must keep in float (option ``keep_float``; a string is one name)."""
+    value = job.options.get("keep_float") or []
+    return {value} if isinstance(value, str) else {str(v) for v in value}
+
+
+def in_kept(scopes: tuple[str, ...] | list[str], kept: set[str]) -> bool:
+    """Does a node whose module scopes are ``scopes`` belong to a module kept in float?"""
+    return bool(kept) and any(s in kept for s in scopes)

@@ -24,7 +24,7 @@ import time
 import warnings
 from typing import Any
 
-from edge.converters.base import ConversionJob, ConversionResult, Converter
+from edge.converters.base import KEEP_FLOAT, ConversionJob, ConversionResult, Converter, in_kept, kept_float
 from edge.errors import ConversionError, EdgeWarning
 
 PTE, BPTE, ETRECORD = "model.pte", "model.bpte", "etrecord.bin"
@@ -46,7 +46,8 @@ class ExecuTorchConverter(Converter):
     # calib_batches: how many calibration batches static int8 observes. XNNPACK's activation observer
     # (HistogramObserver) costs a torch.histc per activation per batch: 64 batches of a 4-block ViT took
     # most of a minute, while 16 keep digits accuracy within a point of fp32.
-    options = {"bundle": (False, True), "etrecord": (True, False), "calib_batches": (16, 4, 8, 32, 64)}
+    options = {"bundle": (False, True), "etrecord": (True, False), "calib_batches": (16, 4, 8, 32, 64),
+               "keep_float": KEEP_FLOAT}   # module names left unannotated by the quantizer (fp32)
 
     def convert(self, job: ConversionJob) -> ConversionResult:
         self.require()
@@ -736,7 +737,10 @@ def pt2e_quantize(job: ConversionJob, *, dynamic: bool, details: dict[str, Any])
                                                                                 is_dynamic=dynamic))
     floats = _float_modules()
     float_names = {f"{c.__module__}.{c.__qualname__}" for c in floats}
-    quantizer.set_filter_function(lambda node: _innermost_module(node) not in float_names)
+    from edge.debugger import stack_scopes
+    kept = kept_float(job)
+    quantizer.set_filter_function(lambda node: _innermost_module(node) not in float_names
+                                  and not in_kept(stack_scopes(node.meta), kept))
     prepared = prepare_pt2e(graph, quantizer)
     with torch.no_grad():
         if dynamic:
@@ -756,6 +760,8 @@ def pt2e_quantize(job: ConversionJob, *, dynamic: bool, details: dict[str, Any])
                                "activations": "int8 per-tensor " + ("dynamic" if dynamic else "static"),
                                "fp32_modules": [c.__name__ for c in floats],
                                "calibration": calib}
+    if kept:
+        details["quantization"]["kept_float"] = {"modules": sorted(kept)}
     details["source"] = "job.module quantized with PT2E, re-captured"
     return capture(converted, args, dynamic_batch=job.dynamic_batch)
 

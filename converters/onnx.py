@@ -9,7 +9,7 @@ import logging
 import warnings
 from typing import Any
 
-from edge.converters.base import ConversionJob, ConversionResult, Converter
+from edge.converters.base import KEEP_FLOAT, ConversionJob, ConversionResult, Converter, in_kept, kept_float
 from edge.errors import ConversionError
 
 
@@ -24,7 +24,8 @@ class OnnxConverter(Converter):
     # reduce_range: 7-bit weights. ONNX Runtime's u8s8 kernels on x86 CPUs without VNNI (AVX2 only, e.g. AMD
     # Zen 3) add pairs of products in int16 and saturate: vit_tiny_digits int8 came out at cosine 0.883 there and
     # 0.9999 with 7-bit weights. "auto" reduces the range where the converting CPU is such a CPU.
-    options = {"opset": (18, 17, 19, 20, 21, 23), "reduce_range": ("auto", True, False)}
+    options = {"opset": (18, 17, 19, 20, 21, 23), "reduce_range": ("auto", True, False),
+               "keep_float": KEEP_FLOAT}
 
     def convert(self, job: ConversionJob) -> ConversionResult:
         self.require()
@@ -95,19 +96,77 @@ def quantize_int8(path, job: ConversionJob, details: dict[str, Any]) -> None:
             s = next(self._it, None)
             return None if s is None else dict(zip(names, s))
 
+    import onnx
+    exported = exported_metadata(onnx.load(str(path)))
     pre = path.with_name("pre.onnx")
     quant_pre_process(str(path), str(pre), skip_symbolic_shape=True)
     reduce_range = job.options.get("reduce_range", "auto")
     if reduce_range == "auto":
         reduce_range = x86_without_vnni()
+    exclude = float_nodes(pre, kept_float(job), exported)
     quantize_static(str(pre), str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8, reduce_range=reduce_range,
+                    nodes_to_exclude=exclude,
                     extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
     pre.unlink()
+    restore_metadata(path, exported)
     details["quantization"] = {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
                                "weights": f"int{7 if reduce_range else 8} per-channel symmetric"
                                           f"{' (reduce_range: u8s8 saturates on x86 without VNNI)' if reduce_range else ''}",
                                "activations": "uint8 per-tensor"}
+    if exclude:
+        details["quantization"]["kept_float"] = {"modules": sorted(kept_float(job)), "nodes_to_exclude": len(exclude)}
+
+
+def restore_metadata(path, exported: dict[str, list]) -> None:
+    """Put the exporter's node metadata (module names, ``pkg.torch.onnx.name_scopes``) back on the quantized
+    nodes of the same name: quant_pre_process drops it on some graphs (a transformers ViT), and edge debug and
+    ``keep_float`` read it."""
+    import onnx
+    model = onnx.load(str(path))
+    if _mend(model.graph.node, exported):
+        onnx.save(model, str(path))
+
+
+def exported_metadata(model) -> dict[str, list]:
+    """Node metadata of the exported graph by node name and by output value name (a node the optimizer fuses
+    gets a new name but keeps its output's name)."""
+    out: dict[str, list] = {}
+    for n in model.graph.node:
+        if n.metadata_props:
+            for key in [n.name, *(f"value:{o}" for o in n.output)]:
+                out.setdefault(key, list(n.metadata_props))
+    return out
+
+
+def _mend(nodes, exported: dict[str, list]) -> bool:
+    changed = False
+    for n in nodes:
+        if n.metadata_props or n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        props = exported.get(n.name) or next((exported[f"value:{o}"] for o in n.output
+                                              if f"value:{o}" in exported), None)
+        if props:
+            n.metadata_props.extend(props)
+            changed = True
+    return changed
+
+
+def float_nodes(path, kept: set[str], exported: dict[str, list] | None = None) -> list[str]:
+    """Names of the nodes inside the modules ``kept`` in float (ONNX Runtime's ``nodes_to_exclude``)."""
+    if not kept:
+        return []
+    import onnx
+    from edge.debugger.onnxruntime import _scopes
+    nodes = onnx.load(str(path)).graph.node
+    _mend(nodes, exported or {})   # the same metadata loss as restore_metadata mends
+    names = [n.name for n in nodes if in_kept(_scopes(n), kept)]
+    # The quantizer drops a Relu/Clip in front of a quantized tensor (the uint8 range clips at 0 instead); when
+    # that tensor feeds a float node, ONNX Runtime's optimizer later removes the Q/DQ pair and the clip is lost
+    # (measured: cosine 0.56 instead of 0.9998). Such activations are excluded too, so they stay in the graph.
+    feeds = {i for n in nodes if n.name in set(names) for i in n.input}
+    return names + [n.name for n in nodes if n.op_type in ("Relu", "Clip") and n.name not in names
+                    and any(o in feeds for o in n.output)]
 
 
 def x86_without_vnni() -> bool:

@@ -32,12 +32,14 @@ import warnings
 from collections import Counter
 from typing import Any
 
-from edge.converters.base import ConversionJob, ConversionResult, Converter
+from edge.converters.base import KEEP_FLOAT, ConversionJob, ConversionResult, Converter, in_kept, kept_float
 from edge.errors import ConversionError, UsageError
 
 RECURRENT_MODULES = ("GRU", "LSTM", "RNN")
 ATTENTION_OPS = ("Softmax", "ScaledDotProductAttention")
 WEIGHT_OPS = ("MatMul", "Convolution", "GroupConvolution", "Gather")
+QUANTIZABLE_OPS = ("MatMul", "Convolution", "GroupConvolution", "ConvolutionBackpropData", "Add", "Multiply",
+                   "AvgPool", "MaxPool", "ReduceMean", "ScaledDotProductAttention", "Concat")
 
 
 class OpenVinoConverter(Converter):
@@ -55,6 +57,7 @@ class OpenVinoConverter(Converter):
         "int8_model_type": ("auto", "transformer", "cnn"),
         "int8_preset": ("performance", "mixed"),         # NNCF preset: symmetric / asymmetric activations
         "ignored_scope": (),                           # regex(es) of node names kept float in int8
+        "keep_float": KEEP_FLOAT,                      # PyTorch module names kept float in int8
     }
 
     def resolve_options(self, given: dict[str, Any]) -> dict[str, Any]:
@@ -225,7 +228,9 @@ def quantize_int8(model: Any, job: ConversionJob, details: dict[str, Any]):
     attention = has_attention(model)
     transformer = kind == "transformer" or (kind == "auto" and attention)
     scope = job.options.get("ignored_scope") or []
-    ignored = nncf.IgnoredScope(patterns=list(scope), validate=False) if scope else None
+    float_names = float_ops(model, job)
+    ignored = nncf.IgnoredScope(patterns=list(scope) + [f"^{re.escape(n)}$" for n in float_names],
+                                validate=False) if scope or float_names else None
     # PERFORMANCE (symmetric activations) also for transformers, where NNCF suggests MIXED: measured in one
     # run (benchmarks/openvino_vs_eager.py --presets mixed,performance), vit_tiny 6.99 -> 6.21 ms, digits
     # 0.632 -> 0.520 ms, the same digits test-set agreement (0.9972) and accuracy (0.9805; fp32 0.9833)
@@ -248,10 +253,25 @@ def quantize_int8(model: Any, job: ConversionJob, details: dict[str, Any]):
         "preset": "MIXED" if mixed else "PERFORMANCE", "fast_bias_correction": True,
         "subset_size": len(samples), "ignored_scope": list(scope), "fake_quantize_ops": fq,
         "weights": "int8 per-channel symmetric", "activations": "int8 per-tensor (asymmetric where MIXED)"}
+    if float_names:
+        details["quantization"]["kept_float"] = {"modules": sorted(kept_float(job)), "ignored_ops": len(float_names)}
     if fq == 0:
         raise ConversionError("nncf.quantize inserted no quantizers: the model has no quantizable layers "
                               "(or the ignored_scope covers them all); use int8-weights or fp16")
     return q
+
+
+def float_ops(model: Any, job: ConversionJob) -> list[str]:
+    """Names of the ops inside the modules kept in float (NNCF ``ignored_scope`` names)."""
+    kept = kept_float(job)
+    if not kept:
+        return []
+    from edge.debugger.openvino import _scopes, fx_scopes
+    by_fx = fx_scopes(job.program)
+    # only the ops NNCF quantizes: ignoring others (an Add after a MatMul) made its statistics collection look
+    # for an output tensor by that op's name and fail ("Port for tensor name ... was not found")
+    return [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() in QUANTIZABLE_OPS
+            and in_kept(_scopes(op.get_friendly_name(), by_fx), kept)]
 
 
 def compress_weights(model: Any, job: ConversionJob, details: dict[str, Any], *, bits: int):

@@ -78,7 +78,8 @@ def convert(model: Any, *, target: str = "onnx", precision: str = "fp32", out: s
         out: the artifact folder to create (replaced only if it already holds an edge artifact).
         example_inputs: example input tensors (or ``input_shapes=[(1, 3, 224, 224)]``).
         **kwargs: ``weights``, ``trust_weights``, ``input_shapes``, ``dynamic_batch``, ``optimize``,
-            ``disable_passes``, ``keep_tokens``, ``calib``, ``verify``, ``options`` (target options).
+            ``disable_passes``, ``keep_tokens``, ``calib``, ``verify``, ``options`` (target options),
+            ``max_drop`` (int8: keep the layers that cost more accuracy points than this in float).
 
     Returns:
         The verified :class:`Artifact`.
@@ -99,13 +100,15 @@ def convert_all(model: Any, *, targets: Sequence[str], precisions: Sequence[str]
                 optimize: bool = True, disable_passes: Sequence[str] = (), keep_tokens: float | None = None,
                 calib: Any = None, verify: bool = True, options: dict[str, Any] | None = None,
                 prepared: Prepared | None = None, labels: Sequence[str] | None = None,
+                max_drop: float | None = None,
                 _single: bool = False) -> list[Artifact]:
     """Convert one model for several targets and precisions, capturing it once.
 
     Artifacts go to ``out/<target>`` (one precision) or ``out/<target>-<precision>``.
     Every artifact is written and verified before a VerificationError is raised for the first failure.
     ``labels`` (class names, one per output class) go to the manifest's ``model.labels``, replacing a zoo
-    model's own.
+    model's own. ``max_drop`` (accuracy points): accuracy-aware int8, keeping the layers that cost accuracy in
+    float (:mod:`edge.accuracy`).
     """
     from edge.converters import get_converter
     targets, precisions = _names(targets, "target"), _names(precisions, "precision")
@@ -115,6 +118,9 @@ def convert_all(model: Any, *, targets: Sequence[str], precisions: Sequence[str]
         conv.check_precision(p)
         conv.require()
         conv.resolve_options(options or {})
+    if max_drop is not None:
+        from edge.accuracy import check_max_drop
+        check_max_drop(max_drop, converters)
     dests = [Path(out) if _single else Path(out) / (conv.name if len(precisions) == 1 else f"{conv.name}-{p}")
              for conv, p in converters]
     for dest in dests:   # every destination is checked before the first conversion writes anything
@@ -142,7 +148,11 @@ def convert_all(model: Any, *, targets: Sequence[str], precisions: Sequence[str]
                                 calibration=calibration if precision in conv.needs_calibration else None,
                                 model_info=spec.info, dynamic_batch=dynamic_batch)
             with step(f"convert to {conv.name} ({precision})"):
-                result = conv.convert(job)
+                if max_drop is None:
+                    result = conv.convert(job)
+                else:
+                    from edge.accuracy import convert_within_drop
+                    result = convert_within_drop(conv, job, spec, max_drop)
             manifest = Manifest(
                 target=conv.name, format=result.format or conv.format, runtime=result.runtime or conv.runtime,
                 precision=precision, files={f: sha256_path(stage / f) for f in result.files},
@@ -227,6 +237,18 @@ def _test_split(spec: ModelSpec) -> tuple[np.ndarray, np.ndarray] | None:
     return x[len(x) // 2:], y[len(y) // 2:]
 
 
+def verification_batches(spec: ModelSpec, m: Manifest, *, n_random: int = 3) -> tuple[list, Any]:
+    """The inputs an artifact is checked on: the example, then 16 held-out test samples (zoo models with a test
+    set) or ``n_random`` random batches; returns ``(batches, real)`` (``real``: the test samples or None)."""
+    from edge import parity as V
+    split = _test_split(spec)
+    real = split[0][:16] if split is not None else None
+    batches = V.verification_inputs(spec.example_inputs, m.inputs, n_random=n_random, real=real)
+    if real is not None:   # real inputs must come in the artifact's static batch size
+        batches = [b for b in batches if m.inputs[0].matches(b[0].shape)]
+    return batches, real
+
+
 def verify_artifact(art: Artifact, spec: ModelSpec, *, converter: Any = None, n_random: int = 3,
                     runtime_options: dict[str, Any] | None = None,
                     reference: torch.nn.Module | None = None, name: str | None = None) -> dict[str, Any]:
@@ -262,10 +284,7 @@ def verify_artifact(art: Artifact, spec: ModelSpec, *, converter: Any = None, n_
         return m.parity
     split = _test_split(spec)
     classifier = m.model.get("task", "classification") == "classification"
-    real = split[0][:16] if split is not None else None
-    batches = V.verification_inputs(spec.example_inputs, m.inputs, n_random=n_random, real=real)
-    if real is not None:   # real inputs must come in the artifact's static batch size
-        batches = [b for b in batches if m.inputs[0].matches(b[0].shape)]
+    batches, real = verification_batches(spec, m, n_random=n_random)
     ref_module = spec.module if reference is None else reference
     refs = V.reference_outputs(ref_module, batches)
     under = f" under {key}" if key else ""
@@ -353,20 +372,42 @@ def verify(artifact: str | Path, model: Any = None, *, weights: str | Path | Non
     from edge.runtimes import RUNTIMES
     art = Artifact.open(artifact)
     RUNTIMES.get(art.manifest.runtime).check_options(dict(runtime_options or {}))   # bad options before any work
+    art, prep, reference = reference_for(art, model, weights=weights, trust_weights=trust_weights,
+                                         trust_source=trust_source)
+    return verify_artifact(art, prep.spec, runtime_options=runtime_options, reference=reference)
+
+
+def reference_for(art: Artifact, model: Any = None, *, weights: str | Path | None = None,
+                  trust_weights: bool = False, trust_source: bool = False
+                  ) -> tuple[Artifact, Prepared, torch.nn.Module | None]:
+    """Rebuild what ``art`` was converted from: ``(art, Prepared, reference)``.
+
+    The Prepared model is resolved from the manifest's source (within what ``trust_source`` allows, see
+    :func:`verify`) or from ``model``, with the artifact's input shapes and the optimize passes it records, so
+    ``prepared.program_for(target)`` captures the module the converter got. ``reference`` is the optimized
+    module when a lossy pass ran (the parity reference), else None.
+    """
     if model is None:
         model, weights = _reference_from_source(art, weights, trust_source)
+    from edge import passes as opt
     shapes = [tuple(t.concrete_shape(1)) for t in art.manifest.inputs]
-    spec = resolve(model, input_shapes=shapes, weights=weights, trust_weights=trust_weights)
+    applied = art.manifest.details.get("optimize_passes", [])
+    names = {p.get("pass") for p in applied}
+    lossy = [p for p in applied if p.get("lossy")]
+    prep = prepare(model, input_shapes=shapes, weights=weights, trust_weights=trust_weights,
+                   dynamic_batch=bool(art.manifest.details.get("dynamic_batch")), optimize=bool(applied),
+                   disable_passes=[p.name for p in opt.list_passes() if p.name not in names])
+    spec = prep.spec
     if tuple(spec.example_inputs[0].shape) != shapes[0]:
         from edge.sources import example_from_shapes
         spec.example_inputs = example_from_shapes(shapes)
-    lossy = [p for p in art.manifest.details.get("optimize_passes", []) if p.get("lossy")]
     reference = None
     if lossy:   # rebuild the optimized reference the artifact was checked against (e.g. token dropping)
-        from edge import passes as opt
+        options = {k: v for p in lossy for k, v in p.get("options", {}).items()}
         reference = opt.optimize(spec.module, target=art.manifest.target, example_inputs=spec.example_inputs,
-                                 **{k: v for p in lossy for k, v in p.get("options", {}).items()})
-    return verify_artifact(art, spec, runtime_options=runtime_options, reference=reference)
+                                 **options)
+        prep.pass_options.update(options)
+    return art, prep, reference
 
 
 def _reference_from_source(art: Artifact, weights: str | Path | None, trust: bool) -> tuple[Any, Any]:

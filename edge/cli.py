@@ -62,6 +62,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         weights=args.weights, trust_weights=args.trust_weights, dynamic_batch=args.dynamic_batch,
         optimize=not args.no_optimize, disable_passes=args.disable_pass or (), keep_tokens=args.keep_tokens,
         calib=args.calib, verify=not args.no_verify, options=options, labels=_read_labels(args.labels),
+        max_drop=args.max_drop,
         _single=len(targets) * len(precisions) == 1)
     rows = [{"path": str(a.path), "target": a.manifest.target, "precision": a.manifest.precision,
              "status": a.manifest.status, "parity": a.manifest.parity} for a in arts]
@@ -113,6 +114,20 @@ def cmd_verify(args: argparse.Namespace) -> int:
                          runtime_options=options, trust_source=args.trust_source)
     under = f" under {parity['runtime_options']}" if parity.get("runtime_options") else ""
     _emit(args, parity, f"verified {args.artifact}{under}{_parity_text(parity)}")
+    return 0
+
+
+@command("debug")
+def cmd_debug(args: argparse.Namespace) -> int:
+    import edge
+    from edge.debugger import format_table
+    table = edge.debug(args.artifact, inputs=args.inputs, top=args.top, model=args.model, weights=args.weights,
+                       trust_weights=args.trust_weights, trust_source=args.trust_source)
+    _emit(args, table.to_json(), format_table(table))
+    if args.html:
+        from edge.report import _write_text, debug_html
+        _write_text(Path(args.html), debug_html([table.to_json()]))
+        print(f"wrote {args.html}", file=sys.stderr)
     return 0
 
 
@@ -286,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--disable-pass", action="append", metavar="NAME", help="skip one optimize pass (see `edge optimize`)")
     c.add_argument("--keep-tokens", type=float, help="ViT token dropping: keep this fraction of patch tokens")
     c.add_argument("--calib", help="calibration data: image folder, .npy/.npz, 'synthetic' or 'testset'")
+    c.add_argument("--max-drop", type=float, metavar="POINTS",
+                   help="int8: keep the layers that cost accuracy in float until within POINTS of the float model")
     c.add_argument("--no-verify", action="store_true", help="skip the parity check (artifact marked unverified)")
     c.add_argument("--labels", metavar="FILE", help="class names, one per line (or a JSON list), stored in the "
                    "manifest for apps (edge serve shows them)")
@@ -307,6 +324,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "code: only for artifacts you trust)")
     v.add_argument("--runtime-option", action="append", metavar="KEY=VALUE",
                    help="runtime option to check under, e.g. precision_hint=bf16 (openvino); recorded apart")
+
+    d = add("debug", "per-layer table of where an artifact's numbers depart from PyTorch (onnx, openvino, executorch)")
+    d.add_argument("artifact")
+    d.add_argument("--top", type=int, help="show only the N modules that introduce the most error, worst first")
+    d.add_argument("--inputs", help=".npy/.npz of input tensors (default: the artifact's verification inputs)")
+    d.add_argument("--html", metavar="FILE", help="also write the table as a plot (error per layer) to FILE")
+    d.add_argument("--model", help="the reference model (as for `edge verify`); default: the manifest's source")
+    d.add_argument("--weights", help="weights of the reference model (if not recorded in the manifest)")
+    d.add_argument("--trust-weights", action="store_true")
+    d.add_argument("--trust-source", action="store_true",
+                   help="rebuild the reference from the code or files the manifest names (as for `edge verify`)")
 
     b = add("bench", "measure artifacts' latency, or convert+verify+measure a matrix of models (see --targets)")
     b.add_argument("artifacts", nargs="+", metavar="ARTIFACT_OR_MODEL",

@@ -315,6 +315,53 @@ def plot_ops(profile: dict[str, Any] | None, top: int = 15) -> str | None:
     return _png(fig)
 
 
+def plot_debug(table: dict[str, Any]) -> str | None:
+    """Error per layer in network order (a table from ``edge debug``): SQNR per module, quantized ones marked."""
+    rows = sorted(table.get("rows") or [], key=lambda r: r["index"])
+    if not rows:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.22 * len(rows) + 2), 4.2))
+    x = list(range(len(rows)))
+    y = [max(min(r["sqnr_db"], 200.0), -20.0) for r in rows]
+    ax.plot(x, y, "-", color="grey", alpha=0.5, linewidth=1)
+    q = [i for i, r in enumerate(rows) if r["quantized"]]
+    f = [i for i, r in enumerate(rows) if not r["quantized"]]
+    ax.scatter([x[i] for i in q], [y[i] for i in q], color="tab:red", marker="s", s=22, label="quantized")
+    ax.scatter([x[i] for i in f], [y[i] for i in f], color="tab:blue", marker="o", s=18, label="float")
+    worst = max(rows, key=lambda r: r["drop_db"])
+    if worst["drop_db"] > 0:
+        ax.annotate(worst["module"], (worst["index"], max(min(worst["sqnr_db"], 200.0), -20.0)), fontsize=7,
+                    xytext=(4, -12), textcoords="offset points")
+    ax.set_xticks(x, [r["module"][-28:] for r in rows], rotation=90, fontsize=6)
+    ax.set_ylabel("SQNR vs PyTorch (dB, higher is better)")
+    ax.set_title(f"{table.get('target')}/{table.get('precision')}: error per layer in network order "
+                 f"({table.get('granularity')})", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def debug_section(tables: list[dict[str, Any]]) -> list[str]:
+    """HTML for the debug tables recorded in a results file (``results["debug"]``) or given directly."""
+    esc = html.escape
+    parts = []
+    for t in tables:
+        png = plot_debug(t)
+        parts.append(f"<h2>Where the error comes from: {esc(str(t.get('artifact')))}</h2>")
+        parts.append(f"<img alt='error per layer' src='data:image/png;base64,{png}'>" if png
+                     else "<p class=meta>no layer rows in this debug table.</p>")
+        parts += [f"<p class=meta>{esc(str(n))}</p>" for n in t.get("notes") or []]
+    return parts
+
+
+def debug_html(tables: list[dict[str, Any]]) -> str:
+    """A self-contained page with the plot of each ``edge debug`` table (``edge debug ... --html FILE``)."""
+    return "\n".join([f"<!doctype html><html lang=en><head><meta charset=utf-8><title>edge debug</title>"
+                      f"<style>{_CSS}</style></head><body><h1>edge debug</h1>", *debug_section(tables),
+                      "</body></html>"])
+
+
 # ---------------------------------------------------------------- html
 
 _CSS = """body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1100px;color:#222;padding:0 1em}
@@ -375,6 +422,7 @@ def html_report(results: dict[str, Any]) -> str:
     prof = results.get("op_profile") or {}
     if prof.get("error") and not prof.get("rows"):
         parts.append(f"<p class=meta>{esc(prof['error'])}</p>")
+    parts += debug_section(results.get("debug") or [])
     parts.append("</body></html>")
     return "\n".join(parts)
 

@@ -10,3 +10,44 @@ def build():
 
 def broken():
     raise RuntimeError("factory exploded")
+
+
+class Outlier(torch.nn.Module):
+    """A small classifier with one layer int8 destroys: ``fc2``'s weights hold one huge column (1e4) next to
+    ordinary ones. Its input channel there is always 0, so in float the column adds nothing; per-channel int8
+    weights give every other weight of a row a step of 1e4/127 and round them to 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(64, 32)
+        self.fc2 = torch.nn.Linear(32, 32)
+        self.head = torch.nn.Linear(32, 2)
+        with torch.no_grad():
+            self.fc1.weight[0] = 0.0
+            self.fc1.bias[0] = 0.0
+            self.fc2.weight[:, 0] = 1e4
+
+    def forward(self, x):
+        return self.head(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+
+
+def outlier():
+    return Outlier()
+
+
+def vit_hf(layers: int = 2, hidden: int = 64, image: int = 32, patch: int = 8, labels: int = 10):
+    """A transformers ViTForImageClassification built from its config (random init, as a fine-tuned ViT would
+    arrive without its hub download); the ViT-Ti shape is ``vit_hf(12, 192, 224, 16, 1000)``."""
+    from transformers import ViTConfig, ViTForImageClassification
+    config = ViTConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=max(1, hidden // 64),
+                       intermediate_size=4 * hidden, image_size=image, patch_size=patch, num_labels=labels,
+                       attn_implementation="sdpa")
+    return ViTForImageClassification(config).eval()
+
+
+def vit_hf_small():
+    return vit_hf()
+
+
+def vit_hf_4x192():
+    return vit_hf(layers=4, hidden=192, image=64, patch=16)

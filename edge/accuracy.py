@@ -1,0 +1,220 @@
+"""Accuracy-aware int8 (``--max-drop POINTS``): keep the layers that cost accuracy in float, and only those.
+
+Round 0 quantizes everything the recipe quantizes and measures the metric; while the drop from the float model is
+over the budget (or the artifact would fail its parity check), edge's debugger ranks the quantized modules by the
+error they introduce (``drop_db``), the worst go to the converter's ``keep_float`` option, and the model is
+quantized and measured again; 1, 1, 2, 4, ... modules are added per round. When no quantized module is left, a
+ConversionError lists every round. The manifest records the metric (named), every round, the modules kept in
+float and the latency of the result against the all-int8 round, measured here side by side.
+
+Metric: test-set accuracy on the held-out half of a zoo model's test split (the first half may calibrate);
+otherwise top-1 agreement with the float model on held-out random inputs (not the calibration data).
+"""
+from __future__ import annotations
+
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from edge.errors import ConversionError, UsageError, VerificationError
+
+MAX_ROUNDS = 8
+HELD_OUT_RANDOM = 128
+
+
+@dataclass
+class Metric:
+    """What ``--max-drop`` is measured on: ``score(run)`` in points (0-100) for a batch -> logits function."""
+
+    name: str
+    inputs: list[tuple[np.ndarray, ...]]
+    labels: np.ndarray | None           # None: agreement with ``reference_top1``
+    reference_top1: np.ndarray
+
+    def score(self, run: Callable[..., np.ndarray]) -> float:
+        top1 = np.concatenate([np.asarray(run(*b)).reshape(len(b[0]), -1).argmax(-1) for b in self.inputs])
+        target = self.labels if self.labels is not None else self.reference_top1
+        return float((top1 == target[:len(top1)]).mean() * 100.0)
+
+
+def check_max_drop(max_drop: Any, converters: list[tuple[Any, str]]) -> None:
+    """Bad ``--max-drop`` use is reported before any work starts."""
+    if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)) or not max_drop >= 0:
+        raise UsageError(f"--max-drop {max_drop!r} must be a number of accuracy points >= 0, e.g. --max-drop 0.5")
+    for conv, precision in converters:
+        if precision not in conv.needs_calibration:
+            raise UsageError(f"--max-drop keeps layers of a statically quantized model in float; {conv.name}/"
+                             f"{precision} is not one (use --precision int8)")
+        if "keep_float" not in conv.options:
+            raise UsageError(f"--max-drop needs a target that can keep layers in float (option keep_float); "
+                             f"{conv.name} has none")
+
+
+def metric_for(spec: Any, job: Any) -> Metric:
+    """The held-out test split of a zoo model with one, else held-out random inputs (agreement with fp32)."""
+    from edge import parity as V
+    from edge.api import _test_split
+    from edge.capture import flatten_outputs
+    bs = job.inputs[0].concrete_shape(1)[0]
+    split = _test_split(spec)
+    if split is not None:
+        x, y = split
+        n = (len(x) // bs) * bs
+        inputs = [(np.ascontiguousarray(x[i:i + bs]),) for i in range(0, n, bs)]
+        labels, name = np.asarray(y[:n]), f"test-set accuracy ({n} held-out samples of {spec.name}'s test split)"
+    else:
+        inputs = V.verification_inputs(spec.example_inputs, job.inputs, n_random=HELD_OUT_RANDOM, seed=1)[1:]
+        labels, name = None, f"top-1 agreement with the float model ({len(inputs) * bs} held-out random inputs)"
+    with torch.no_grad():
+        ref = [flatten_outputs(job.module(*(torch.from_numpy(a) for a in b)))[0].float().numpy() for b in inputs]
+    if ref[0].ndim != 2 or ref[0].shape[1] < 2:
+        raise UsageError(f"--max-drop measures top-1 accuracy; the model's first output has shape "
+                         f"{list(ref[0].shape)}, not [batch, classes]")
+    return Metric(name, inputs, labels, np.concatenate([r.argmax(-1) for r in ref]))
+
+
+def _artifact(conv: Any, job: Any, result: Any, folder: Path):
+    from edge.artifact import Artifact, Manifest, sha256_path
+    m = Manifest(target=conv.name, format=result.format or conv.format, runtime=result.runtime or conv.runtime,
+                 precision=job.precision, files={f: sha256_path(folder / f) for f in result.files},
+                 inputs=job.inputs, outputs=job.outputs, options=dict(job.options), details=dict(result.details),
+                 model=dict(job.model_info))
+    return Artifact(folder, m)
+
+
+def _latency(sessions: list[Any], x: list[np.ndarray], rounds: int = 7, iters: int = 20) -> list[float]:
+    """Median ms per call of each session, measured in interleaved rounds (fair under changing load)."""
+    for s in sessions:
+        for _ in range(3):
+            s.run(*x)
+    samples: list[list[float]] = [[] for _ in sessions]
+    for _ in range(rounds):
+        for k, s in enumerate(sessions):
+            t = time.perf_counter()
+            for _ in range(iters):
+                s.run(*x)
+            samples[k].append((time.perf_counter() - t) * 1e3 / iters)
+    return [statistics.median(v) for v in samples]
+
+
+def convert_within_drop(conv: Any, job: Any, spec: Any, max_drop: float) -> Any:
+    """Convert ``job`` with ``conv``, keeping modules in float until the metric is within ``max_drop`` points.
+
+    The chosen round's files are copied into ``job.out_dir``; ``details["accuracy_aware"]`` records the run.
+    """
+    from edge import parity as V
+    from edge.api import verification_batches
+    from edge.debugger import debug_artifact
+    from edge.runtimes import RUNTIMES
+    metric = metric_for(spec, job)
+    from edge.capture import flatten_outputs
+    with torch.no_grad():
+        reference = metric.score(lambda *b: flatten_outputs(job.module(*(torch.from_numpy(a) for a in b)))[0]
+                                 .float().numpy())
+    batches, real = verification_batches(spec, _artifact_stub(job))
+    refs = V.reference_outputs(job.module, batches)
+    kept = sorted(set(job.options.get("keep_float") or []))
+    rounds: list[dict[str, Any]] = []
+    final_dir = job.out_dir
+    with tempfile.TemporaryDirectory(prefix=".edge-max-drop-", dir=str(final_dir.parent)) as tmp:
+        first_art = None
+        for r in range(MAX_ROUNDS + 1):
+            folder = Path(tmp) / f"round{r}"
+            folder.mkdir()
+            job.out_dir, job.options = folder, {**job.options, "keep_float": list(kept)}
+            t0 = time.perf_counter()
+            result = conv.convert(job)
+            art = _artifact(conv, job, result, folder)
+            session = RUNTIMES.get(art.manifest.runtime)(art)
+            try:
+                score = metric.score(lambda *b: session.run(*b)[0])
+                gots = [session.run(*b) for b in batches]
+            finally:
+                session.close()
+            parity = V.compare(refs, gots, job.outputs, classifier=True)
+            try:
+                V.judge(parity, job.precision, real_inputs=real is not None)
+                parity_ok, why = True, ""
+            except VerificationError as e:
+                parity_ok, why = False, str(e).split(": ", 1)[-1]
+            out0 = next(iter(parity.values()))
+            rounds.append({"round": r, "kept_float": list(kept), "metric": round(score, 3),
+                           "drop": round(reference - score, 3), "cosine": out0["cosine"],
+                           "parity_passed": parity_ok, "seconds": round(time.perf_counter() - t0, 1)})
+            if first_art is None:
+                first_art = art
+            if reference - score <= max_drop and parity_ok:
+                break
+            table = debug_artifact(art, job.module, job.program, batches[:4], input_kind="verification")
+            ranked = rank_for_float(table, kept)
+            rounds[-1]["worst"] = [{"module": row.module, "drop_db": row.drop_db, "sqnr_db": row.sqnr_db}
+                                   for row in table.worst(5)]
+            if not ranked or r == MAX_ROUNDS:
+                tried = "; ".join(f"round {x['round']}: float {x['kept_float'] or 'none'} -> {x['metric']:.2f} "
+                                  f"(drop {x['drop']:.2f}{'' if x['parity_passed'] else ', parity failed'})"
+                                  for x in rounds)
+                raise ConversionError(f"--max-drop {max_drop}: {conv.name}/{job.precision} stays more than "
+                                      f"{max_drop} points below the float model ({reference:.2f}, {metric.name}) "
+                                      f"{'with every quantized layer in float' if not ranked else f'after {r} rounds'}"
+                                      f"{'' if parity_ok else f' or fails parity ({why})'}; tried {tried}. "
+                                      f"Use a larger --max-drop, other calibration data (--calib) or fp16")
+            kept = sorted(set(kept) | set(ranked[:max(1, 2 ** (r - 1))]))
+        latency = None
+        if first_art is not art:
+            sessions = [RUNTIMES.get(a.manifest.runtime)(a) for a in (first_art, art)]
+            try:
+                all_int8, fallback = _latency(sessions, list(batches[0]))
+            finally:
+                for s in sessions:
+                    s.close()
+            latency = {"all_int8_ms": round(all_int8, 4), "with_float_layers_ms": round(fallback, 4),
+                       "ratio": round(fallback / all_int8, 3),
+                       "how": "medians of 7 interleaved rounds of 20 calls at conversion time, on this machine"}
+        for f in result.files:
+            src, dst = folder / f, final_dir / f
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(src), str(dst))
+    job.out_dir = final_dir
+    result.details["accuracy_aware"] = {
+        "max_drop_points": max_drop, "metric": metric.name, "float_metric": round(reference, 3),
+        "kept_float": list(kept), "rounds": rounds, "latency_cost": latency}
+    return result
+
+
+def rank_for_float(table: Any, kept: list[str]) -> list[str]:
+    """Quantized modules to keep in float next, most harmful first (by the error they introduce, ``drop_db``).
+
+    A module already in float that still introduces error gets it from its quantized input: the quantized
+    module before it in network order (its producer, in a chain) is ranked in its place.
+    """
+    by_index = sorted(table.rows, key=lambda r: r.index)
+    out: list[str] = []
+    for row in table.worst():
+        pick = row
+        if _covered(row.module, kept):
+            if row.drop_db <= 0:
+                continue
+            before = [r for r in by_index[:row.index] if r.quantized and not _covered(r.module, kept)]
+            if not before:
+                continue
+            pick = before[-1]
+        if pick.quantized and not _covered(pick.module, kept) and pick.module not in out:
+            out.append(pick.module)
+    return out
+
+
+def _covered(module: str, kept: list[str]) -> bool:
+    return any(module == k or module.startswith(k + ".") for k in kept)   # already float inside a kept module
+
+
+def _artifact_stub(job: Any):
+    from edge.artifact import Manifest
+    return Manifest(target="", format="", runtime="", precision=job.precision, files={}, inputs=job.inputs,
+                    outputs=job.outputs)
