@@ -1,0 +1,180 @@
+"""Program-level rewrites: decompositions of a captured program into forms a backend runs whole.
+
+The module passes (``attention.py``) rewrite modules they recognise by structure; these rewrites work on the
+captured ``ExportedProgram`` instead, so they reach every implementation that ends in the same ATen op, whatever
+its class: transformers' attention-interface functions (``sdpa_attention_forward``), timm's fused Attention,
+custom LayerNorm / LayerNorm2d / GroupNorm-as-LayerNorm classes that call ``F.layer_norm`` / ``F.group_norm``,
+means over the channels of an NCHW map. Each decomposition computes the same numbers (the same math, in fp32);
+like every artifact, the lowered program is then verified against PyTorch.
+
+``xnnpack_decompositions``  ops XNNPACK has no kernel for, written with ops it delegates:
+    - ``scaled_dot_product_attention`` (no mask, or an additive float mask) as 3-D ``bmm`` / softmax / ``bmm``
+      (ExecuTorch's own decomposition of SDPA leaves ``any/eq/where/logical_not/full_like`` on portable kernels
+      for fully-masked rows, which an unmasked or float-masked call cannot have... except a float mask whose
+      whole row is ``-inf``: PyTorch then returns 0 and this form NaN, which the parity check reports).
+      Boolean masks, ``is_causal`` and grouped-query calls keep ExecuTorch's decomposition.
+    - ``layer_norm`` / ``group_norm``: both means as a linear layer with one output row of ``1/C``
+      (``native_layer_norm`` stays on portable kernels; the same form as ``EdgeLayerNorm``).
+    - ``mean.dim`` over dims XNNPACK cannot reduce (anything but the last two of a 4-D tensor, kept): the reduced
+      dims moved last (a delegated transpose) and averaged by the same linear layer; a global average
+      pooling without ``keepdim`` as the pooling with it and a reshape.
+``fold_constants``  constant propagation: subgraphs that depend on no input (a relative-position index a
+    forward rebuilds from ``arange``/``meshgrid`` in every layer, the bias gathered from its table, the
+    ``1/C`` columns above) become constants of the program.
+
+Example:
+    >>> program = to_xnnpack_forms(program)   # what the ExecuTorch converter does before lowering
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+aten = torch.ops.aten
+
+
+def _static(*shapes: Any) -> bool:
+    return all(isinstance(d, int) for s in shapes for d in s)
+
+
+def _average(c: int, like: torch.Tensor) -> torch.Tensor:
+    """The [1, c] row of 1/c a linear layer averages with (a constant once folded)."""
+    return torch.full((1, c), 1.0 / c, dtype=like.dtype, device=like.device)
+
+
+def _normalize_rows(x2: torch.Tensor, eps: float) -> torch.Tensor:
+    """Rows of a 2-D tensor normalized to zero mean and unit variance (biased), means as linear layers."""
+    avg = _average(x2.shape[-1], x2)
+    d = x2 - F.linear(x2, avg)
+    return d * torch.rsqrt(F.linear(d * d, avg) + eps)
+
+
+def _sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    if is_causal or enable_gqa or dropout_p or (attn_mask is not None and not attn_mask.is_floating_point()):
+        return NotImplemented
+    lead, (L, E), S, Ev = q.shape[:-2], q.shape[-2:], k.shape[-2], v.shape[-1]
+    if k.shape[:-2] != lead or v.shape[:-2] != lead or not _static(q.shape, k.shape, v.shape):
+        return NotImplemented
+    n = math.prod(lead)
+    scale = E ** -0.5 if scale is None else scale
+    s = torch.bmm(q.reshape(n, L, E) * scale, k.reshape(n, S, E).transpose(1, 2))
+    if attn_mask is not None:   # a broadcasting add in 4-D: no expand of the mask (a portable op)
+        s = (s.reshape(*lead, L, S) + attn_mask).reshape(n, L, S)
+    o = torch.bmm(s.softmax(dim=-1), v.reshape(n, S, Ev)).reshape(*lead, L, Ev)
+    if o.dim() == 4:   # SDPA's output strides ([B, L, H, E] in memory): callers .view() its transpose
+        o = o.transpose(1, 2).contiguous().transpose(1, 2)
+    return o
+
+
+def _layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, cudnn_enable=True):
+    c = math.prod(normalized_shape)
+    if not _static(x.shape):
+        return NotImplemented
+    y = _normalize_rows(x.reshape(-1, c), eps).reshape(x.shape)
+    if weight is not None:
+        y = y * weight
+    if bias is not None:
+        y = y + bias
+    return y
+
+
+def _group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, cudnn_enabled=True):
+    if not _static(x.shape) or x.dim() < 2:
+        return NotImplemented
+    n, c = x.shape[:2]
+    y = _normalize_rows(x.reshape(n * num_groups, -1), eps).reshape(x.shape)
+    affine = [1, c] + [1] * (x.dim() - 2)
+    if weight is not None:
+        y = y * weight.reshape(affine)
+    if bias is not None:
+        y = y + bias.reshape(affine)
+    return y
+
+
+def _xnnpack_reduces(x: torch.Tensor, dims: list[int]) -> bool:
+    """XNNPACK's mean: a 4-D tensor over its last two dims (a global average pooling)."""
+    return x.dim() == 4 and sorted(d % 4 for d in dims) == [2, 3]
+
+
+def _mean(x, dim=None, keepdim=False, dtype=None):
+    if dim is None or dtype is not None or not x.is_floating_point() or not _static(x.shape):
+        return NotImplemented
+    dims = sorted({d % x.dim() for d in ([dim] if isinstance(dim, int) else dim)})
+    if not dims or (_xnnpack_reduces(x, dims) and keepdim):
+        return NotImplemented
+    if _xnnpack_reduces(x, dims):   # XNNPACK's global average pooling keeps the dims: squeeze by a reshape
+        return x.mean(dims, keepdim=True).reshape(x.shape[:2])
+    kept = [d for d in range(x.dim()) if d not in dims]
+    k = math.prod(x.shape[d] for d in dims)
+    moved = x.permute(*kept, *dims) if dims != list(range(x.dim() - len(dims), x.dim())) else x
+    y = F.linear(moved.reshape(-1, k), _average(k, x))
+    shape = [1 if d in dims else x.shape[d] for d in range(x.dim())] if keepdim else [x.shape[d] for d in kept]
+    return y.reshape(shape)
+
+
+def xnnpack_decompositions(*, with_constants: bool = True) -> dict:
+    """The decomposition table (``ExportedProgram.run_decompositions``) of the forms XNNPACK delegates.
+
+    ``with_constants=False`` keeps only the rewrites that create no constant (for quantized programs, which are
+    not constant-folded: folding would turn quantized weights back into float ones).
+    """
+    table = {aten.scaled_dot_product_attention.default: _sdpa}
+    if with_constants:
+        table.update({aten.layer_norm.default: _layer_norm, aten.group_norm.default: _group_norm,
+                      aten.mean.dim: _mean})
+    return table
+
+
+def quantized(program: Any) -> bool:
+    """Does the program hold quantize/dequantize ops (PT2E, torchao)?"""
+    return any(n.op == "call_function" and "quantize" in str(n.target) for n in program.graph.nodes)
+
+
+def fold_constants(program: Any) -> int:
+    """Constant-propagate ``program`` in place (ExecuTorch's ``constant_prop_pass``); returns nodes folded."""
+    from executorch.exir.passes import constant_prop_pass as cp
+    before = sum(1 for n in program.graph.nodes if n.op == "call_function")
+    # its argument check stops at a `.contiguous()` (a memory_format argument is not among its primitives):
+    # BEiT's relative-position index was then rebuilt at run time on portable kernels in every layer
+    primitives = cp._PRIMITIVE_TYPES
+    cp._PRIMITIVE_TYPES = (*primitives, torch.memory_format)
+    try:
+        cp.constant_prop_pass(program)
+    finally:
+        cp._PRIMITIVE_TYPES = primitives
+    return before - sum(1 for n in program.graph.nodes if n.op == "call_function")
+
+
+def counts(program: Any, ops: dict) -> dict[str, int]:
+    """How many calls of each op in ``ops`` the program makes, by op name."""
+    out: dict[str, int] = {}
+    for n in program.graph.nodes:
+        if n.op == "call_function" and n.target in ops:
+            name = str(n.target).replace("aten.", "").replace(".default", "")
+            out[name] = out.get(name, 0) + 1
+    return out
+
+
+def to_xnnpack_forms(program: Any, details: dict[str, Any] | None = None) -> Any:
+    """A new program with :func:`xnnpack_decompositions` applied and its constants folded (float programs).
+
+    ``details["program_rewrites"]`` records what was rewritten and how many nodes were folded.
+    """
+    quant = quantized(program)
+    table = xnnpack_decompositions(with_constants=not quant)
+    before = counts(program, table)
+    out = program.run_decompositions(table)
+    left = counts(out, table)
+    rec: dict[str, Any] = {"decomposed": {k: v - left.get(k, 0) for k, v in before.items() if v - left.get(k, 0)}}
+    if left:
+        rec["kept"] = {k: f"{v} call(s) left as they are: a form XNNPACK runs itself, or one not decomposed here (a "
+                          f"boolean mask, is_causal, grouped-query attention, a dynamic shape)" for k, v in left.items()}
+    rec["constants_folded"] = 0 if quant else fold_constants(out)
+    if quant:
+        rec["constants_folded_skipped"] = "quantized program: folding would turn its quantized weights into floats"
+    if details is not None:
+        details["program_rewrites"] = rec
+    return out
