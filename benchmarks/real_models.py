@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -142,9 +143,10 @@ def run_family(name: str, args, folder: Path) -> list[dict]:
     return rows
 
 
-def print_table(rows: list[dict]) -> None:
-    print(f"{'family':12} {'target':10} {'edge':10} {'et calls':>8} {'raw calls':>9} {'edge ms':>8} {'raw ms':>8} "
-          f"{'raw/edge':>8}  notes")
+def print_table(rows: list[dict], header: bool = True) -> None:
+    if header:
+        print(f"{'family':12} {'target':10} {'edge':10} {'et calls':>8} {'raw calls':>9} {'edge ms':>8} {'raw ms':>8} "
+              f"{'raw/edge':>8}  notes")
     for r in rows:
         notes = []
         if r.get("status") == "refused":
@@ -185,11 +187,13 @@ def main() -> None:
     args = ap.parse_args()
     args.targets = args.targets.split(",")
     warnings.simplefilter("ignore")
+    sys.stdout.reconfigure(line_buffering=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="edge-real-") as tmp:
         for name in args.families.split(","):
-            rows += run_family(name, args, Path(tmp))
-            print(f"  {name} done", flush=True)
+            got = run_family(name, args, Path(tmp))
+            rows += got
+            print_table(got, header=not rows[:-len(got)])   # each family as it is done: a long run shows progress
     print(f"\n{cpu_model()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
           f"{'large' if args.large else 'small'} variants; latency p50 over {args.rounds} interleaved rounds")
     print_table(rows)

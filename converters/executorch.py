@@ -104,7 +104,7 @@ class ExecuTorchConverter(Converter):
         p = job.precision
         if p == "fp32":
             details["source"] = "job.program (the run's captured program)"
-            return job.program
+            return job.require_program(self.name)
         if p == "fp16":
             details["source"] = "job.module in fp16 with fp32 inputs/outputs, re-captured"
             half = HalfIO(copy.deepcopy(job.module).half().eval())

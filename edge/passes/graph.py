@@ -17,7 +17,11 @@ like every artifact, the lowered program is then verified against PyTorch.
       (``native_layer_norm`` stays on portable kernels; the same form as ``EdgeLayerNorm``).
     - ``mean.dim`` over dims XNNPACK cannot reduce (anything but the last two of a 4-D tensor, kept): the reduced
       dims moved last (a delegated transpose) and averaged by the same linear layer; a global average
-      pooling without ``keepdim`` as the pooling with it and a reshape.
+      pooling without ``keepdim`` as the pooling with it and a reshape; ``adaptive_avg_pool1d(x, 1)`` as that mean.
+    - ``unfold``/``fold`` into non-overlapping patches as reshapes and transposes (MobileViTV2); a small
+      reflect pad of the last dim as slices and a concatenation (EnCodec).
+    - ``roll`` as slices and a concatenation; a strided slice ``x[s::k]`` over a whole dim as a reshape and a
+      step-1 slice (Swin's shifted windows and patch merging).
 ``fold_constants``  constant propagation: subgraphs that depend on no input (a relative-position index a
     forward rebuilds from ``arange``/``meshgrid`` in every layer, the bias gathered from its table, the
     ``1/C`` columns above) become constants of the program.
@@ -115,16 +119,133 @@ def _mean(x, dim=None, keepdim=False, dtype=None):
     return y.reshape(shape)
 
 
+def _roll(x, shifts, dims=()):
+    """``torch.roll`` as slices and a concatenation (its decomposition gathers with an index it computes)."""
+    shifts = [shifts] if isinstance(shifts, int) else list(shifts)
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    if len(shifts) != len(dims) or not dims or not _static(x.shape):
+        return NotImplemented
+    for s, d in zip(shifts, dims):
+        n = x.shape[d]
+        s %= n
+        if s:
+            x = torch.cat([x.narrow(d, n - s, s), x.narrow(d, 0, n - s)], dim=d)
+    return x
+
+
+def _strided_slice(x, dim=0, start=None, end=None, step=1):
+    """``x[start::step]`` over a whole dim that ``step`` divides, as a reshape and a step-1 slice (XNNPACK's
+    slice has no step: Swin's patch merging takes ``x[:, 0::2, 0::2]``)."""
+    if step == 1 or not _static(x.shape):
+        return NotImplemented
+    d = dim % x.dim()
+    n = x.shape[d]
+    start = 0 if start is None else (start + n if start < 0 else start)
+    end = n if end is None or end >= n else end
+    if n % step or end != n or not 0 <= start < step:
+        return NotImplemented
+    split = x.reshape(*x.shape[:d], n // step, step, *x.shape[d + 1:])
+    return split.narrow(d + 1, start, 1).reshape(*x.shape[:d], n // step, *x.shape[d + 1:])
+
+
+def _adaptive_avg_pool1d(x, output_size):
+    if list(output_size) != [1]:
+        return NotImplemented
+    return x.mean(-1, keepdim=True)
+
+
+def _whole_input_pool(x, kernel_size, stride=(), padding=0, ceil_mode=False, count_include_pad=True,
+                      divisor_override=None):
+    """An ``avg_pool2d`` whose one window covers the whole map (transformers' EfficientNet pooler:
+    ``AvgPool2d(1280, ceil_mode=True)`` on 7x7): PyTorch clips the window to the map, so it is the global mean."""
+    k = [kernel_size] * 2 if isinstance(kernel_size, int) else list(kernel_size) * (2 // len(kernel_size))
+    pad = [padding] * 2 if isinstance(padding, int) else list(padding) * (2 // max(len(padding), 1))
+    if divisor_override or any(pad) or x.dim() != 4 or not _static(x.shape):
+        return NotImplemented
+    if k[0] < x.shape[-2] or k[1] < x.shape[-1] or (not ceil_mode and k != list(x.shape[-2:])):
+        return NotImplemented
+    return x.mean([-2, -1], keepdim=True)
+
+
+def _pairs(v) -> list[int]:
+    return [v, v] if isinstance(v, int) else list(v) * (2 // len(v))
+
+
+def _patches(kernel_size, dilation, padding, stride) -> list[int] | None:
+    """The patch size when an unfold/fold cuts non-overlapping patches (kernel == stride, no padding/dilation)."""
+    k = _pairs(kernel_size)
+    return k if _pairs(stride) == k and _pairs(dilation) == [1, 1] and _pairs(padding) == [0, 0] else None
+
+
+def _im2col(x, kernel_size, dilation, padding, stride):
+    """``F.unfold`` into non-overlapping patches as a reshape and a transpose (MobileViTV2's unfolding;
+    its decomposition gathers with computed indices on portable kernels)."""
+    k = _patches(kernel_size, dilation, padding, stride)
+    if k is None or x.dim() != 4 or not _static(x.shape) or x.shape[2] % k[0] or x.shape[3] % k[1]:
+        return NotImplemented
+    b, c, h, w = x.shape
+    p = x.reshape(b, c, h // k[0], k[0], w // k[1], k[1]).permute(0, 1, 3, 5, 2, 4)
+    return p.reshape(b, c * k[0] * k[1], (h // k[0]) * (w // k[1]))
+
+
+def _col2im(x, output_size, kernel_size, dilation, padding, stride):
+    """``F.fold`` of non-overlapping patches (the inverse of :func:`_im2col`): nothing overlaps, nothing is summed."""
+    k, (h, w) = _patches(kernel_size, dilation, padding, stride), _pairs(output_size)
+    if k is None or x.dim() != 3 or not _static(x.shape) or h % k[0] or w % k[1]:
+        return NotImplemented
+    b, ckk, n = x.shape
+    c = ckk // (k[0] * k[1])
+    if c * k[0] * k[1] != ckk or n != (h // k[0]) * (w // k[1]):
+        return NotImplemented
+    p = x.reshape(b, c, k[0], k[1], h // k[0], w // k[1]).permute(0, 1, 4, 2, 5, 3)
+    return p.reshape(b, c, h, w)
+
+
+MAX_REFLECT = 16   # a reflect pad is written as this many one-element slices at most per side
+
+
+def _reflect_pad(x, pad, mode="constant", value=None):
+    """``F.pad(mode="reflect")`` of the last dim as one-element slices and a concatenation (EnCodec's convolutions;
+    its decomposition indexes with computed positions on portable kernels)."""
+    if mode != "reflect" or len(pad) != 2 or not _static(x.shape):
+        return NotImplemented
+    left, right = pad
+    n = x.shape[-1]
+    if max(left, right) > MAX_REFLECT or max(left, right) >= n or min(left, right) < 0:
+        return NotImplemented
+    parts = [x.narrow(-1, i, 1) for i in range(left, 0, -1)] + [x]
+    parts += [x.narrow(-1, n - 2 - i, 1) for i in range(right)]
+    return torch.cat(parts, dim=-1) if len(parts) > 1 else x
+
+
+def whole_input_pools(program: Any) -> tuple[Any, int]:
+    """(program with :func:`_whole_input_pool` applied, how many pools were rewritten); ``program`` itself is
+    returned when it has none (OpenVINO's frontend rejects a kernel larger than the map)."""
+    done = []
+
+    def pool(*args, **kwargs):
+        out = _whole_input_pool(*args, **kwargs)
+        if out is not NotImplemented:
+            done.append(1)
+        return out
+    if not counts(program, {aten.avg_pool2d.default}):
+        return program, 0
+    out = program.run_decompositions({aten.avg_pool2d.default: pool})
+    return (out, len(done)) if done else (program, 0)
+
+
 def xnnpack_decompositions(*, with_constants: bool = True) -> dict:
     """The decomposition table (``ExportedProgram.run_decompositions``) of the forms XNNPACK delegates.
 
     ``with_constants=False`` keeps only the rewrites that create no constant (for quantized programs, which are
     not constant-folded: folding would turn quantized weights back into float ones).
     """
-    table = {aten.scaled_dot_product_attention.default: _sdpa}
+    table = {aten.scaled_dot_product_attention.default: _sdpa, aten.roll.default: _roll,
+             aten.slice.Tensor: _strided_slice, aten.avg_pool2d.default: _whole_input_pool,
+             aten.im2col.default: _im2col, aten.col2im.default: _col2im, aten.pad.default: _reflect_pad}
     if with_constants:
         table.update({aten.layer_norm.default: _layer_norm, aten.group_norm.default: _group_norm,
-                      aten.mean.dim: _mean})
+                      aten.mean.dim: _mean, aten.adaptive_avg_pool1d.default: _adaptive_avg_pool1d})
     return table
 
 
@@ -164,14 +285,24 @@ def to_xnnpack_forms(program: Any, details: dict[str, Any] | None = None) -> Any
     ``details["program_rewrites"]`` records what was rewritten and how many nodes were folded.
     """
     quant = quantized(program)
-    table = xnnpack_decompositions(with_constants=not quant)
-    before = counts(program, table)
+    done: dict[str, int] = {}
+
+    def counted(op, fn):
+        name = str(op).replace("aten.", "").replace(".default", "")
+
+        def run(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            if out is not NotImplemented:
+                done[name] = done.get(name, 0) + 1
+            return out
+        return run
+    table = {op: counted(op, fn) for op, fn in xnnpack_decompositions(with_constants=not quant).items()}
     out = program.run_decompositions(table)
-    left = counts(out, table)
-    rec: dict[str, Any] = {"decomposed": {k: v - left.get(k, 0) for k, v in before.items() if v - left.get(k, 0)}}
-    if left:
-        rec["kept"] = {k: f"{v} call(s) left as they are: a form XNNPACK runs itself, or one not decomposed here (a "
-                          f"boolean mask, is_causal, grouped-query attention, a dynamic shape)" for k, v in left.items()}
+    rec: dict[str, Any] = {"decomposed": dict(sorted(done.items()))}
+    kept = {k: v for k, v in counts(out, {aten.scaled_dot_product_attention.default}).items()}
+    if kept:
+        rec["kept"] = {k: f"{v} call(s) left to ExecuTorch's decomposition: a boolean mask, is_causal, grouped-query "
+                          f"attention or a dynamic shape" for k, v in kept.items()}
     rec["constants_folded"] = 0 if quant else fold_constants(out)
     if quant:
         rec["constants_folded_skipped"] = "quantized program: folding would turn its quantized weights into floats"

@@ -184,12 +184,11 @@ class Logits(nn.Module):
 
     def __init__(self, model: nn.Module, encoder_only: bool = False):
         super().__init__()
-        self.model, self.encoder_only = model, encoder_only
+        self.model, self.encoder_only = (model.encoder if encoder_only else model), encoder_only
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.encoder_only:
-            return self.model.encoder(x)
-        return self.model(x).logits
+        out = self.model(x)
+        return out if self.encoder_only else out.logits
 
 
 def non_degenerate(model: nn.Module, inputs: tuple, *, seed: int = 0, batches: int = 3) -> None:
