@@ -285,21 +285,13 @@ def to_xnnpack_forms(program: Any, details: dict[str, Any] | None = None) -> Any
     ``details["program_rewrites"]`` records what was rewritten and how many nodes were folded.
     """
     quant = quantized(program)
-    done: dict[str, int] = {}
-
-    def counted(op, fn):
-        name = str(op).replace("aten.", "").replace(".default", "")
-
-        def run(*args, **kwargs):
-            out = fn(*args, **kwargs)
-            if out is not NotImplemented:
-                done[name] = done.get(name, 0) + 1
-            return out
-        return run
-    table = {op: counted(op, fn) for op, fn in xnnpack_decompositions(with_constants=not quant).items()}
+    table = xnnpack_decompositions(with_constants=not quant)
+    before = counts(program, table)
     out = program.run_decompositions(table)
-    rec: dict[str, Any] = {"decomposed": dict(sorted(done.items()))}
-    kept = {k: v for k, v in counts(out, {aten.scaled_dot_product_attention.default}).items()}
+    after = counts(out, table)
+    # calls gone from the program (a form that emits the same op, a mean or a slice, is not counted)
+    rec: dict[str, Any] = {"decomposed": {k: v - after.get(k, 0) for k, v in before.items() if v > after.get(k, 0)}}
+    kept = counts(out, {aten.scaled_dot_product_attention.default})
     if kept:
         rec["kept"] = {k: f"{v} call(s) left to ExecuTorch's decomposition: a boolean mask, is_causal, grouped-query "
                           f"attention or a dynamic shape" for k, v in kept.items()}
