@@ -59,8 +59,12 @@ class ExecuTorchConverter(Converter):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = self._program(job, details)
-            from edge.passes.graph import to_xnnpack_forms
-            program = to_xnnpack_forms(program, details)   # a new program: the run's shared one is not changed
+            passes_on = hasattr(job.module, "edge_passes")   # set by edge.optimize
+            if passes_on:   # the program-level forms belong to the optimize passes: off with optimize=False
+                from edge.passes.graph import to_xnnpack_forms
+                program = to_xnnpack_forms(program, details)   # a new program: the run's shared one is not changed
+            else:
+                details["program_rewrites"] = "off (optimize=False)"
             details["prepare_seconds"] = round(time.perf_counter() - t0, 2)
             details["prepare_cpu_seconds"] = round(time.process_time() - c0, 2)
             t1, c1 = time.perf_counter(), time.process_time()
@@ -71,7 +75,7 @@ class ExecuTorchConverter(Converter):
                                        "GRU/LSTM loop); the ETDump profile names delegate calls, not source ops")
             edge_mgr = lower(program, etrecord=want_etrecord, details=details)
             details["delegation"] = delegation_summary(edge_mgr.exported_program().graph_module,
-                                                       passes_on=hasattr(job.module, "edge_passes"))
+                                                       passes_on=passes_on)
             et_program = edge_mgr.to_executorch()
         # wall time, and this process's CPU time (the wall figure grows when other jobs share the cores)
         details["lowering_seconds"] = round(time.perf_counter() - t1, 2)
