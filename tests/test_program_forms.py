@@ -72,6 +72,8 @@ def test_index_and_layout_forms():
         assert torch.equal(G._im2col(x, k, 1, 0, k), cols)
         assert torch.equal(G._col2im(cols, (8, 6), k, 1, 0, k), F.fold(cols, (8, 6), k, stride=k))
     assert G._im2col(x, 3, 1, 0, 1) is NotImplemented   # overlapping patches
+    for sizes, dim in (([2, 1, 3], 3), (4, 2), (3, -1)):
+        assert all(torch.equal(a, b) for a, b in zip(G._split(x, sizes, dim), x.split(sizes, dim)))
     z = torch.randn(1, 2, 9)
     for pad in ((3, 2), (0, 4), (1, 0)):
         assert torch.equal(G._reflect_pad(z, pad, "reflect"), F.pad(z, pad, mode="reflect"))

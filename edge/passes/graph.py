@@ -20,6 +20,7 @@ like every artifact, the lowered program is then verified against PyTorch.
       pooling without ``keepdim`` as the pooling with it and a reshape; ``adaptive_avg_pool1d(x, 1)`` as that mean.
     - ``unfold``/``fold`` into non-overlapping patches as reshapes and transposes (MobileViTV2); a small
       reflect pad of the last dim as slices and a concatenation (EnCodec).
+    - ``split`` as step-1 slices (LeViT's q/k/v);
     - ``roll`` as slices and a concatenation; a strided slice ``x[s::k]`` over a whole dim as a reshape and a
       step-1 slice (Swin's shifted windows and patch merging).
 ``fold_constants``  constant propagation: subgraphs that depend on no input (a relative-position index a
@@ -148,6 +149,22 @@ def _strided_slice(x, dim=0, start=None, end=None, step=1):
     return split.narrow(d + 1, start, 1).reshape(*x.shape[:d], n // step, *x.shape[d + 1:])
 
 
+def _split(x, split_size, dim=0):
+    """``split`` / ``split_with_sizes`` as step-1 slices (XNNPACK has no split: LeViT's q/k/v)."""
+    if not _static(x.shape):
+        return NotImplemented
+    n = x.shape[dim]
+    sizes = list(split_size) if isinstance(split_size, (list, tuple)) else (
+        [split_size] * (n // split_size) + ([n % split_size] if n % split_size else []))
+    if sum(sizes) != n:
+        return NotImplemented
+    out, start = [], 0
+    for s in sizes:
+        out.append(x.narrow(dim, start, s))
+        start += s
+    return out
+
+
 def _adaptive_avg_pool1d(x, output_size):
     if list(output_size) != [1]:
         return NotImplemented
@@ -242,7 +259,7 @@ def xnnpack_decompositions(*, with_constants: bool = True) -> dict:
     """
     table = {aten.scaled_dot_product_attention.default: _sdpa, aten.roll.default: _roll,
              aten.slice.Tensor: _strided_slice, aten.avg_pool2d.default: _whole_input_pool,
-             aten.im2col.default: _im2col, aten.col2im.default: _col2im, aten.pad.default: _reflect_pad}
+             aten.split_with_sizes.default: _split, aten.split.Tensor: _split, aten.im2col.default: _im2col, aten.col2im.default: _col2im, aten.pad.default: _reflect_pad}
     if with_constants:
         table.update({aten.layer_norm.default: _layer_norm, aten.group_norm.default: _group_norm,
                       aten.mean.dim: _mean, aten.adaptive_avg_pool1d.default: _adaptive_avg_pool1d})
