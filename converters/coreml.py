@@ -94,8 +94,8 @@ class CoreMLConverter(Converter):
                 # an op coremltools has no converter for (Dinov2's bicubic resize, BEiT's select_scatter on
                 # int64): the default core-ATen decomposition table writes it with ops it has. Fused attention
                 # is kept in the first try, so the full table is only the fallback.
-                mlmodel = convert(None)
-                details["converted_from"] = (f"ExportedProgram.run_decompositions() (core ATen table; the narrow "
+                mlmodel = convert(_core_decompositions())
+                details["converted_from"] = (f"ExportedProgram.run_decompositions(core ATen table but SDPA; the narrow "
                                              f"table failed: {type(first).__name__}: {_first_line(first)[:200]})")
         except Exception as e:
             msg = _first_line(e)
@@ -151,6 +151,15 @@ def _extra_decompositions() -> dict:
     from torch._decomp import get_decompositions
     aten = torch.ops.aten
     return get_decompositions([aten.new_ones, aten.new_zeros, aten.new_full, aten.new_empty])
+
+
+def _core_decompositions() -> Any:
+    """torch.export's core ATen table, SDPA kept (coremltools emits the fused iOS18 attention op from it)."""
+    import torch
+    from torch.export import default_decompositions
+    table = default_decompositions()
+    table.pop(torch.ops.aten.scaled_dot_product_attention.default, None)
+    return table
 
 
 def _ct_shape(ct: Any, shape: list[int | str]) -> Any:
