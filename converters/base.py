@@ -43,6 +43,16 @@ class ConversionJob:
     calibration: "CalibrationData | None" = None
     model_info: dict[str, Any] = field(default_factory=dict)
     dynamic_batch: bool = False
+    capture: dict[str, Any] = field(default_factory=dict)   # how ``program`` was captured (CaptureRecord)
+
+    def require_program(self, target: str) -> Any:
+        """``program``, or a ConversionError listing why no capture route worked (this target needs one)."""
+        if self.program is not None:
+            return self.program
+        from edge.errors import ConversionError
+        failed = "; ".join(self.capture.get("failed", [])) or "no program was captured"
+        raise ConversionError(f"{target} converts from a torch.export program and every capture route failed: "
+                              f"{failed}. Targets that convert from the module (openvino, onnx) may still work")
 
 
 @dataclass

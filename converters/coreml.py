@@ -67,7 +67,8 @@ class CoreMLConverter(Converter):
 
     def _convert(self, ct: Any, job: ConversionJob, target: str) -> tuple[Any, dict[str, Any]]:
         import numpy as np
-        program, details = job.program, {"coreml_target": target, "compute_units": job.options.get("compute_units", "all")}
+        program = job.require_program(self.name)
+        details = {"coreml_target": target, "compute_units": job.options.get("compute_units", "all")}
         image = bool(job.options.get("image_input"))
         if image:
             program, in_types, details["image_input"] = _image_inputs(ct, job)
@@ -75,15 +76,27 @@ class CoreMLConverter(Converter):
             in_types = [ct.TensorType(name=t.name, shape=_ct_shape(ct, t.shape), dtype=np.float32) for t in job.inputs]
         out_types = [ct.TensorType(name=t.name, dtype=np.float32) for t in job.outputs]
         fp32 = job.precision == "fp32"
-        try:
-            ep = program.run_decompositions(_extra_decompositions())
+
+        def convert(table: dict | None) -> Any:
+            ep = program.run_decompositions(table)
             details["sdpa_default_scale_dropped"] = drop_default_sdpa_scale(ep)
             details["aliases_removed"] = drop_aliases(ep)
-            mlmodel = ct.convert(ep, convert_to="mlprogram", inputs=in_types, outputs=out_types,
-                                 minimum_deployment_target=getattr(ct.target, TARGETS[target][0]),
-                                 compute_precision=ct.precision.FLOAT32 if fp32 else ct.precision.FLOAT16,
-                                 compute_units=getattr(ct.ComputeUnit, COMPUTE_UNITS[details["compute_units"]]),
-                                 skip_model_load=True)
+            return ct.convert(ep, convert_to="mlprogram", inputs=in_types, outputs=out_types,
+                              minimum_deployment_target=getattr(ct.target, TARGETS[target][0]),
+                              compute_precision=ct.precision.FLOAT32 if fp32 else ct.precision.FLOAT16,
+                              compute_units=getattr(ct.ComputeUnit, COMPUTE_UNITS[details["compute_units"]]),
+                              skip_model_load=True)
+        try:
+            try:
+                mlmodel = convert(_extra_decompositions())
+                details["converted_from"] = "ExportedProgram.run_decompositions(new_ones/new_zeros/new_full/new_empty)"
+            except Exception as first:
+                # an op coremltools has no converter for (Dinov2's bicubic resize, BEiT's select_scatter on
+                # int64): the default core-ATen decomposition table writes it with ops it has. Fused attention
+                # is kept in the first try, so the full table is only the fallback.
+                mlmodel = convert(_core_decompositions())
+                details["converted_from"] = (f"ExportedProgram.run_decompositions(core ATen table but SDPA; the narrow "
+                                             f"table failed: {type(first).__name__}: {_first_line(first)[:200]})")
         except Exception as e:
             msg = _first_line(e)
             hint = ""
@@ -93,7 +106,6 @@ class CoreMLConverter(Converter):
             raise ConversionError(f"coremltools could not convert the model for {target}: {type(e).__name__}: "
                                   f"{msg}{hint}") from e
         details["compute_precision"] = "float32" if fp32 else "float16"
-        details["converted_from"] = "ExportedProgram.run_decompositions(new_ones/new_zeros/new_full/new_empty)"
         return mlmodel, details
 
     def _compress(self, ct: Any, mlmodel: Any, job: ConversionJob, details: dict[str, Any]) -> dict[str, Any]:
@@ -139,6 +151,15 @@ def _extra_decompositions() -> dict:
     from torch._decomp import get_decompositions
     aten = torch.ops.aten
     return get_decompositions([aten.new_ones, aten.new_zeros, aten.new_full, aten.new_empty])
+
+
+def _core_decompositions() -> Any:
+    """torch.export's core ATen table, SDPA kept (coremltools emits the fused iOS18 attention op from it)."""
+    import torch
+    from torch.export import default_decompositions
+    table = default_decompositions()
+    table.pop(torch.ops.aten.scaled_dot_product_attention.default, None)
+    return table
 
 
 def _ct_shape(ct: Any, shape: list[int | str]) -> Any:

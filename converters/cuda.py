@@ -85,7 +85,7 @@ class CudaConverter(Converter):
     # --- AOTInductor -------------------------------------------------------------------------------------------
     def _convert_aoti(self, job: ConversionJob, device: str) -> ConversionResult:
         import torch
-        program, how = job.program, "the captured ExportedProgram"
+        program, how = job.require_program(self.name), "the captured ExportedProgram"
         if device == "cuda" or job.precision != "fp32":
             # The shared program is CPU fp32; a GPU or low-precision build re-captures a wrapped copy.
             wrapped = cast_wrapper(job.module, getattr(torch, _DTYPES[job.precision])).to(device)

@@ -60,6 +60,12 @@ class ExecuTorchConverter(Converter):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = self._program(job, details)
+            passes_on = hasattr(job.module, "edge_passes")   # set by edge.optimize
+            if passes_on:   # the program-level forms belong to the optimize passes: off with optimize=False
+                from edge.passes.graph import to_xnnpack_forms
+                program = to_xnnpack_forms(program, details)   # a new program: the run's shared one is not changed
+            else:
+                details["program_rewrites"] = "off (optimize=False)"
             details["prepare_seconds"] = round(time.perf_counter() - t0, 2)
             details["prepare_cpu_seconds"] = round(time.process_time() - c0, 2)
             t1, c1 = time.perf_counter(), time.process_time()
@@ -69,7 +75,8 @@ class ExecuTorchConverter(Converter):
                 details["etrecord"] = ("not written: ExecuTorch's ETRecord serializer cannot write torch.scan (the "
                                        "GRU/LSTM loop); the ETDump profile names delegate calls, not source ops")
             edge_mgr = lower(program, etrecord=want_etrecord, details=details)
-            details["delegation"] = delegation_summary(edge_mgr.exported_program().graph_module)
+            details["delegation"] = delegation_summary(edge_mgr.exported_program().graph_module,
+                                                       passes_on=passes_on)
             et_program = edge_mgr.to_executorch()
         # wall time, and this process's CPU time (the wall figure grows when other jobs share the cores)
         details["lowering_seconds"] = round(time.perf_counter() - t1, 2)
@@ -102,7 +109,7 @@ class ExecuTorchConverter(Converter):
         p = job.precision
         if p == "fp32":
             details["source"] = "job.program (the run's captured program)"
-            return job.program
+            return job.require_program(self.name)
         if p == "fp16":
             details["source"] = "job.module in fp16 with fp32 inputs/outputs, re-captured"
             half = HalfIO(copy.deepcopy(job.module).half().eval())
@@ -662,8 +669,12 @@ def lower(program, *, etrecord: bool = True, details: dict[str, Any] | None = No
                               f"{type(e).__name__}: {first}") from e
 
 
-def delegation_summary(graph_module) -> dict[str, Any]:
+def delegation_summary(graph_module, passes_on: bool | None = None) -> dict[str, Any]:
     """Delegate calls, delegated/portable node counts and the ops left on portable kernels.
+
+    ``portable_by_module`` names, per module of the source model, the ops that kept portable kernels there
+    (from each node's ``nn_module_stack``). ``passes_on`` says whether edge's optimize passes ran (None:
+    unknown); the warning suggests turning them on only when they were off.
 
     ``torch.scan`` loops are listed under ``loops``: per loop its iterations and what one iteration runs
     (delegate calls, portable ops). A program counts as fully delegated when the loop ops
@@ -697,11 +708,35 @@ def delegation_summary(graph_module) -> dict[str, Any]:
                                                     for lp in loops)
         out["fully_delegated"] = (set(portable) == {"scan"} and portable["scan"] == len(loops)
                                   and all(lp["delegate_calls_per_iteration"] == 1 for lp in loops))
+    by_module = portable_by_module(graph_module)
+    if by_module:
+        out["portable_by_module"] = by_module
     if not out["fully_delegated"]:
         ops = ", ".join(f"{k} x{v}" for k, v in list(out["portable_ops"].items())[:8] if k != "scan") or "none"
+        where = "; ".join(f"{m}: {', '.join(o)}" for m, o in list(by_module.items())[:4])
+        advice = ("run with the optimize passes on (the default) or rewrite these ops" if passes_on is False else
+                  "XNNPACK has no kernel for these ops in these forms (dtype, rank or arguments); rewrite them "
+                  "in the module" + (f" ({where})" if where else ""))
         out["warning"] = (f"not fully delegated: {out['delegate_calls']} XNNPACK delegate call(s); ops on portable "
-                          f"kernels: {ops}. Run with the optimize passes on (the default) or rewrite these ops")
+                          f"kernels: {ops}. {advice[0].upper()}{advice[1:]}")
     return out
+
+
+def portable_by_module(graph_module, limit: int = 12) -> dict[str, list[str]]:
+    """Per source module (qualified name and class), the ops of the top-level graph left on portable kernels."""
+    out: dict[str, dict[str, int]] = {}
+    for node in graph_module.graph.nodes:
+        name = _op_name(node.target) if node.op == "call_function" else ""
+        if not name or "executorch_call_delegate" in name or "getitem" in name or name == "scan":
+            continue
+        stack = node.meta.get("nn_module_stack") or {}
+        path, cls = list(stack.values())[-1] if stack else ("", "")
+        key = f"{path or '(top level)'} ({str(cls).rsplit('.', 1)[-1]})" if cls else (path or "(top level)")
+        ops = out.setdefault(key, {})
+        short = name.replace("aten.", "").replace(".default", "")
+        ops[short] = ops.get(short, 0) + 1
+    ranked = sorted(out.items(), key=lambda kv: -sum(kv[1].values()))[:limit]
+    return {k: [f"{o} x{n}" for o, n in v.items()] for k, v in ranked}
 
 
 def _float_modules() -> tuple[type, ...]:

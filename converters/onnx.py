@@ -59,6 +59,8 @@ def export_to(path, job: ConversionJob, details: dict[str, Any]) -> None:
     opset = job.options.get("opset", 18)
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)   # "torchvision is not installed" noise
     try:
+        if job.program is None:   # no capture route worked: the TorchScript exporter traces the module itself
+            raise ValueError("no torch.export program: " + "; ".join(job.capture.get("failed", [])))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             prog = torch.onnx.export(job.program, (), input_names=in_names, output_names=out_names,

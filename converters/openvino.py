@@ -102,7 +102,9 @@ def _has_recurrent(module: Any) -> list[str]:
 
 def _from_program(job: ConversionJob):
     import openvino as ov
-    return ov.convert_model(job.program)
+    from edge.passes.graph import whole_input_pools
+    program, _ = whole_input_pools(job.require_program("openvino"))   # a pool window larger than the map
+    return ov.convert_model(program)
 
 
 def ov_shape(spec: Any):

@@ -110,7 +110,7 @@ def convert_within_drop(conv: Any, job: Any, spec: Any, max_drop: float) -> Any:
     The chosen round's files are copied into ``job.out_dir``; ``details["accuracy_aware"]`` records the run.
     """
     from edge import parity as V
-    from edge.api import verification_batches
+    from edge.api import converted, verification_batches
     from edge.debugger import debug_artifact
     from edge.runtimes import RUNTIMES
     metric = metric_for(spec, job)
@@ -130,7 +130,7 @@ def convert_within_drop(conv: Any, job: Any, spec: Any, max_drop: float) -> Any:
             folder.mkdir()
             job.out_dir, job.options = folder, {**job.options, "keep_float": list(kept)}
             t0 = time.perf_counter()
-            result = conv.convert(job)
+            result = converted(conv, job)
             art = _artifact(conv, job, result, folder)
             session = RUNTIMES.get(art.manifest.runtime)(art)
             try:

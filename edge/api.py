@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import platform
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -14,7 +14,7 @@ from edge import __version__
 from edge.artifact import (STATUS_CHECKED_SPEC, STATUS_FAILED, STATUS_UNVERIFIED, STATUS_VERIFIED, Artifact,
                            Manifest, check_destination, now_iso, sha256_path, staging_dir)
 from edge.converters.base import ConversionJob
-from edge.capture import capture, flatten_outputs, input_specs, output_specs
+from edge.capture import capture_with_fallbacks, flatten_outputs, input_specs, output_specs
 from edge.errors import ArtifactError, EdgeWarning, UsageError, VerificationError
 from edge.progress import step
 from edge.sources import ModelSpec, resolve
@@ -30,6 +30,7 @@ class Prepared:
     disable: tuple[str, ...]
     pass_options: dict[str, Any]
     _cache: dict[tuple, tuple[torch.nn.Module, Any]]
+    captures: dict[tuple, Any] = field(default_factory=dict)   # CaptureRecord per pass profile
 
     def program_for(self, target: str) -> tuple[torch.nn.Module, Any, list[dict]]:
         """(optimized module, ExportedProgram, pass record) for ``target``; captured once per distinct form."""
@@ -44,10 +45,21 @@ class Prepared:
                     module = opt.optimize(module, target=target, example_inputs=self.spec.example_inputs,
                                           disable=self.disable, **self.pass_options)
             with step("capture with torch.export"):
-                program = capture(module, self.spec.example_inputs, dynamic_batch=self.dynamic_batch)
+                module, program, record = capture_with_fallbacks(module, self.spec.example_inputs,
+                                                                 dynamic_batch=self.dynamic_batch)
             self._cache[key] = (module, program)
+            self.captures[key] = record
         module, program = self._cache[key]
         return module, program, list(getattr(module, "edge_passes", []))
+
+    def capture_record(self, target: str) -> dict[str, Any]:
+        """How the program for ``target`` was captured (``details["capture"]`` of its artifacts)."""
+        from edge import passes as opt
+        if self.spec.program is not None:
+            return {"route": "saved ExportedProgram"}
+        key = opt.profile_key(target, disable=self.disable, options=self.pass_options) if self.optimize else ()
+        record = self.captures.get(key)
+        return record.to_dict() if record is not None else {}
 
 
 def prepare(model: Any, *, example_inputs: Sequence[torch.Tensor] | None = None,
@@ -146,10 +158,11 @@ def convert_all(model: Any, *, targets: Sequence[str], precisions: Sequence[str]
                                 outputs=outs, precision=precision, out_dir=stage,
                                 options=conv.resolve_options(options or {}),
                                 calibration=calibration if precision in conv.needs_calibration else None,
-                                model_info=spec.info, dynamic_batch=dynamic_batch)
+                                model_info=spec.info, dynamic_batch=dynamic_batch,
+                                capture=prep.capture_record(conv.name))
             with step(f"convert to {conv.name} ({precision})"):
                 if max_drop is None:
-                    result = conv.convert(job)
+                    result = converted(conv, job)
                 else:
                     from edge.accuracy import convert_within_drop
                     result = convert_within_drop(conv, job, spec, max_drop)
@@ -157,7 +170,8 @@ def convert_all(model: Any, *, targets: Sequence[str], precisions: Sequence[str]
                 target=conv.name, format=result.format or conv.format, runtime=result.runtime or conv.runtime,
                 precision=precision, files={f: sha256_path(stage / f) for f in result.files},
                 inputs=ins, outputs=outs, source=spec.source, options=job.options,
-                details={**result.details, "optimize_passes": passes, "dynamic_batch": dynamic_batch},
+                details={**result.details, "optimize_passes": passes, "dynamic_batch": dynamic_batch,
+                         "capture": prep.capture_record(conv.name)},
                 model=info, created=now_iso(),
                 versions={"edge": __version__, "torch": torch.__version__, "python": platform.python_version(),
                           **conv.backend_version()})
@@ -226,6 +240,20 @@ def check_labels(labels: Sequence[str], outs: list[Any]) -> list[str]:
         raise UsageError(f"--labels has {len(labels)} names but the model's output {outs[0].name if outs else ''} "
                          f"has {classes} classes; give one name per class, in class order")
     return labels
+
+
+def converted(conv: Any, job: ConversionJob) -> Any:
+    """``conv.convert(job)``; an exception that is not edge's becomes a ConversionError naming the target and the
+    backend's last line (a backend's traceback ends with the line that says what went wrong)."""
+    from edge.errors import ConversionError, EdgeError
+    try:
+        return conv.convert(job)
+    except EdgeError:
+        raise
+    except Exception as e:
+        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+        last = (lines[-1] if lines else "")[:400]
+        raise ConversionError(f"the {conv.name} backend failed: {type(e).__name__}: {last or 'no message'}") from e
 
 
 def _test_split(spec: ModelSpec) -> tuple[np.ndarray, np.ndarray] | None:

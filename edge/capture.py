@@ -1,6 +1,7 @@
 """Capture a module once with ``torch.export``; every target of a run shares the program."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -36,6 +37,108 @@ def flatten_outputs(outputs: Any) -> list[torch.Tensor]:
     for o in outputs:
         flat.extend(flatten_outputs(o))
     return flat
+
+
+# Submodule names the lowered program cannot hold: torch.fx's GraphModule has a ``meta`` attribute, so ExecuTorch
+# (and coremltools) fail on ``meta.weight`` ("references nonexistent attribute weight of meta").
+RESERVED_NAMES = ("meta",)
+
+
+@dataclass
+class CaptureRecord:
+    """How a module was captured: the route that worked (or None) and every failed route's reason."""
+
+    route: str | None
+    failed: list[str] = field(default_factory=list)
+    renamed: list[str] = field(default_factory=list)
+    constants: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"route": self.route or "none (no program: targets convert from the module)"}
+        for key in ("failed", "renamed"):
+            if getattr(self, key):
+                out[key] = list(getattr(self, key))
+        if self.constants:
+            out["constants"] = {"count": len(self.constants), "first": self.constants[:4]}
+        return out
+
+    def reason(self) -> str:
+        return "; ".join(self.failed) or "no route was tried"
+
+
+def _with_properties(mod: torch.nn.Module, props: dict[str, property]) -> None:
+    """Give ``mod`` (only this instance) read-only attributes computed by ``props``, through a subclass."""
+    cls = type(mod)
+    mod.__class__ = type(cls.__name__, (cls,), {"__module__": cls.__module__, "__qualname__": cls.__qualname__,
+                                                **props})
+
+
+def rename_reserved(module: torch.nn.Module) -> list[str]:
+    """Rename submodules called ``meta`` (:data:`RESERVED_NAMES`) in place; ``forward`` still finds them under
+    the old name. Returns the qualified names changed."""
+    changed = []
+    for path, mod in list(module.named_modules()):
+        for name in [n for n in RESERVED_NAMES if n in mod._modules]:
+            new = name + "_"
+            while new in mod._modules or hasattr(mod, new):
+                new += "_"
+            mod._modules[new] = mod._modules.pop(name)
+            _with_properties(mod, {name: property(lambda self, key=new: self._modules[key])})
+            changed.append(f"{path + '.' if path else ''}{name} -> {new}")
+    return changed
+
+
+def scalar_buffers_as_constants(module: torch.nn.Module) -> list[str]:
+    """Turn 0-d integer/bool buffers into constants made in ``forward`` (in place). Returns their names.
+
+    torch.export traces buffers as symbolic values, so Python branching on one (EnCodec's padding computed from
+    int64 ``stride``/``kernel_size`` buffers) is data-dependent and the capture fails; a tensor made from a
+    Python number in ``forward`` is a known constant to it. Exact: the value is the buffer's.
+    """
+    names = []
+    for path, mod in list(module.named_modules()):
+        consts = {k: b for k, b in mod._buffers.items()
+                  if b is not None and b.dim() == 0 and not b.is_floating_point() and not b.is_complex()}
+        if not consts:
+            continue
+        for k in consts:
+            del mod._buffers[k]
+        _with_properties(mod, {k: property(lambda self, v=b.item(), dt=b.dtype: torch.tensor(v, dtype=dt))
+                               for k, b in consts.items()})
+        names += [f"{path + '.' if path else ''}{k}" for k in consts]
+    return names
+
+
+def capture_with_fallbacks(module: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], *,
+                           dynamic_batch: bool = False) -> tuple[torch.nn.Module, Any, CaptureRecord]:
+    """(module, program or None, record): ``torch.export`` first, then with 0-d integer buffers as constants.
+
+    A submodule named ``meta`` is renamed first (on a copy: ``module`` may be the user's). When no route
+    captures, the program is None: targets with a route from the module (OpenVINO, the TorchScript ONNX
+    exporter) use it, the others refuse with every route's reason (``record.reason()``).
+    """
+    import copy
+    record = CaptureRecord(route=None)
+    if any(n in m._modules for m in module.modules() for n in RESERVED_NAMES):
+        module = copy.deepcopy(module)
+        record.renamed = rename_reserved(module)
+    try:
+        program = capture(module, example_inputs, dynamic_batch=dynamic_batch)
+        record.route = "torch.export"
+        return module, program, record
+    except ConversionError as e:
+        record.failed.append(f"torch.export: {str(e).split(': ', 1)[-1]}")
+    const = copy.deepcopy(module)
+    names = scalar_buffers_as_constants(const)
+    if names:
+        try:
+            program = capture(const, example_inputs, dynamic_batch=dynamic_batch)
+            record.route, record.constants = "torch.export with 0-d integer buffers as constants", names
+            return const, program, record   # re-captures (fp16, int8) start from this form too
+        except ConversionError as e:
+            record.failed.append(f"torch.export with {len(names)} integer buffer(s) as constants: "
+                                 f"{str(e).split(': ', 1)[-1]}")
+    return module, None, record
 
 
 def capture(module: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], *,

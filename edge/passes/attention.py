@@ -239,6 +239,8 @@ class EdgeLayerNorm(nn.Module):
         super().__init__()
         # eps stays a float too: callers read it as nn.LayerNorm's (nn.TransformerEncoderLayer compares them)
         self.weight, self.bias, self.eps = src.weight, src.bias, float(src.eps)
+        # callers that read the norm's attributes (F.layer_norm(x, norm.normalized_shape, norm.weight, ...))
+        self.normalized_shape, self.elementwise_affine = tuple(src.normalized_shape), src.elementwise_affine
         c = src.normalized_shape[-1]
         self.register_buffer("average", torch.full((1, c), 1.0 / c), persistent=False)
         # eps as a tensor in forward: a Python number added to a tensor costs ExecuTorch one more re-trace

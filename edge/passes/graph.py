@@ -1,0 +1,320 @@
+"""Program-level rewrites: decompositions of a captured program into forms a backend runs whole.
+
+The module passes (``attention.py``) rewrite modules they recognise by structure; these rewrites work on the
+captured ``ExportedProgram`` instead, so they reach every implementation that ends in the same ATen op, whatever
+its class: transformers' attention-interface functions (``sdpa_attention_forward``), timm's fused Attention,
+custom LayerNorm / LayerNorm2d / GroupNorm-as-LayerNorm classes that call ``F.layer_norm`` / ``F.group_norm``,
+means over the channels of an NCHW map. Each decomposition computes the same numbers (the same math, in fp32);
+like every artifact, the lowered program is then verified against PyTorch.
+
+``xnnpack_decompositions``  ops XNNPACK has no kernel for, written with ops it delegates:
+    - ``scaled_dot_product_attention`` (no mask, or an additive float mask) as 3-D ``bmm`` / softmax / ``bmm``
+      (ExecuTorch's own decomposition of SDPA leaves ``any/eq/where/logical_not/full_like`` on portable kernels
+      for fully-masked rows, which an unmasked or float-masked call cannot have... except a float mask whose
+      whole row is ``-inf``: PyTorch then returns 0 and this form NaN, which the parity check reports).
+      Boolean masks, ``is_causal`` and grouped-query calls keep ExecuTorch's decomposition.
+    - ``layer_norm`` / ``group_norm``: both means as a linear layer with one output row of ``1/C``
+      (``native_layer_norm`` stays on portable kernels; the same form as ``EdgeLayerNorm``).
+    - ``mean.dim`` over dims XNNPACK cannot reduce (anything but the last two of a 4-D tensor, kept): the reduced
+      dims moved last (a delegated transpose) and averaged by the same linear layer; a global average
+      pooling without ``keepdim`` as the pooling with it and a reshape; ``adaptive_avg_pool1d(x, 1)`` as that mean.
+    - ``unfold``/``fold`` into non-overlapping patches as reshapes and transposes (MobileViTV2); a small
+      reflect pad of the last dim as slices and a concatenation (EnCodec).
+    - ``split`` as step-1 slices (LeViT's q/k/v);
+    - ``roll`` as slices and a concatenation; a strided slice ``x[s::k]`` over a whole dim as a reshape and a
+      step-1 slice (Swin's shifted windows and patch merging).
+``fold_constants``  constant propagation: subgraphs that depend on no input (a relative-position index a
+    forward rebuilds from ``arange``/``meshgrid`` in every layer, the bias gathered from its table, the
+    ``1/C`` columns above) become constants of the program.
+
+Example:
+    >>> program = to_xnnpack_forms(program)   # what the ExecuTorch converter does before lowering
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+aten = torch.ops.aten
+
+
+def _static(*shapes: Any) -> bool:
+    return all(isinstance(d, int) for s in shapes for d in s)
+
+
+def _average(c: int, like: torch.Tensor) -> torch.Tensor:
+    """The [1, c] row of 1/c a linear layer averages with (a constant once folded)."""
+    return torch.full((1, c), 1.0 / c, dtype=like.dtype, device=like.device)
+
+
+def _normalize_rows(x2: torch.Tensor, eps: float) -> torch.Tensor:
+    """Rows of a 2-D tensor normalized to zero mean and unit variance (biased), means as linear layers."""
+    avg = _average(x2.shape[-1], x2)
+    d = x2 - F.linear(x2, avg)
+    return d * torch.rsqrt(F.linear(d * d, avg) + eps)
+
+
+def _sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    if is_causal or enable_gqa or dropout_p or (attn_mask is not None and not attn_mask.is_floating_point()):
+        return NotImplemented
+    lead, (L, E), S, Ev = q.shape[:-2], q.shape[-2:], k.shape[-2], v.shape[-1]
+    if k.shape[:-2] != lead or v.shape[:-2] != lead or not _static(q.shape, k.shape, v.shape):
+        return NotImplemented
+    n = math.prod(lead)
+    scale = E ** -0.5 if scale is None else scale
+    s = torch.bmm(q.reshape(n, L, E) * scale, k.reshape(n, S, E).transpose(1, 2))
+    if attn_mask is not None:   # a broadcasting add in 4-D: no expand of the mask (a portable op)
+        s = (s.reshape(*lead, L, S) + attn_mask).reshape(n, L, S)
+    o = torch.bmm(s.softmax(dim=-1), v.reshape(n, S, Ev)).reshape(*lead, L, Ev)
+    if o.dim() == 4:   # SDPA's output strides ([B, L, H, E] in memory): callers .view() its transpose
+        o = o.transpose(1, 2).contiguous().transpose(1, 2)
+    return o
+
+
+def _layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, cudnn_enable=True):
+    c = math.prod(normalized_shape)
+    if not _static(x.shape):
+        return NotImplemented
+    y = _normalize_rows(x.reshape(-1, c), eps).reshape(x.shape)
+    if weight is not None:
+        y = y * weight
+    if bias is not None:
+        y = y + bias
+    return y
+
+
+def _group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, cudnn_enabled=True):
+    if not _static(x.shape) or x.dim() < 2:
+        return NotImplemented
+    n, c = x.shape[:2]
+    y = _normalize_rows(x.reshape(n * num_groups, -1), eps).reshape(x.shape)
+    affine = [1, c] + [1] * (x.dim() - 2)
+    if weight is not None:
+        y = y * weight.reshape(affine)
+    if bias is not None:
+        y = y + bias.reshape(affine)
+    return y
+
+
+def _xnnpack_reduces(x: torch.Tensor, dims: list[int]) -> bool:
+    """XNNPACK's mean: a 4-D tensor over its last two dims (a global average pooling)."""
+    return x.dim() == 4 and sorted(d % 4 for d in dims) == [2, 3]
+
+
+def _mean(x, dim=None, keepdim=False, dtype=None):
+    if dim is None or dtype is not None or not x.is_floating_point() or not _static(x.shape):
+        return NotImplemented
+    dims = sorted({d % x.dim() for d in ([dim] if isinstance(dim, int) else dim)})
+    if not dims or (_xnnpack_reduces(x, dims) and keepdim):
+        return NotImplemented
+    if _xnnpack_reduces(x, dims):   # XNNPACK's global average pooling keeps the dims: squeeze by a reshape
+        return x.mean(dims, keepdim=True).reshape(x.shape[:2])
+    kept = [d for d in range(x.dim()) if d not in dims]
+    k = math.prod(x.shape[d] for d in dims)
+    moved = x.permute(*kept, *dims) if dims != list(range(x.dim() - len(dims), x.dim())) else x
+    y = F.linear(moved.reshape(-1, k), _average(k, x))
+    shape = [1 if d in dims else x.shape[d] for d in range(x.dim())] if keepdim else [x.shape[d] for d in kept]
+    return y.reshape(shape)
+
+
+def _roll(x, shifts, dims=()):
+    """``torch.roll`` as slices and a concatenation (its decomposition gathers with an index it computes)."""
+    shifts = [shifts] if isinstance(shifts, int) else list(shifts)
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    if len(shifts) != len(dims) or not dims or not _static(x.shape):
+        return NotImplemented
+    for s, d in zip(shifts, dims):
+        n = x.shape[d]
+        s %= n
+        if s:
+            x = torch.cat([x.narrow(d, n - s, s), x.narrow(d, 0, n - s)], dim=d)
+    return x
+
+
+def _strided_slice(x, dim=0, start=None, end=None, step=1):
+    """``x[start::step]`` over a whole dim that ``step`` divides, as a reshape and a step-1 slice (XNNPACK's
+    slice has no step: Swin's patch merging takes ``x[:, 0::2, 0::2]``)."""
+    if step == 1 or not _static(x.shape):
+        return NotImplemented
+    d = dim % x.dim()
+    n = x.shape[d]
+    start = 0 if start is None else (start + n if start < 0 else start)
+    end = n if end is None or end >= n else end
+    if n % step or end != n or not 0 <= start < step:
+        return NotImplemented
+    split = x.reshape(*x.shape[:d], n // step, step, *x.shape[d + 1:])
+    return split.narrow(d + 1, start, 1).reshape(*x.shape[:d], n // step, *x.shape[d + 1:])
+
+
+def _split(x, split_size, dim=0):
+    """``split`` / ``split_with_sizes`` as step-1 slices (XNNPACK has no split: LeViT's q/k/v)."""
+    if not _static(x.shape):
+        return NotImplemented
+    n = x.shape[dim]
+    sizes = list(split_size) if isinstance(split_size, (list, tuple)) else (
+        [split_size] * (n // split_size) + ([n % split_size] if n % split_size else []))
+    if sum(sizes) != n:
+        return NotImplemented
+    out, start = [], 0
+    for s in sizes:
+        out.append(x.narrow(dim, start, s))
+        start += s
+    return out
+
+
+def _adaptive_avg_pool1d(x, output_size):
+    if list(output_size) != [1]:
+        return NotImplemented
+    return x.mean(-1, keepdim=True)
+
+
+def _whole_input_pool(x, kernel_size, stride=(), padding=0, ceil_mode=False, count_include_pad=True,
+                      divisor_override=None):
+    """An ``avg_pool2d`` whose one window covers the whole map (transformers' EfficientNet pooler:
+    ``AvgPool2d(1280, ceil_mode=True)`` on 7x7): PyTorch clips the window to the map, so it is the global mean."""
+    k = [kernel_size] * 2 if isinstance(kernel_size, int) else list(kernel_size) * (2 // len(kernel_size))
+    pad = [padding] * 2 if isinstance(padding, int) else list(padding) * (2 // max(len(padding), 1))
+    if divisor_override or any(pad) or x.dim() != 4 or not _static(x.shape):
+        return NotImplemented
+    if k[0] < x.shape[-2] or k[1] < x.shape[-1] or (not ceil_mode and k != list(x.shape[-2:])):
+        return NotImplemented
+    return x.mean([-2, -1], keepdim=True)
+
+
+def _pairs(v) -> list[int]:
+    return [v, v] if isinstance(v, int) else list(v) * (2 // len(v))
+
+
+def _patches(kernel_size, dilation, padding, stride) -> list[int] | None:
+    """The patch size when an unfold/fold cuts non-overlapping patches (kernel == stride, no padding/dilation)."""
+    k = _pairs(kernel_size)
+    return k if _pairs(stride) == k and _pairs(dilation) == [1, 1] and _pairs(padding) == [0, 0] else None
+
+
+def _im2col(x, kernel_size, dilation, padding, stride):
+    """``F.unfold`` into non-overlapping patches as a reshape and a transpose (MobileViTV2's unfolding;
+    its decomposition gathers with computed indices on portable kernels)."""
+    k = _patches(kernel_size, dilation, padding, stride)
+    if k is None or x.dim() != 4 or not _static(x.shape) or x.shape[2] % k[0] or x.shape[3] % k[1]:
+        return NotImplemented
+    b, c, h, w = x.shape
+    p = x.reshape(b, c, h // k[0], k[0], w // k[1], k[1]).permute(0, 1, 3, 5, 2, 4)
+    return p.reshape(b, c * k[0] * k[1], (h // k[0]) * (w // k[1]))
+
+
+def _col2im(x, output_size, kernel_size, dilation, padding, stride):
+    """``F.fold`` of non-overlapping patches (the inverse of :func:`_im2col`): nothing overlaps, nothing is summed."""
+    k, (h, w) = _patches(kernel_size, dilation, padding, stride), _pairs(output_size)
+    if k is None or x.dim() != 3 or not _static(x.shape) or h % k[0] or w % k[1]:
+        return NotImplemented
+    b, ckk, n = x.shape
+    c = ckk // (k[0] * k[1])
+    if c * k[0] * k[1] != ckk or n != (h // k[0]) * (w // k[1]):
+        return NotImplemented
+    p = x.reshape(b, c, k[0], k[1], h // k[0], w // k[1]).permute(0, 1, 4, 2, 5, 3)
+    return p.reshape(b, c, h, w)
+
+
+MAX_REFLECT = 16   # a reflect pad is written as this many one-element slices at most per side
+
+
+def _reflect_pad(x, pad, mode="constant", value=None):
+    """``F.pad(mode="reflect")`` of the last dim as one-element slices and a concatenation (EnCodec's convolutions;
+    its decomposition indexes with computed positions on portable kernels)."""
+    if mode != "reflect" or len(pad) != 2 or not _static(x.shape):
+        return NotImplemented
+    left, right = pad
+    n = x.shape[-1]
+    if max(left, right) > MAX_REFLECT or max(left, right) >= n or min(left, right) < 0:
+        return NotImplemented
+    parts = [x.narrow(-1, i, 1) for i in range(left, 0, -1)] + [x]
+    parts += [x.narrow(-1, n - 2 - i, 1) for i in range(right)]
+    return torch.cat(parts, dim=-1) if len(parts) > 1 else x
+
+
+def whole_input_pools(program: Any) -> tuple[Any, int]:
+    """(program with :func:`_whole_input_pool` applied, how many pools were rewritten); ``program`` itself is
+    returned when it has none (OpenVINO's frontend rejects a kernel larger than the map)."""
+    done = []
+
+    def pool(*args, **kwargs):
+        out = _whole_input_pool(*args, **kwargs)
+        if out is not NotImplemented:
+            done.append(1)
+        return out
+    if not counts(program, {aten.avg_pool2d.default}):
+        return program, 0
+    out = program.run_decompositions({aten.avg_pool2d.default: pool})
+    return (out, len(done)) if done else (program, 0)
+
+
+def xnnpack_decompositions(*, with_constants: bool = True) -> dict:
+    """The decomposition table (``ExportedProgram.run_decompositions``) of the forms XNNPACK delegates.
+
+    ``with_constants=False`` keeps only the rewrites that create no constant (for quantized programs, which are
+    not constant-folded: folding would turn quantized weights back into float ones).
+    """
+    table = {aten.scaled_dot_product_attention.default: _sdpa, aten.roll.default: _roll,
+             aten.slice.Tensor: _strided_slice, aten.avg_pool2d.default: _whole_input_pool,
+             aten.split_with_sizes.default: _split, aten.split.Tensor: _split, aten.im2col.default: _im2col, aten.col2im.default: _col2im, aten.pad.default: _reflect_pad}
+    if with_constants:
+        table.update({aten.layer_norm.default: _layer_norm, aten.group_norm.default: _group_norm,
+                      aten.mean.dim: _mean, aten.adaptive_avg_pool1d.default: _adaptive_avg_pool1d})
+    return table
+
+
+def quantized(program: Any) -> bool:
+    """Does the program hold quantize/dequantize ops (PT2E, torchao)?"""
+    return any(n.op == "call_function" and "quantize" in str(n.target) for n in program.graph.nodes)
+
+
+def fold_constants(program: Any) -> int:
+    """Constant-propagate ``program`` in place (ExecuTorch's ``constant_prop_pass``); returns nodes folded."""
+    from executorch.exir.passes import constant_prop_pass as cp
+    before = sum(1 for n in program.graph.nodes if n.op == "call_function")
+    # its argument check stops at a `.contiguous()` (a memory_format argument is not among its primitives):
+    # BEiT's relative-position index was then rebuilt at run time on portable kernels in every layer
+    primitives = cp._PRIMITIVE_TYPES
+    cp._PRIMITIVE_TYPES = (*primitives, torch.memory_format)
+    try:
+        cp.constant_prop_pass(program)
+    finally:
+        cp._PRIMITIVE_TYPES = primitives
+    return before - sum(1 for n in program.graph.nodes if n.op == "call_function")
+
+
+def counts(program: Any, ops: dict) -> dict[str, int]:
+    """How many calls of each op in ``ops`` the program makes, by op name."""
+    out: dict[str, int] = {}
+    for n in program.graph.nodes:
+        if n.op == "call_function" and n.target in ops:
+            name = str(n.target).replace("aten.", "").replace(".default", "")
+            out[name] = out.get(name, 0) + 1
+    return out
+
+
+def to_xnnpack_forms(program: Any, details: dict[str, Any] | None = None) -> Any:
+    """A new program with :func:`xnnpack_decompositions` applied and its constants folded (float programs).
+
+    ``details["program_rewrites"]`` records what was rewritten and how many nodes were folded.
+    """
+    quant = quantized(program)
+    table = xnnpack_decompositions(with_constants=not quant)
+    before = counts(program, table)
+    out = program.run_decompositions(table)
+    after = counts(out, table)
+    # calls gone from the program (a form that emits the same op, a mean or a slice, is not counted)
+    rec: dict[str, Any] = {"decomposed": {k: v - after.get(k, 0) for k, v in before.items() if v > after.get(k, 0)}}
+    kept = counts(out, {aten.scaled_dot_product_attention.default})
+    if kept:
+        rec["kept"] = {k: f"{v} call(s) left to ExecuTorch's decomposition: a boolean mask, is_causal, grouped-query "
+                          f"attention or a dynamic shape" for k, v in kept.items()}
+    rec["constants_folded"] = 0 if quant else fold_constants(out)
+    if quant:
+        rec["constants_folded_skipped"] = "quantized program: folding would turn its quantized weights into floats"
+    if details is not None:
+        details["program_rewrites"] = rec
+    return out
