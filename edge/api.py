@@ -149,7 +149,7 @@ def convert_all(model: Any, *, targets: Sequence[str], precisions: Sequence[str]
         from edge.calibration import load_calibration
         with step("load calibration data"):
             calibration = load_calibration(calib, ins, preprocessing=spec.info.get("preprocessing"),
-                                           test_set=spec.entry.test_set if spec.entry else None)
+                                           test_set=spec.entry.test_set if spec.entry else None, model=spec.module)
     artifacts, failures = [], []
     for (conv, precision), dest in zip(converters, dests):
         module, program, passes = prep.program_for(conv.name)
@@ -185,7 +185,8 @@ def convert_all(model: Any, *, targets: Sequence[str], precisions: Sequence[str]
                     # checked against the optimized eager module, agreement with the original is recorded
                     lossy = any(p.get("lossy") for p in passes)
                     verify_artifact(art, spec, converter=conv, reference=module if lossy else None,
-                                    name=str(dest.absolute()))
+                                    name=str(dest.absolute()),
+                                    generated=job.calibration.held_out if job.calibration is not None else None)
                 except VerificationError as e:
                     failures.append(e)
             else:
@@ -265,12 +266,16 @@ def _test_split(spec: ModelSpec) -> tuple[np.ndarray, np.ndarray] | None:
     return x[len(x) // 2:], y[len(y) // 2:]
 
 
-def verification_batches(spec: ModelSpec, m: Manifest, *, n_random: int = 3) -> tuple[list, Any]:
+def verification_batches(spec: ModelSpec, m: Manifest, *, n_random: int = 3,
+                         generated: np.ndarray | None = None) -> tuple[list, Any]:
     """The inputs an artifact is checked on: the example, then 16 held-out test samples (zoo models with a test
-    set) or ``n_random`` random batches; returns ``(batches, real)`` (``real``: the test samples or None)."""
+    set), else 16 held-out ``generated`` (data-free) inputs, else ``n_random`` random batches; returns
+    ``(batches, real)`` (``real``: the test or generated samples, or None)."""
     from edge import parity as V
     split = _test_split(spec)
     real = split[0][:16] if split is not None else None
+    if real is None and generated is not None and len(generated) and len(m.inputs) == 1:
+        real = np.asarray(generated)[:16]
     batches = V.verification_inputs(spec.example_inputs, m.inputs, n_random=n_random, real=real)
     if real is not None:   # real inputs must come in the artifact's static batch size
         batches = [b for b in batches if m.inputs[0].matches(b[0].shape)]
@@ -279,8 +284,12 @@ def verification_batches(spec: ModelSpec, m: Manifest, *, n_random: int = 3) -> 
 
 def verify_artifact(art: Artifact, spec: ModelSpec, *, converter: Any = None, n_random: int = 3,
                     runtime_options: dict[str, Any] | None = None,
-                    reference: torch.nn.Module | None = None, name: str | None = None) -> dict[str, Any]:
+                    reference: torch.nn.Module | None = None, name: str | None = None,
+                    generated: np.ndarray | None = None) -> dict[str, Any]:
     """Run ``art`` with its runtime against ``spec.module`` in PyTorch; record the result in its manifest.
+
+    ``generated``: held-out data-free inputs (not used to calibrate). A model without a test set is then judged
+    on them plus the example input instead of random noise (a test set still wins).
 
     ``reference`` (the optimized module, when a lossy pass such as token dropping ran) replaces
     ``spec.module`` as the parity reference; agreement with ``spec.module`` is then recorded, not judged,
@@ -312,7 +321,8 @@ def verify_artifact(art: Artifact, spec: ModelSpec, *, converter: Any = None, n_
         return m.parity
     split = _test_split(spec)
     classifier = m.model.get("task", "classification") == "classification"
-    batches, real = verification_batches(spec, m, n_random=n_random)
+    batches, real = verification_batches(spec, m, n_random=n_random, generated=generated)
+    input_kind = "example+generated (held-out data-free images)" if real is not None and split is None else None
     ref_module = spec.module if reference is None else reference
     refs = V.reference_outputs(ref_module, batches)
     under = f" under {key}" if key else ""
@@ -345,7 +355,7 @@ def verify_artifact(art: Artifact, spec: ModelSpec, *, converter: Any = None, n_
         failure = e
     error = None if failure is None else str(failure)
     rec = V.parity_record(metrics, judged, inputs=len(batches), real_inputs=real is not None,
-                          passed=failure is None, error=error)
+                          passed=failure is None, error=error, input_kind=input_kind)
     if vs_original is not None:
         rec["vs_original"] = vs_original
     if key:

@@ -185,6 +185,27 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("calib")
+def cmd_calib(args: argparse.Namespace) -> int:
+    """`edge calib generate MODEL -o calib.npz`: data-free calibration inputs to keep, inspect and reuse."""
+    from edge.calibration import generate
+    from edge.sources import parse_shapes
+    shapes = parse_shapes(args.input_shape)
+    if shapes is not None and len(shapes) != 1:
+        raise UsageError("edge calib generate makes one input; pass a single --input-shape")
+    settings = {k: getattr(args, k) for k in ("images", "steps", "budget_s", "seed") if getattr(args, k) is not None}
+    gen = generate(args.model, input_shape=shapes[0] if shapes else None, weights=args.weights,
+                   trust_weights=args.trust_weights, method=args.method, out=args.out,
+                   cache=not args.no_cache, **settings)
+    rec = gen.record()
+    loss = " ".join(f"{k} {v:.4g}" for k, v in rec["final_loss"].items())
+    _emit(args, {**rec, "out": str(args.out)},
+          f"wrote {args.out}: {rec['images']} images (+{rec['held_out']} held out) by {rec['method']}, "
+          f"{rec['steps']} steps in {rec['seconds']:.1f}s (stopped by {rec['stopped_by']}"
+          f"{', from the cache' if rec['cached'] else ''}); final loss {loss}")
+    return 0
+
+
 @command("report")
 def cmd_report(args: argparse.Namespace) -> int:
     from edge.report import load_results, write_all
@@ -300,7 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-optimize", action="store_true", help="skip edge's optimize passes")
     c.add_argument("--disable-pass", action="append", metavar="NAME", help="skip one optimize pass (see `edge optimize`)")
     c.add_argument("--keep-tokens", type=float, help="ViT token dropping: keep this fraction of patch tokens")
-    c.add_argument("--calib", help="calibration data: image folder, .npy/.npz, 'synthetic' or 'testset'")
+    c.add_argument("--calib", help="calibration data: image folder, .npy/.npz, 'datafree' (inputs generated from "
+                   "the model; 'datafree:psaq,steps=100,budget_s=60' sets its method and limits; see `edge calib generate`), "
+                   "'synthetic' or 'testset'")
     c.add_argument("--max-drop", type=float, metavar="POINTS",
                    help="int8: keep the layers that cost accuracy in float until within POINTS of the float model")
     c.add_argument("--no-verify", action="store_true", help="skip the parity check (artifact marked unverified)")
@@ -345,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", "-o", default="bench", help="matrix: folder for results.json/csv, report.md/html")
     b.add_argument("--cache-dir", help="matrix: artifact cache (default $EDGE_CACHE_DIR or ~/.cache/edge)")
     b.add_argument("--rebuild", action="store_true", help="matrix: convert again even if the cache has it")
-    b.add_argument("--calib", help="matrix: calibration data for int8 cells (see `edge convert --calib`)")
+    b.add_argument("--calib", help="matrix: calibration data for int8 cells, e.g. datafree (see `edge convert --calib`)")
     b.add_argument("--no-optimize", action="store_true", help="matrix: skip edge's optimize passes")
     b.add_argument("--option", action="append", metavar="KEY=VALUE", help="matrix: target option")
     b.add_argument("--warmup", type=int, default=10)
@@ -358,6 +381,27 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--input-shape", action="append", help="matrix: input shape of factory models, like 1,3,224,224")
     b.add_argument("--ray", metavar="ADDRESS", help="matrix: run on a Ray cluster (auto, or ray://HOST:10001)")
     b.add_argument("--devices", help="matrix with --ray: devices to measure on, comma-separated (default: all)")
+
+    cg = sub.add_parser("calib", help="calibration data tools (edge calib generate MODEL -o calib.npz)",
+                        description="calibration data tools")
+    cg_sub = cg.add_subparsers(dest="calib_command", metavar="SUBCOMMAND", required=True)
+    g = cg_sub.add_parser("generate", help="generate data-free calibration inputs from the model alone",
+                          description="optimise synthetic calibration inputs from the model alone (psaq for "
+                          "attention models, bn-stats for BatchNorm models, else the inversion fallback) and "
+                          "write them as an .npz that --calib accepts")
+    g.add_argument("model", help="zoo name, file.py:factory or package.module:factory")
+    g.add_argument("--out", "-o", required=True, help="the .npz to write")
+    g.add_argument("--method", default="auto", help="auto (by the model's structure), psaq, bn-stats or inversion")
+    g.add_argument("--images", type=int, help="calibration images to generate (default 32)")
+    g.add_argument("--steps", type=int, help="the most optimisation steps (default 500)")
+    g.add_argument("--budget-s", type=float, help="the most seconds to spend (default 120)")
+    g.add_argument("--seed", type=int, help="random seed (default 0)")
+    g.add_argument("--input-shape", action="append", help="input shape like 1,3,224,224")
+    g.add_argument("--weights", help=".pt/.pth state dict or .safetensors for a factory model")
+    g.add_argument("--trust-weights", action="store_true", help="load a pickled checkpoint with weights_only=False")
+    g.add_argument("--no-cache", action="store_true", help="generate again even if the cache holds this model's set")
+    g.add_argument("--json", action="store_true", help="print JSON instead of a line")
+    g.add_argument("--progress", action="store_true", help="show progress even when stderr is not a terminal")
 
     r = add("report", "rebuild results.csv, report.md and report.html from a results.json", json_flag=False)
     r.add_argument("results", help="results.json written by `edge bench MODEL ...` (or `edge serve`)")

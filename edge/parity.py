@@ -146,9 +146,10 @@ def accuracy(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, y: np.ndarr
 
 
 def parity_record(metrics: dict[str, Any], precision: str, *, inputs: int, real_inputs: bool,
-                  passed: bool, error: str | None = None) -> dict[str, Any]:
+                  passed: bool, error: str | None = None, input_kind: str | None = None) -> dict[str, Any]:
+    kind = input_kind or ("test-set" if real_inputs else "example+random")
     rec = {"passed": passed, "precision": precision, "tolerance": asdict(tolerance_for(precision)),
-           "inputs": inputs, "input_kind": "test-set" if real_inputs else "example+random", "outputs": metrics}
+           "inputs": inputs, "input_kind": kind, "outputs": metrics}
     if error:
         rec["error"] = error
     return rec
