@@ -202,7 +202,7 @@ def model_digest(model: nn.Module) -> str:
     for name, t in model.state_dict().items():
         a = t.detach().cpu().contiguous()
         h.update(f"{name}:{a.dtype}:{tuple(a.shape)}".encode())
-        h.update(a.view(torch.uint8).numpy().tobytes() if a.numel() else b"")
+        h.update(a.reshape(-1).view(torch.uint8).numpy().tobytes() if a.numel() else b"")
     files = set()
     for m in model.modules():
         try:

@@ -51,3 +51,35 @@ def vit_hf_small():
 
 def vit_hf_4x192():
     return vit_hf(layers=4, hidden=192, image=64, patch=16)
+
+
+def tiny_vit():
+    """A 2-block ViT on 16x16 RGB (4x4 patches, dim 16): psaq's smallest customer."""
+    from edge.zoo.vit import VisionTransformer
+    torch.manual_seed(2)
+    return VisionTransformer(img_size=16, patch_size=4, in_chans=3, num_classes=4, embed_dim=16, depth=2,
+                             num_heads=2).eval()
+
+
+def tiny_bn():
+    """Conv + BatchNorm (with non-trivial running statistics) + linear head: bn-stats' customer."""
+    torch.manual_seed(3)
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                            torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 4))
+    with torch.no_grad():
+        m[1].running_mean.uniform_(-0.5, 0.5)
+        m[1].running_var.uniform_(0.5, 2.0)
+    return m.eval()
+
+
+def tiny_gru():
+    """A GRU classifier on [1, 1, 8, 8] images (rows as steps): no attention, no BatchNorm (the fallback)."""
+    from edge.zoo.gru import GRUClassifier
+    torch.manual_seed(4)
+    return GRUClassifier(input_size=8, hidden_size=8, num_classes=4).eval()
+
+
+def digits_vit():
+    """The trained digits ViT as a plain factory model (so it comes without the zoo's test set)."""
+    from edge.zoo import create_model
+    return create_model("vit_tiny_digits")[0]
