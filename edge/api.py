@@ -412,7 +412,9 @@ def verify(artifact: str | Path, model: Any = None, *, weights: str | Path | Non
     RUNTIMES.get(art.manifest.runtime).check_options(dict(runtime_options or {}))   # bad options before any work
     art, prep, reference = reference_for(art, model, weights=weights, trust_weights=trust_weights,
                                          trust_source=trust_source)
-    return verify_artifact(art, prep.spec, runtime_options=runtime_options, reference=reference)
+    from edge.calibration import held_out_for
+    return verify_artifact(art, prep.spec, runtime_options=runtime_options, reference=reference,
+                           generated=held_out_for(art.manifest))
 
 
 def reference_for(art: Artifact, model: Any = None, *, weights: str | Path | None = None,

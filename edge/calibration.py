@@ -276,3 +276,22 @@ def generate(model: Any, *, input_shape: tuple[int, ...] | None = None, weights:
     if out is not None:
         datafree.save_npz(out, gen)
     return gen
+
+
+def held_out_for(manifest: Any) -> np.ndarray | None:
+    """The held-out generated inputs a data-free-calibrated artifact was judged on, from the edge cache (None when
+    the artifact was not calibrated data-free or the cache no longer holds them), so ``edge verify`` judges it on
+    the same kind of inputs again."""
+    gen = (manifest.details.get("calibration") or {}).get("generation") or {}
+    key = gen.get("cache_key")
+    if gen.get("kind") != "datafree" or not isinstance(key, str) or not key.isalnum():
+        return None
+    from edge.matrix import default_cache_dir
+    path = default_cache_dir() / "datafree" / f"{key}.npz"
+    try:
+        with np.load(path, allow_pickle=False) as d:
+            held = np.asarray(d["_held_out"])
+    except Exception:      # gone or unreadable: verification falls back to its random inputs
+        return None
+    spec = manifest.inputs[0]
+    return held.astype(spec.dtype) if len(manifest.inputs) == 1 and len(held) else None
