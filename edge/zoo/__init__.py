@@ -17,7 +17,7 @@ from edge.errors import ModelLoadError, UnknownNameError
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 # Modules that define zoo entries; imported on first lookup.
-_MODULES = ("edge.zoo.vit", "edge.zoo.visiongru", "edge.zoo.gru", "edge.zoo.digits")
+_MODULES = ("edge.zoo.vit", "edge.zoo.visiongru", "edge.zoo.gru", "edge.zoo.digits", "edge.zoo.shapes")
 
 
 @dataclass
