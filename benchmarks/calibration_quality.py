@@ -51,40 +51,39 @@ def _accuracy_of(art) -> tuple[float | None, float | None, bool]:
     return out.get("accuracy"), out.get("reference_accuracy"), bool(parity.get("passed"))
 
 
-def run_model(name: str, targets: list[str], work: Path, budget_s: float, w4a8: bool) -> dict:
+def _convert(prep, target: str, precision: str, out: Path, calib) -> dict:
+    """Convert one cell; a failed verification still leaves the artifact (its accuracy is read), a failed
+    conversion is reported as the error it raised."""
     import edge
     from edge.artifact import Artifact
+    from edge.errors import EdgeError, VerificationError
+    try:
+        art = edge.convert(None, target=target, precision=precision, out=out, prepared=prep, calib=calib)
+    except VerificationError:
+        art = Artifact.open(out, check_hashes=False)
+    except EdgeError as e:
+        return {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+    acc, ref, passed = _accuracy_of(art)
+    cal = art.manifest.details.get("calibration", {})
+    return {"accuracy": acc, "reference_accuracy": ref, "passed": passed, "calibration_kind": cal.get("kind"),
+            "judged_on": (art.manifest.parity or {}).get("input_kind")}
+
+
+def run_model(name: str, targets: list[str], work: Path, budget_s: float, w4a8: bool) -> dict:
+    from edge.api import prepare
     from edge.calibration import generate
-    from edge.errors import VerificationError
-    row: dict = {"model": name, "cells": {}}
+    row: dict = {"model": name, "cells": {}, "fp32": None}
     t0 = time.perf_counter()
     gen = generate(name, budget_s=budget_s, cache=False)   # generated afresh, so its seconds are measured
     row["datafree"] = {**gen.record(), "wall_s": round(time.perf_counter() - t0, 1)}
+    prep = prepare(name)                                   # captured once per pass profile for every cell
     for calib in CALIBS:
-        out = work / name / calib
-        try:
-            edge.convert_all(name, targets=targets, precisions=["int8"], out=out,
-                             calib=gen if calib == "datafree" else calib)
-        except VerificationError:
-            pass                                     # every artifact is written; read each one's record below
         for t in targets:
-            try:
-                art = Artifact.open(out / t, check_hashes=False)
-            except Exception as e:                   # the conversion itself failed
-                row["cells"][f"{t}/{calib}"] = {"error": str(e)[:200]}
-                continue
-            acc, ref, passed = _accuracy_of(art)
-            cal = art.manifest.details.get("calibration", {})
-            row["cells"][f"{t}/{calib}"] = {"accuracy": acc, "passed": passed, "calibration_kind": cal.get("kind"),
-                                            "generation_cached": (cal.get("generation") or {}).get("cached")}
-            row["fp32"] = ref
+            cell = _convert(prep, t, "int8", work / name / calib / t, gen if calib == "datafree" else calib)
+            row["cells"][f"{t}/{calib}"] = cell
+            row["fp32"] = cell.get("reference_accuracy") or row["fp32"]
     if w4a8 and "executorch" in targets:
-        try:
-            art = edge.convert(name, target="executorch", precision="8da4w", out=work / name / "8da4w")
-        except VerificationError:
-            art = Artifact.open(work / name / "8da4w", check_hashes=False)
-        acc, _, passed = _accuracy_of(art)
-        row["cells"]["executorch/8da4w"] = {"accuracy": acc, "passed": passed}
+        row["cells"]["executorch/8da4w"] = _convert(prep, "executorch", "8da4w", work / name / "8da4w", None)
     return row
 
 
@@ -107,14 +106,16 @@ def format_table(rows: list[dict], targets: list[str]) -> str:
             c = r["cells"]
             real, df = c.get(f"{t}/testset", {}).get("accuracy"), c.get(f"{t}/datafree", {}).get("accuracy")
             gap = f"{(df - real) * 100:+.2f}" if real is not None and df is not None else "-"
-            lines.append(f"| {r['model']} | {t} | {r['fp32'] * 100:.2f} | {_fmt(c.get(f'{t}/testset'))} | "
+            fp32 = f"{r['fp32'] * 100:.2f}" if r["fp32"] is not None else "-"
+            lines.append(f"| {r['model']} | {t} | {fp32} | {_fmt(c.get(f'{t}/testset'))} | "
                          f"{_fmt(c.get(f'{t}/datafree'))} | {_fmt(c.get(f'{t}/synthetic'))} | {gap} | "
                          f"{g['method']}, {g['steps']}, {g['seconds']:.0f} |")
     w4 = [r for r in rows if "executorch/8da4w" in r["cells"]]
     if w4:
         lines += ["", "W4A8: executorch 8da4w (int4 weights, int8 dynamic activations: no calibration input)",
                   "| model | fp32 | 8da4w |", "|---|---|---|"]
-        lines += [f"| {r['model']} | {r['fp32'] * 100:.2f} | {_fmt(r['cells']['executorch/8da4w'])} |" for r in w4]
+        lines += [f"| {r['model']} | {(r['fp32'] or 0) * 100:.2f} | {_fmt(r['cells']['executorch/8da4w'])} |"
+                  for r in w4]
     return "\n".join(lines)
 
 
@@ -138,6 +139,9 @@ def main() -> None:
     print(f"CPU: {cpu_model()}; accuracy on the unseen half of each test split; "
           f"generation seconds measured under load (other jobs on the 2 cores)")
     print(format_table(rows, targets))
+    errors = [(r["model"], k, c["error"]) for r in rows for k, c in r["cells"].items() if "error" in c]
+    for model, cell, error in errors:
+        print(f"error: {model} {cell}: {error}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1, default=str))
 
