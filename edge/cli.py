@@ -322,8 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--disable-pass", action="append", metavar="NAME", help="skip one optimize pass (see `edge optimize`)")
     c.add_argument("--keep-tokens", type=float, help="ViT token dropping: keep this fraction of patch tokens")
     c.add_argument("--calib", help="calibration data: image folder, .npy/.npz, 'datafree' (inputs generated from "
-                   "the model; 'datafree:psaq,steps=100,budget_s=60' sets its method and limits; see `edge calib generate`), "
-                   "'synthetic' or 'testset'")
+                   "the model; 'datafree:psaq,steps=100,budget_s=60' sets its method and limits; see "
+                   "`edge calib generate`), 'synthetic' or 'testset'")
     c.add_argument("--max-drop", type=float, metavar="POINTS",
                    help="int8: keep the layers that cost accuracy in float until within POINTS of the float model")
     c.add_argument("--no-verify", action="store_true", help="skip the parity check (artifact marked unverified)")
@@ -368,7 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", "-o", default="bench", help="matrix: folder for results.json/csv, report.md/html")
     b.add_argument("--cache-dir", help="matrix: artifact cache (default $EDGE_CACHE_DIR or ~/.cache/edge)")
     b.add_argument("--rebuild", action="store_true", help="matrix: convert again even if the cache has it")
-    b.add_argument("--calib", help="matrix: calibration data for int8 cells, e.g. datafree (see `edge convert --calib`)")
+    b.add_argument("--calib", help="matrix: calibration data for int8 cells, e.g. datafree "
+                   "(see `edge convert --calib`)")
     b.add_argument("--no-optimize", action="store_true", help="matrix: skip edge's optimize passes")
     b.add_argument("--option", action="append", metavar="KEY=VALUE", help="matrix: target option")
     b.add_argument("--warmup", type=int, default=10)

@@ -18,7 +18,8 @@ Three generators, chosen per model by what it contains (``method="auto"``) or fo
     internal statistic of the model, so it is the weakest of the three; the record says so.
 
 Images start from N(0, 1) (seeded), are optimised with Adam, and are clamped to the range the model's
-preprocessing can produce (without one: to [-3, 3], the range of normalized images). Generation stops at ``steps`` or when ``budget_s`` is spent, whichever comes first;
+preprocessing can produce (without one: to [-3, 3], the range of normalized images). Generation stops at
+``steps`` or when ``budget_s`` is spent, whichever comes first;
 the record says how many steps ran. Hooks go on the user's module and are removed afterwards; parameters,
 their ``requires_grad``, the module's train/eval mode and its state dict are left as they were. For the same
 ``steps`` the result is bit-identical (seeded); a run cut short by its budget depends on the machine's speed.
