@@ -14,6 +14,7 @@ import argparse
 import functools
 import json
 import time
+from typing import Callable
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,22 @@ def train(name: str, *, epochs: int | None = None, lr: float = 2e-3, batch: int 
     model, entry = create_model(name, pretrained=False)
     epochs = epochs or TRAIN_EPOCHS.get(name, 60)
     xtr, ytr, xte, yte = (torch.from_numpy(a) for a in split())
+    t0 = time.time()
+    fit(model, xtr, ytr, xte, yte, augment=_augment, g=g, epochs=epochs, lr=lr, batch=batch, name=name, every=10)
+    acc = evaluate(model, xte, yte)
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(WEIGHTS_DIR / f"{name}.safetensors"))
+    (WEIGHTS_DIR / f"{name}.json").write_text(json.dumps(
+        {"model": name, "test_accuracy": acc, "test_samples": len(yte), "epochs": epochs, "lr": lr, "seed": seed,
+         "torch": torch.__version__, "train_seconds": round(time.time() - t0, 1)}, indent=2) + "\n")
+    return acc
+
+
+def fit(model: torch.nn.Module, xtr: torch.Tensor, ytr: torch.Tensor, xte: torch.Tensor, yte: torch.Tensor, *,
+        augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor], g: torch.Generator, epochs: int,
+        lr: float, batch: int, name: str, every: int) -> None:
+    """The zoo's training loop: AdamW + one-cycle schedule, label smoothing, the model's own augmentation;
+    prints test accuracy every ``every`` epochs. Seeding is the caller's (before the model is built)."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     steps = epochs * ((len(xtr) + batch - 1) // batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
@@ -90,21 +107,14 @@ def train(name: str, *, epochs: int | None = None, lr: float = 2e-3, batch: int 
         perm = torch.randperm(len(xtr), generator=g)
         for i in range(0, len(xtr), batch):
             idx = perm[i:i + batch]
-            loss = F.cross_entropy(model(_augment(xtr[idx], g)), ytr[idx], label_smoothing=0.1)
+            loss = F.cross_entropy(model(augment(xtr[idx], g)), ytr[idx], label_smoothing=0.1)
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
-        if ep % 10 == 9 or ep == epochs - 1:
-            acc = evaluate(model, xte, yte)
-            print(f"{name} epoch {ep + 1}/{epochs} loss {loss.item():.3f} test acc {acc:.4f} ({time.time() - t0:.0f}s)")
-    acc = evaluate(model, xte, yte)
-    from safetensors.torch import save_file
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(WEIGHTS_DIR / f"{name}.safetensors"))
-    (WEIGHTS_DIR / f"{name}.json").write_text(json.dumps(
-        {"model": name, "test_accuracy": acc, "test_samples": len(yte), "epochs": epochs, "lr": lr, "seed": seed,
-         "torch": torch.__version__, "train_seconds": round(time.time() - t0, 1)}, indent=2) + "\n")
-    return acc
+        if (ep + 1) % every == 0 or ep == epochs - 1:
+            print(f"{name} epoch {ep + 1}/{epochs} loss {loss.item():.3f} test acc {evaluate(model, xte, yte):.4f} "
+                  f"({time.time() - t0:.0f}s)", flush=True)
 
 
 def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:

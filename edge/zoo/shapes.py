@@ -113,27 +113,14 @@ def train(*, epochs: int = TRAIN["epochs"], lr: float = TRAIN["lr"], batch: int 
           seed: int = TRAIN["seed"]) -> float:
     """Train ``vit_shapes`` from its seed, save its weights and record; return the test accuracy."""
     from edge.zoo import create_model
-    from edge.zoo.digits import evaluate
+    from edge.zoo.digits import evaluate, fit
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     model, _ = create_model("vit_shapes", pretrained=False)
     xtr, ytr, xte, yte = (torch.from_numpy(a) for a in split())
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
-    steps = epochs * ((len(xtr) + batch - 1) // batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     t0 = time.time()
-    for ep in range(epochs):
-        model.train()
-        perm = torch.randperm(len(xtr), generator=g)
-        for i in range(0, len(xtr), batch):
-            idx = perm[i:i + batch]
-            loss = F.cross_entropy(model(_augment(xtr[idx], g)), ytr[idx], label_smoothing=0.1)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-        print(f"vit_shapes epoch {ep + 1}/{epochs} loss {loss.item():.3f} test acc "
-              f"{evaluate(model, xte, yte):.4f} ({time.time() - t0:.0f}s)", flush=True)
+    fit(model, xtr, ytr, xte, yte, augment=_augment, g=g, epochs=epochs, lr=lr, batch=batch, name="vit_shapes",
+        every=1)
     acc = evaluate(model, xte, yte)
     from safetensors.torch import save_file
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(WEIGHTS_DIR / "vit_shapes.safetensors"))
