@@ -30,22 +30,23 @@ def _img(size: int, channels: int = 3) -> tuple[torch.Tensor, ...]:
     return (torch.randn(1, channels, size, size, generator=torch.Generator().manual_seed(1)),)
 
 
+def _vit_like(config_cls: Any, model_cls: Any, large: bool) -> tuple[Any, Any, tuple]:
+    """ViT and DeiT share their configuration's fields: ViT-Ti when large, a 2-layer width-32 model otherwise."""
+    s = 224 if large else IMG
+    cfg = config_cls(image_size=s, patch_size=16 if large else 8, hidden_size=192 if large else 32,
+                     num_hidden_layers=12 if large else 2, num_attention_heads=3 if large else 2,
+                     intermediate_size=768 if large else 64, num_labels=CLASSES)
+    return model_cls, cfg, _img(s)
+
+
 def _vit(large: bool) -> tuple[Any, Any, tuple]:
     from transformers import ViTConfig, ViTForImageClassification
-    s = 224 if large else IMG
-    cfg = ViTConfig(image_size=s, patch_size=16 if large else 8, hidden_size=192 if large else 32,
-                    num_hidden_layers=12 if large else 2, num_attention_heads=3 if large else 2,
-                    intermediate_size=768 if large else 64, num_labels=CLASSES)
-    return ViTForImageClassification, cfg, _img(s)
+    return _vit_like(ViTConfig, ViTForImageClassification, large)
 
 
 def _deit(large: bool):
     from transformers import DeiTConfig, DeiTForImageClassification
-    s = 224 if large else IMG
-    cfg = DeiTConfig(image_size=s, patch_size=16 if large else 8, hidden_size=192 if large else 32,
-                     num_hidden_layers=12 if large else 2, num_attention_heads=3 if large else 2,
-                     intermediate_size=768 if large else 64, num_labels=CLASSES)
-    return DeiTForImageClassification, cfg, _img(s)
+    return _vit_like(DeiTConfig, DeiTForImageClassification, large)
 
 
 def _dinov2(large: bool):
