@@ -72,14 +72,23 @@ def export_to(path, job: ConversionJob, details: dict[str, Any]) -> None:
         details["dynamo_export_error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:500]
     dynamic_axes = {n: {0: "batch"} for n in in_names + out_names} if job.dynamic_batch else None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             torch.onnx.export(job.module, tuple(job.example_inputs), str(path), dynamo=False,
                               opset_version=min(opset, 17), input_names=in_names, output_names=out_names,
                               dynamic_axes=dynamic_axes)
     except Exception as e:
         raise ConversionError(f"ONNX export failed with both exporters: dynamo: {details['dynamo_export_error']}; "
                               f"torchscript: {type(e).__name__}: {str(e).strip().splitlines()[0]}") from e
+    # A trace keeps the branch the example input took: a tensor turned into a Python bool means control flow that
+    # depends on the data, and an artifact that is silently wrong for inputs taking the other branch.
+    branches = [str(w.message).splitlines()[0] for w in caught
+                if issubclass(w.category, torch.jit.TracerWarning) and "Python boolean" in str(w.message)]
+    if branches:
+        raise ConversionError(f"ONNX export refused: torch.export could not capture the model "
+                              f"({details['dynamo_export_error'][:200]}) and the TorchScript exporter's trace would "
+                              f"keep only the branch the example input took (data-dependent control flow: "
+                              f"{branches[0][:160]}); make the branch a tensor operation (torch.where) or fixed")
     details["exporter"] = "torchscript (fallback: the dynamo exporter failed)"
 
 

@@ -18,6 +18,7 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import inspect
@@ -112,14 +113,23 @@ def error_text(e: BaseException) -> str:
 
 # ---------------------------------------------------------------- the cache key
 
-def program_digest(program: Any) -> str:
+def program_digest(program: Any, module: Any = None) -> str:
     """sha256 of an ExportedProgram's graph, signature and every parameter, buffer and constant (name, dtype,
-    shape, bytes): equal digests mean the same program was captured."""
+    shape, bytes): equal digests mean the same program was captured. Without a program (no capture route worked,
+    the target converts from the module), the module's code (the source files of its classes) and state."""
     import torch
     h = hashlib.sha256()
-    h.update(str(program.graph_module.code).encode())
-    h.update(str(program.graph_signature).encode())
-    tensors = {**dict(program.state_dict), **dict(getattr(program, "constants", {}) or {})}
+    if program is None:
+        files = sorted({inspect.getsourcefile(type(m)) or type(m).__qualname__ for m in module.modules()})
+        for f in files:
+            h.update(f.encode())
+            with contextlib.suppress(OSError, TypeError):
+                h.update(Path(f).read_bytes())
+        tensors = dict(module.state_dict())
+    else:
+        h.update(str(program.graph_module.code).encode())
+        h.update(str(program.graph_signature).encode())
+        tensors = {**dict(program.state_dict), **dict(getattr(program, "constants", {}) or {})}
     for name in sorted(tensors):
         t = tensors[name]
         h.update(name.encode())
@@ -155,10 +165,10 @@ def artifact_key(spec: CellSpec, prep: Any, conv: Any, options: dict[str, Any]) 
     import torch
 
     import edge
-    _, program, passes = prep.program_for(spec.target)
+    module, program, passes = prep.program_for(spec.target)
     shapes = [list(t.shape) for t in prep.spec.example_inputs]
     src = prep.spec.source
-    record = {"model": src.get("name"), "program": program_digest(program), "passes": passes,
+    record = {"model": src.get("name"), "program": program_digest(program, module), "passes": passes,
               "weights": src.get("weights_sha256") or src.get("sha256") or src.get("weights"),
               "target": spec.target, "precision": spec.precision, "input_shapes": shapes, "options": options,
               "calib": spec.calib if spec.precision in conv.needs_calibration else None,

@@ -54,6 +54,17 @@ def exits():
     sys.exit(3)
 
 
+class Branchy(torch.nn.Module):
+    def forward(self, x):
+        if x.sum() > 0:   # data-dependent control flow: a trace would keep one branch
+            return x * 2
+        return x - 1
+
+
+def branches():
+    return Branchy()
+
+
 def not_a_module():
     return 42
 
@@ -158,6 +169,8 @@ CLI_CASES = [
     ("shape-two-for-one", ["convert", "{u}/models.py:build", "--input-shape", "1,3,8,8", "--input-shape", "1,4",
                            "-o", "{u}/o"], 2, "(2 inputs)", None),
     ("no-shape", ["convert", "{u}/models.py:build", "-o", "{u}/o"], 2, "needs an input shape", None),
+    ("data-dependent-branch", ["convert", "{u}/models.py:branches", "--input-shape", "1,3,8,8", "-o", "{u}/o"], 1,
+     "data-dependent control flow", None),
     # targets, precisions, options
     ("target-empty", ["convert", "{u}/models.py:build", "--input-shape", "1,3,8,8", "-t", "", "-o", "{u}/o"], 2,
      "no target given", None),

@@ -105,7 +105,7 @@ def test_load_results_errors(tmp_path):
     with pytest.raises(UsageError, match="does not exist"):
         load_results(tmp_path / "nope.json")
     (tmp_path / "x.json").write_text("not json")
-    with pytest.raises(UsageError, match="not JSON"):
+    with pytest.raises(UsageError, match="not valid JSON"):
         load_results(tmp_path / "x.json")
 
 
