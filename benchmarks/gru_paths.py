@@ -11,7 +11,7 @@ Part 2, minGRU (dim 72, expansion 2: VisionGRU-Ti's stage 1) over 56x56 = 3136 t
   loop's graph has ~4 nodes per token; with ``--seq-tokens`` below the length it is measured at that
   length and scaled linearly (its cost is exactly linear), which the output marks. (Exporting the loop at
   3136 tokens to ONNX did not finish in 16 minutes.) The scan alone uses the target's chunk
-  (``CHUNK_BY_TARGET``) in token order. A third graph, ``one pass``, reads the same a, b and writes h with a
+  (the converter's ``mingru_chunk`` form) in token order. A third graph, ``one pass``, reads the same a, b and writes h with a
   single ``a * b + b``: the least any graph with those inputs and output costs on that runtime (binding the
   inputs, one pass over the data, copying the output out), set beside the 10x budget (sequential / 10).
 
@@ -32,7 +32,8 @@ import torch
 from torch import nn
 
 import edge
-from edge.passes.recurrent import CHUNK, CHUNK_BY_TARGET, ChunkedMinGRU, chunked_linear_scan, sequential_mingru_scan
+from edge.converters import get_converter
+from edge.passes.recurrent import CHUNK, ChunkedMinGRU, chunked_linear_scan, sequential_mingru_scan
 from edge.profile import EagerSession, time_interleaved, time_session
 from edge.zoo import create_model
 from edge.zoo.visiongru import MinGRU
@@ -143,7 +144,7 @@ def part_mingru(args, tmp: Path) -> None:
     print(f"eager chunked scan             p50 {e_chunk:8.3f} ms   {e_seq / e_chunk:6.1f}x vs sequential")
     a, b = torch.rand(1, N, 144), torch.randn(1, N, 144)
     for target in args.targets:
-        chunk = CHUNK_BY_TARGET.get(target, CHUNK)
+        chunk = get_converter(target).forms.get("mingru_chunk", CHUNK)
         cases = {"scan alone": (_Scan(False, chunk), _Scan(True), (a, b)),
                  "minGRU layer": (nn.Sequential(ref), seq, (x,))}
         runs, infos = {}, {}

@@ -5,7 +5,7 @@ import importlib.util
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from edge.errors import MissingBackendError, UnknownNameError
 
@@ -17,12 +17,16 @@ if TYPE_CHECKING:
 
 @dataclass
 class ConversionJob:
-    """What a converter gets: the program captured once per run, plus everything around it.
+    """What a converter gets: the program the pipeline captured for it, plus everything around it.
+
+    The pipeline (:mod:`edge.pipeline`) owns every capture: the run's shared program, and the program of a
+    converter's :class:`Recipe` (fp16 casts, PT2E int8, a device copy), which it captures and hands over
+    as ``program``. ``module`` is given only to converters whose ``sources`` include ``"module"``.
 
     Attributes:
-        program: the ExportedProgram captured from ``module`` (shared by every target of a run).
-        module: the optimized eager module the program was captured from (some backends
-            convert better from the module; record which in ``ConversionResult.details``).
+        program: the ExportedProgram to lower (None when no capture route worked; see ``capture``).
+        module: the optimized eager module the program was captured from, for converters that declare
+            ``"module"`` in ``sources`` (OpenVINO's RNN path, the TorchScript ONNX fallback); else None.
         example_inputs: the example inputs, torch tensors.
         inputs/outputs: names, shapes (dynamic dims as strings) and dtypes.
         precision: one of the converter's ``precisions``.
@@ -44,6 +48,11 @@ class ConversionJob:
     model_info: dict[str, Any] = field(default_factory=dict)
     dynamic_batch: bool = False
     capture: dict[str, Any] = field(default_factory=dict)   # how ``program`` was captured (CaptureRecord)
+    passes: list[dict[str, Any]] | None = None   # the optimize passes' record (None: optimize was off)
+    expected_outputs: list[Any] = field(default_factory=list)   # the optimized module's outputs on the example
+    recipe: dict[str, Any] = field(default_factory=dict)   # what the converter's recipe did (manifest details)
+    # the pipeline's programs of this run's recipes, by recipe key (shared by the jobs of one captured program)
+    recipes: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def require_program(self, target: str) -> Any:
         """``program``, or a ConversionError listing why no capture route worked (this target needs one)."""
@@ -55,6 +64,56 @@ class ConversionJob:
                               f"{failed}. Targets that convert from the module (openvino, onnx) may still work")
 
 
+@dataclass(frozen=True)
+class Option:
+    """A target option, declared as data: the CLI builds its flag (``--name-with-dashes``) from it.
+
+    Attributes:
+        default: the value when the option is not given (None: unset).
+        choices: the allowed values; empty means any value of ``kind``.
+        help: one line for ``edge convert --help``.
+        kind: the value's type when there are no choices (``int``, ``str``, ``list`` of names ...);
+            inferred from ``default`` when left None.
+
+    Example:
+        >>> Option(18, (17, 18, 19), "ONNX opset").check("onnx", "opset", 18)
+        18
+    """
+
+    default: Any = None
+    choices: tuple = ()
+    help: str = ""
+    kind: type | None = None
+
+    @property
+    def type(self) -> type:
+        return self.kind or (type(self.default) if self.default is not None else str)
+
+    def check(self, target: str, key: str, value: Any) -> Any:
+        """``value`` if allowed (None gives the default); else an UnknownNameError listing the choices."""
+        if value is None:
+            return list(self.default) if isinstance(self.default, (list, tuple)) else self.default
+        if self.choices and value not in self.choices:
+            raise UnknownNameError(f"value for {target} option {key!r}", str(value), [str(c) for c in self.choices])
+        if self.type is list:
+            return [value] if isinstance(value, str) else [str(v) for v in value]
+        return value
+
+    def parse(self, text: str) -> Any:
+        """A command-line string as this option's value (a choice whose text matches, a number, a list)."""
+        for choice in self.choices:
+            if str(choice).lower() == text.lower():
+                return choice
+        if self.type is list:
+            return [t.strip() for t in text.split(",") if t.strip()]
+        if self.type in (int, float):
+            try:
+                return self.type(text)
+            except ValueError:
+                return text   # check() names the valid choices
+        return text
+
+
 @dataclass
 class ConversionResult:
     """What a converter returns. ``files`` lists paths relative to ``out_dir``, main file first."""
@@ -63,6 +122,28 @@ class ConversionResult:
     details: dict[str, Any] = field(default_factory=dict)
     runtime: str | None = None   # overrides Converter.runtime (e.g. the ONNX-on-CUDA route)
     format: str | None = None
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a precision turns the optimized model into the program a converter lowers.
+
+    The pipeline runs ``transform(module, job, details)`` on a private copy and captures what it returns (with
+    the example inputs moved to ``device``), so every ``torch.export`` of a run happens in one place and a
+    program is reused for every conversion with the same forms and recipe ``key``.
+
+    Attributes:
+        key: what makes two recipes' programs equal (e.g. ``"pt2e-int8"`` plus the options it reads).
+        transform: ``(module, job, details) -> module``; writes what it did into ``details`` (manifest).
+        from_program: the transform gets the run's captured program as a module (``program.module()``, as
+            PT2E quantization wants) instead of the eager module.
+        device: where the example inputs go for the capture.
+    """
+
+    key: str
+    transform: Callable[..., Any]
+    from_program: bool = False
+    device: str = "cpu"
 
 
 class Converter(ABC):
@@ -80,7 +161,13 @@ class Converter(ABC):
     requires: ClassVar[tuple[str, ...]] = ()
     precisions: ClassVar[tuple[str, ...]] = ("fp32",)
     needs_calibration: ClassVar[tuple[str, ...]] = ()   # precisions that use calibration data
-    options: ClassVar[dict[str, tuple[Any, ...]]] = {}  # option -> allowed values (first is default)
+    options: ClassVar[dict[str, Option]] = {}           # target options, declared as data (CLI flags too)
+    # What convert() starts from: "program" (the pipeline's ExportedProgram), plus "module" for converters that
+    # can also convert the eager module (a backend's own frontend, or a fallback when no program was captured).
+    sources: ClassVar[tuple[str, ...]] = ("program",)
+    # Pass forms this target wants (``edge.passes.list_forms()``: attention, rnn, mingru_chunk ...); forms
+    # not named take their defaults. Targets whose forms agree share one captured program.
+    forms: ClassVar[dict[str, Any]] = {}
 
     def missing(self) -> str | None:
         """The first required package that is not installed, or None."""
@@ -99,16 +186,13 @@ class Converter(ABC):
             raise UnknownNameError(f"precision for target {self.name!r}", precision, self.precisions)
 
     def resolve_options(self, given: dict[str, Any]) -> dict[str, Any]:
-        """Fill defaults and validate values of this target's options; other keys are ignored."""
-        out = {}
-        for key, allowed in self.options.items():
-            value = given.get(key)
-            if value is None:
-                value = allowed[0] if allowed else None
-            elif allowed and value not in allowed:
-                raise UnknownNameError(f"value for {self.name} option {key!r}", str(value), [str(a) for a in allowed])
-            out[key] = value
-        return out
+        """Fill defaults and validate values of this target's options; keys of other targets are left to them
+        (``edge.api.check_option_keys`` refuses keys no target of the run declares)."""
+        return {key: opt.check(self.name, key, given.get(key)) for key, opt in self.options.items()}
+
+    def recipe(self, job: ConversionJob) -> Recipe | None:
+        """The :class:`Recipe` for ``job`` (its precision and options), or None to lower the run's shared program."""
+        return None
 
     def can_execute(self) -> str | None:
         """Why artifacts of this target cannot run on this machine (None if they can)."""
@@ -132,7 +216,7 @@ class Converter(ABC):
 # Option ``keep_float``: PyTorch module names (``blocks.3.mlp.fc1``) whose ops stay in float when the target
 # quantizes (``--max-drop`` fills it from edge's debugger; users may pass it too). Declared by the quantizing
 # targets as ``"keep_float": KEEP_FLOAT``; the value is a list of names.
-KEEP_FLOAT: tuple = ()
+KEEP_FLOAT = Option((), help="PyTorch module names kept in float when quantizing (comma-separated)", kind=list)
 
 
 def kept_float(job: ConversionJob) -> set[str]:

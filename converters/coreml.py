@@ -18,7 +18,7 @@ import platform
 from collections import Counter
 from typing import Any
 
-from edge.converters.base import ConversionJob, ConversionResult, Converter
+from edge.converters.base import ConversionJob, ConversionResult, Converter, Option, Recipe
 from edge.errors import ConversionError, PlatformError, UsageError
 
 # deployment target -> (coremltools.target attribute, spec version, has fused SDPA)
@@ -38,10 +38,21 @@ class CoreMLConverter(Converter):
     requires = ("coremltools",)
     precisions = ("fp16", "fp32", "int8-weights", "palettize4", "palettize6", "w8a8")
     needs_calibration = ("w8a8",)
-    options = {"coreml_target": tuple(TARGETS), "compute_units": tuple(COMPUTE_UNITS), "image_input": (False, True)}
+    options = {"coreml_target": Option("iOS18", tuple(TARGETS),
+                                       "CoreML deployment target"),
+               "compute_units": Option(next(iter(COMPUTE_UNITS)), tuple(COMPUTE_UNITS), "CoreML compute units"),
+               "image_input": Option(False, (False, True), "take an RGB/grayscale image input (normalization inside)")}
 
     def can_execute(self) -> str | None:
         return None if platform.system() == "Darwin" else NOT_MACOS
+
+    def recipe(self, job: ConversionJob) -> Recipe | None:
+        """``image_input`` with a per-channel std: the normalization goes in front of the model (Core ML's image
+        preprocessing has one scale), captured by the pipeline."""
+        if not job.options.get("image_input"):
+            return None
+        _, std, _ = _normalization(job)
+        return Recipe("normalization in front", _normalize_in_front) if len(set(std)) != 1 else None
 
     def convert(self, job: ConversionJob) -> ConversionResult:
         self.require()
@@ -168,42 +179,55 @@ def _ct_shape(ct: Any, shape: list[int | str]) -> Any:
     return tuple(int(d) for d in shape)
 
 
-def _image_inputs(ct: Any, job: ConversionJob) -> tuple[Any, list[Any], dict[str, Any]]:
-    """ImageType input(s) applying the model's normalization: ``(pixel * scale - mean) / std`` per channel.
-
-    Core ML's image preprocessing has one scale and a bias per channel, so a per-channel std is
-    folded into the program instead (a multiply/add in front of the model, re-captured).
-    """
-    import torch
+def _normalization(job: ConversionJob) -> tuple[list[float], list[float], float]:
+    """(mean, std, scale) of the model's one [N, C, H, W] image input; a UsageError says what is missing."""
     pre = job.model_info.get("preprocessing") or {}
     if len(job.inputs) != 1 or len(job.inputs[0].shape) != 4:
         raise UsageError("image_input needs a model with one [N, C, H, W] input")
     if not pre.get("mean") or not pre.get("std"):
         raise UsageError("image_input needs the model's normalization (mean/std), which this model does not "
                          "declare; convert without image_input and normalize inputs yourself")
+    channels = int(job.inputs[0].shape[1])
+    if channels not in (1, 3):
+        raise UsageError(f"image_input needs 1 (grayscale) or 3 (RGB) channels; input {job.inputs[0].name!r} has "
+                         f"{channels}")
+    return [float(v) for v in pre["mean"]], [float(v) for v in pre["std"]], float(pre.get("scale", 1 / 255))
+
+
+def _normalize_in_front(module: Any, job: ConversionJob, details: dict[str, Any]) -> Any:
+    """``module`` behind a per-channel multiply/add that applies the model's normalization (the recipe's transform)."""
+    import torch
+    mean, std, scale = _normalization(job)
+
+    class Normalize(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module):
+            super().__init__()
+            self.inner = inner
+            self.register_buffer("mul", torch.tensor([scale / s for s in std]).view(1, -1, 1, 1))
+            self.register_buffer("add", torch.tensor([-m / s for m, s in zip(mean, std)]).view(1, -1, 1, 1))
+
+        def forward(self, x: torch.Tensor) -> Any:
+            return self.inner(x * self.mul + self.add)
+    details["source"] = "the module behind its per-channel normalization, captured by the pipeline"
+    return Normalize(module).eval()
+
+
+def _image_inputs(ct: Any, job: ConversionJob) -> tuple[Any, list[Any], dict[str, Any]]:
+    """ImageType input(s) applying the model's normalization: ``(pixel * scale - mean) / std`` per channel.
+
+    Core ML's image preprocessing has one scale and a bias per channel, so a per-channel std is
+    folded into the program instead (the converter's recipe: a multiply/add in front of the model).
+    """
+    mean, std, scale = _normalization(job)
     spec = job.inputs[0]
     channels = int(spec.shape[1])
-    if channels not in (1, 3):
-        raise UsageError(f"image_input needs 1 (grayscale) or 3 (RGB) channels; input {spec.name!r} has {channels}")
-    mean, std, scale = [float(v) for v in pre["mean"]], [float(v) for v in pre["std"]], float(pre.get("scale", 1 / 255))
     layout = ct.colorlayout.GRAYSCALE if channels == 1 else ct.colorlayout.RGB
-    program = job.program
-    if len(set(std)) == 1:
-        img_scale, bias, folded = scale / std[0], [-m / std[0] for m in mean], False
+    program = job.require_program("coreml")
+    folded = len(set(std)) != 1
+    if folded:
+        img_scale, bias = 1.0, [0.0] * channels
     else:
-        class Normalize(torch.nn.Module):
-            def __init__(self, inner: torch.nn.Module):
-                super().__init__()
-                self.inner = inner
-                self.register_buffer("mul", torch.tensor([scale / s for s in std]).view(1, -1, 1, 1))
-                self.register_buffer("add", torch.tensor([-m / s for m, s in zip(mean, std)]).view(1, -1, 1, 1))
-
-            def forward(self, x: torch.Tensor) -> Any:
-                return self.inner(x * self.mul + self.add)
-
-        with torch.no_grad():
-            program = torch.export.export(Normalize(job.module).eval(), tuple(job.example_inputs), strict=False)
-        img_scale, bias, folded = 1.0, [0.0] * channels, True
+        img_scale, bias = scale / std[0], [-m / std[0] for m in mean]
     t = ct.ImageType(name=spec.name, shape=_ct_shape(ct, spec.shape), scale=img_scale,
                      bias=bias[0] if channels == 1 else bias, color_layout=layout)
     record = {"color_layout": "GRAYSCALE" if channels == 1 else "RGB", "scale": img_scale, "bias": bias,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib.util
 from typing import Any
 
-from edge.converters.base import ConversionJob, ConversionResult, Converter
+from edge.converters.base import ConversionJob, ConversionResult, Converter, Option, Recipe
 from edge.errors import ConversionError, PlatformError, UsageError
 
 _DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -42,7 +42,8 @@ class CudaConverter(Converter):
     precisions = ("fp32", "fp16", "bf16")
     # device "auto": cuda where PyTorch sees a GPU; without one, "auto" and "cuda" are PlatformErrors (a CPU
     # package is built only when asked for with device "cpu")
-    options = {"device": ("auto", "cuda", "cpu"), "route": ("aoti", "onnxruntime")}
+    options = {"device": Option("auto", ("auto", "cuda", "cpu"), "cuda target: the device to compile for"),
+               "route": Option("aoti", ("aoti", "onnxruntime"), "cuda target: AOTInductor or ONNX Runtime's CUDA EP")}
 
     def resolve_options(self, given: dict[str, Any]) -> dict[str, Any]:
         out = super().resolve_options(given)
@@ -83,24 +84,25 @@ class CudaConverter(Converter):
         return self._convert_aoti(job, device)
 
     # --- AOTInductor -------------------------------------------------------------------------------------------
+    def recipe(self, job: ConversionJob) -> Recipe | None:
+        """A GPU or low-precision build compiles a wrapped copy (the shared program is CPU fp32): the module in the
+        precision on the device, float32 casts at its inputs and outputs; the pipeline captures it."""
+        device = job.options.get("device", "cuda")
+        if job.options.get("route", "aoti") != "aoti" or (device != "cuda" and job.precision == "fp32"):
+            return None
+        import torch
+        dtype = getattr(torch, _DTYPES[job.precision])
+
+        def wrap(module: Any, job: ConversionJob, details: dict[str, Any]) -> Any:
+            details["compiled_from"] = (f"the module captured on {device} in {job.precision} (float32 casts at the "
+                                        f"inputs/outputs)")
+            return cast_wrapper(module, dtype).to(device)
+        return Recipe(f"{job.precision} on {device}", wrap, device=device)
+
     def _convert_aoti(self, job: ConversionJob, device: str) -> ConversionResult:
         import torch
-        program, how = job.require_program(self.name), "the captured ExportedProgram"
-        if device == "cuda" or job.precision != "fp32":
-            # The shared program is CPU fp32; a GPU or low-precision build re-captures a wrapped copy.
-            wrapped = cast_wrapper(job.module, getattr(torch, _DTYPES[job.precision])).to(device)
-            args = tuple(t.to(device) for t in job.example_inputs)
-            dynamic = None
-            if job.dynamic_batch:
-                batch = torch.export.Dim("batch", min=1, max=1024)
-                dynamic = tuple({0: batch} for _ in args)
-            try:
-                with torch.no_grad():
-                    program = torch.export.export(wrapped, args, dynamic_shapes=dynamic, strict=False)
-            except Exception as e:
-                raise ConversionError(f"torch.export of the {job.precision} {device} copy failed: "
-                                      f"{type(e).__name__}: {_first_line(e)}") from e
-            how = f"the module re-captured on {device} in {job.precision} (float32 casts at the inputs/outputs)"
+        program = job.require_program(self.name)   # the pipeline's, after the recipe above
+        how = job.recipe.get("compiled_from", "the captured ExportedProgram")
         path = job.out_dir / "model.pt2"
         try:
             with torch.no_grad():

@@ -9,7 +9,7 @@ import logging
 import warnings
 from typing import Any
 
-from edge.converters.base import KEEP_FLOAT, ConversionJob, ConversionResult, Converter, in_kept, kept_float
+from edge.converters.base import KEEP_FLOAT, ConversionJob, ConversionResult, Converter, Option, in_kept, kept_float
 from edge.errors import ConversionError
 
 
@@ -24,8 +24,12 @@ class OnnxConverter(Converter):
     # reduce_range: 7-bit weights. ONNX Runtime's u8s8 kernels on x86 CPUs without VNNI (AVX2 only, e.g. AMD
     # Zen 3) add pairs of products in int16 and saturate: vit_tiny_digits int8 came out at cosine 0.883 there and
     # 0.9999 with 7-bit weights. "auto" reduces the range where the converting CPU is such a CPU.
-    options = {"opset": (18, 17, 19, 20, 21, 23), "reduce_range": ("auto", True, False),
+    options = {"opset": Option(18, (17, 18, 19, 20, 21, 23), "ONNX opset of the exported model"),
+               "reduce_range": Option("auto", ("auto", True, False),
+                                      "int8: 7-bit weights (auto: where the converting CPU lacks VNNI)"),
                "keep_float": KEEP_FLOAT}
+    forms = {"rnn": "native", "layernorm2d": "channels-first"}
+    sources = ("program", "module")   # the module: a fallback when no program was captured
 
     def convert(self, job: ConversionJob) -> ConversionResult:
         self.require()

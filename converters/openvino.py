@@ -32,7 +32,7 @@ import warnings
 from collections import Counter
 from typing import Any
 
-from edge.converters.base import KEEP_FLOAT, ConversionJob, ConversionResult, Converter, in_kept, kept_float
+from edge.converters.base import KEEP_FLOAT, ConversionJob, ConversionResult, Converter, Option, in_kept, kept_float
 from edge.errors import ConversionError, UsageError
 
 RECURRENT_MODULES = ("GRU", "LSTM", "RNN")
@@ -51,27 +51,27 @@ class OpenVinoConverter(Converter):
     precisions = ("fp32", "fp16", "int8", "int8-weights", "int4-weights")
     needs_calibration = ("int8",)
     options = {
-        "source": ("auto", "program", "module"),       # which graph convert_model gets
-        "int4_group_size": (64, 32, 128),
-        "int4_ratio": (1.0, 0.8, 0.6),                  # share of weight layers put in int4 (rest int8)
-        "int8_model_type": ("auto", "transformer", "cnn"),
-        "int8_preset": ("performance", "mixed"),         # NNCF preset: symmetric / asymmetric activations
-        "ignored_scope": (),                           # regex(es) of node names kept float in int8
-        "keep_float": KEEP_FLOAT,                      # PyTorch module names kept float in int8
+        "source": Option("auto", ("auto", "program", "module"), "which graph convert_model gets"),
+        "int4_group_size": Option(64, (32, 64, 128), "int4-weights: weights per quantization group"),
+        "int4_ratio": Option(1.0, (1.0, 0.8, 0.6), "int4-weights: share of weight layers put in int4 (rest int8)"),
+        "int8_model_type": Option("auto", ("auto", "transformer", "cnn"), "int8: NNCF's model type"),
+        "int8_preset": Option("performance", ("performance", "mixed"),
+                              "int8: NNCF preset (symmetric / asymmetric activations)"),
+        "ignored_scope": Option((), help="int8: regexes of node names kept in float (comma-separated)", kind=list),
+        "keep_float": KEEP_FLOAT,
     }
+    forms = {"attention_qkv": "split", "rnn": "native", "layernorm2d": "channels-first",
+             "mingru_layout": "position-major"}
+    sources = ("program", "module")   # the module: a fallback when no program was captured and the RNN path
 
     def resolve_options(self, given: dict[str, Any]) -> dict[str, Any]:
-        out = super().resolve_options({k: v for k, v in given.items() if k != "ignored_scope"})
-        scope = given.get("ignored_scope")
-        if isinstance(scope, str):
-            scope = [scope]
-        for pattern in scope or []:
+        out = super().resolve_options(given)
+        for pattern in out["ignored_scope"]:
             try:
                 re.compile(pattern)
             except re.error as e:
                 raise UsageError(f"openvino option ignored_scope {pattern!r} is not a valid regex ({e}); "
                                  f"pass patterns of node names, e.g. '.*head.*'") from None
-        out["ignored_scope"] = list(scope or [])
         return out
 
     def convert(self, job: ConversionJob) -> ConversionResult:

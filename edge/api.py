@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import platform
 import warnings
-from dataclasses import dataclass, field
+
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -14,69 +14,11 @@ from edge import __version__
 from edge.artifact import (STATUS_CHECKED_SPEC, STATUS_FAILED, STATUS_UNVERIFIED, STATUS_VERIFIED, Artifact,
                            Manifest, check_destination, now_iso, sha256_path, staging_dir)
 from edge.converters.base import ConversionJob
-from edge.capture import capture_with_fallbacks, flatten_outputs, input_specs, output_specs
+from edge.capture import flatten_outputs, input_specs, output_specs
+from edge.pipeline import Prepared, lower, prepare
 from edge.errors import ArtifactError, EdgeWarning, UsageError, VerificationError
 from edge.progress import step
-from edge.sources import ModelSpec, resolve
-
-
-@dataclass
-class Prepared:
-    """A resolved model with its optimized copies and captured programs, cached per pass profile."""
-
-    spec: ModelSpec
-    dynamic_batch: bool
-    optimize: bool
-    disable: tuple[str, ...]
-    pass_options: dict[str, Any]
-    _cache: dict[tuple, tuple[torch.nn.Module, Any]]
-    captures: dict[tuple, Any] = field(default_factory=dict)   # CaptureRecord per pass profile
-
-    def program_for(self, target: str) -> tuple[torch.nn.Module, Any, list[dict]]:
-        """(optimized module, ExportedProgram, pass record) for ``target``; captured once per distinct form."""
-        from edge import passes as opt
-        if self.spec.program is not None:   # a saved .pt2 is used as it is
-            return self.spec.module, self.spec.program, []
-        key = opt.profile_key(target, disable=self.disable, options=self.pass_options) if self.optimize else ()
-        if key not in self._cache:
-            module = self.spec.module
-            if self.optimize:
-                with step(f"optimize passes for {target}"):
-                    module = opt.optimize(module, target=target, example_inputs=self.spec.example_inputs,
-                                          disable=self.disable, **self.pass_options)
-            with step("capture with torch.export"):
-                module, program, record = capture_with_fallbacks(module, self.spec.example_inputs,
-                                                                 dynamic_batch=self.dynamic_batch)
-            self._cache[key] = (module, program)
-            self.captures[key] = record
-        module, program = self._cache[key]
-        return module, program, list(getattr(module, "edge_passes", []))
-
-    def capture_record(self, target: str) -> dict[str, Any]:
-        """How the program for ``target`` was captured (``details["capture"]`` of its artifacts)."""
-        from edge import passes as opt
-        if self.spec.program is not None:
-            return {"route": "saved ExportedProgram"}
-        key = opt.profile_key(target, disable=self.disable, options=self.pass_options) if self.optimize else ()
-        record = self.captures.get(key)
-        return record.to_dict() if record is not None else {}
-
-
-def prepare(model: Any, *, example_inputs: Sequence[torch.Tensor] | None = None,
-            input_shapes: list[tuple[int, ...]] | None = None, weights: str | Path | None = None,
-            trust_weights: bool = False, dynamic_batch: bool = False, optimize: bool = True,
-            disable_passes: Sequence[str] = (), keep_tokens: float | None = None) -> Prepared:
-    """Resolve ``model`` (any source ``convert`` takes, or an already resolved :class:`ModelSpec`) for capture.
-
-    Example:
-        >>> prep = edge.prepare("vit_tiny_digits"); module, program, passes = prep.program_for("onnx")
-    """
-    spec = model if isinstance(model, ModelSpec) else resolve(
-        model, example_inputs=example_inputs, input_shapes=input_shapes, weights=weights, trust_weights=trust_weights)
-    pass_options = {"keep_tokens": keep_tokens} if keep_tokens is not None else {}
-    if keep_tokens is not None and not 0 < keep_tokens <= 1:
-        raise UsageError(f"--keep-tokens {keep_tokens} must be in (0, 1], e.g. 0.5 keeps half the patch tokens")
-    return Prepared(spec, dynamic_batch, optimize, tuple(disable_passes), pass_options, {})
+from edge.sources import ModelSpec
 
 
 def convert(model: Any, *, target: str = "onnx", precision: str = "fp32", out: str | Path,
@@ -152,17 +94,13 @@ def convert_all(model: Any, *, targets: Sequence[str], precisions: Sequence[str]
                                            test_set=spec.entry.test_set if spec.entry else None, model=spec.module)
     artifacts, failures = [], []
     for (conv, precision), dest in zip(converters, dests):
-        module, program, passes = prep.program_for(conv.name)
+        module, _, passes = prep.program_for(conv.name)
         with staging_dir(dest) as stage:
-            job = ConversionJob(program=program, module=module, example_inputs=spec.example_inputs, inputs=ins,
-                                outputs=outs, precision=precision, out_dir=stage,
-                                options=conv.resolve_options(options or {}),
-                                calibration=calibration if precision in conv.needs_calibration else None,
-                                model_info=spec.info, dynamic_batch=dynamic_batch,
-                                capture=prep.capture_record(conv.name))
+            job = prep.job(conv, precision, out_dir=stage, outputs=outs, options=conv.resolve_options(options or {}),
+                           calibration=calibration)
             with step(f"convert to {conv.name} ({precision})"):
                 if max_drop is None:
-                    result = converted(conv, job)
+                    result = lower(conv, job)
                 else:
                     from edge.accuracy import convert_within_drop
                     result = convert_within_drop(conv, job, spec, max_drop)
@@ -244,17 +182,8 @@ def check_labels(labels: Sequence[str], outs: list[Any]) -> list[str]:
 
 
 def converted(conv: Any, job: ConversionJob) -> Any:
-    """``conv.convert(job)``; an exception that is not edge's becomes a ConversionError naming the target and the
-    backend's last line (a backend's traceback ends with the line that says what went wrong)."""
-    from edge.errors import ConversionError, EdgeError
-    try:
-        return conv.convert(job)
-    except EdgeError:
-        raise
-    except Exception as e:
-        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-        last = (lines[-1] if lines else "")[:400]
-        raise ConversionError(f"the {conv.name} backend failed: {type(e).__name__}: {last or 'no message'}") from e
+    """The pipeline's lower stage (:func:`edge.pipeline.lower`): ``conv`` converts its view of ``job``."""
+    return lower(conv, job)
 
 
 def _test_split(spec: ModelSpec) -> tuple[np.ndarray, np.ndarray] | None:

@@ -176,7 +176,7 @@ def test_variants_per_target_share_programs():
         for m in (onnx, ov, et):
             assert close(m(x), model(x))
     def mine(target):   # the forms these passes pick (other passes may split targets for their own reasons)
-        return [kv for kv in P.profile_key(target) if kv[0] in ("attention", "layernorm")]
+        return [kv for kv in P.profile_key(P.forms_for(target)) if kv[0] in ("attention", "layernorm")]
     assert mine("onnx") == mine("coreml") == mine("cuda") != mine("executorch")
     assert dict(mine("openvino"))["attention"] == f"{SDPA}, q/k/v split" and dict(mine("onnx"))["attention"] == SDPA
     assert all(m.split_qkv for m in ov.modules() if isinstance(m, EdgeAttention))
@@ -363,7 +363,7 @@ def test_layernorm2d_takes_each_targets_form(target):
     with torch.no_grad():
         assert close(fast(x), model(x))
     rec = {r["pass"]: r for r in fast.edge_passes}["layernorm2d"]
-    form = layernorm2d_variant(target)
+    form = layernorm2d_variant(P.forms_for(target))
     assert rec["variant"] == form and rec["rewrites"] == (0 if form == "native" else 1)
     want = {"channels-first": ChannelsFirstLayerNorm, "native": LayerNorm2d}.get(form, ChannelsLastLayerNorm)
     assert type(fast[1]) is want and type(fast[3]) is LayerNorm2dOverWidth

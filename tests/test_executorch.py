@@ -252,7 +252,8 @@ def test_skipped_edge_passes_could_not_have_matched():
     program that needs it (mixed dtypes, a dynamic batch), and the gates see the ops the others rewrite."""
     from executorch.exir.passes.normalize_transpose_pass import NormalizeTransposePass
     from executorch.exir.passes.replace_broken_ops_with_function_ops_pass import ReplaceBrokenOpsWithFunctionalOpsPass
-    from edge.converters.executorch import _edge_pass_can_act, lower
+    from edge.converters.executorch import lower
+    from edge.converters.executorch.speedups import _edge_pass_can_act
 
     class Mixed(torch.nn.Module):   # float + int64: RemoveMixedTypeOperators casts
         def forward(self, x):
@@ -306,7 +307,7 @@ def test_lowering_restores_what_it_patches():
 def test_const_prop_gate_sees_ops_that_read_only_graph_constants():
     """ConstPropPass folds an op whose inputs are all constants of the graph (get_attr) or none."""
     from executorch.exir.passes.const_prop_pass import ConstPropPass
-    from edge.converters.executorch import _xnnpack_pass_can_act
+    from edge.converters.executorch.speedups import _xnnpack_pass_can_act
 
     def graph(const_input: bool) -> torch.fx.GraphModule:
         root = torch.nn.Module()
@@ -327,7 +328,7 @@ def test_whole_graph_partition_is_what_the_group_partitioner_proposes():
     from executorch.exir import to_edge
     from executorch.exir.backend.canonical_partitioners.pattern_op_partitioner import (
         generate_grouped_partitions_from_list_of_nodes)
-    from edge.converters.executorch import _whole_graph_partition, _xnnpack_partitioner
+    from edge.converters.executorch.partition import _whole_graph_partition, _xnnpack_partitioner
 
     class Refused(torch.nn.Module):   # cumsum has no XNNPACK kernel
         def forward(self, x):
@@ -350,7 +351,7 @@ def test_convolutions_rewritten_as_core_convolution_keep_the_numbers():
     """conv1d/conv2d -> aten.convolution before lowering: same outputs, and nothing is left for ExecuTorch's
     second decomposition of the whole program."""
     from executorch.exir.program._program import _default_decomposition_table
-    from edge.converters.executorch import _core_convolutions
+    from edge.converters.executorch.speedups import _core_convolutions
 
     nn = torch.nn
 
@@ -378,7 +379,7 @@ def test_convolutions_rewritten_as_core_convolution_keep_the_numbers():
 
 def test_partitioner_drops_its_op_check_only_when_every_kept_op_passes(tmp_path):
     """ExecuTorch then decomposes once instead of three times; a linear XNNPACK refuses keeps the check."""
-    from edge.converters.executorch import _xnnpack_partitioner
+    from edge.converters.executorch.partition import _xnnpack_partitioner
 
     class DynamicWeight(torch.nn.Module):   # a linear whose weight is an input: XNNPACK's check refuses it
         def forward(self, x, w):

@@ -102,7 +102,7 @@ def test_pass_variants_and_records():
     native = edge.optimize(model, target="onnx")
     assert {r["pass"]: r["variant"] for r in native.edge_passes}["gru"] == "native"
     assert type(native.gru) is nn.GRU
-    keys = {t: edge.passes.profile_key(t) for t in ("onnx", "openvino", "executorch")}
+    keys = {t: edge.passes.profile_key(edge.passes.forms_for(t)) for t in ("onnx", "openvino", "executorch")}
     assert keys["onnx"] != keys["executorch"]
 
 
@@ -215,17 +215,23 @@ def test_mingru_pass_finds_edge_and_foreign_modules():
 def test_mingru_chunk_is_picked_per_target_and_recorded():
     """ExecuTorch gets its own chunk (fewer nodes to lower); the record and the capture key say which."""
     model = nn.Sequential(MinGRU(8)).eval()
-    for target, chunk in (("executorch", R.CHUNK_BY_TARGET["executorch"]), ("openvino", R.CHUNK), ("onnx", R.CHUNK)):
+    from edge.converters import get_converter
+    for target in ("executorch", "openvino", "onnx"):
+        declared = get_converter(target).forms   # each converter declares its forms as data
+        chunk = declared.get("mingru_chunk", R.CHUNK)
         fast = edge.optimize(model, target=target)
         rec = {r["pass"]: r for r in fast.edge_passes}["mingru_scan"]
-        kept, major = target in R.KEEP_PRODUCTS_TARGETS, target in R.POSITION_MAJOR_TARGETS
+        kept = declared.get("mingru_products") == "kept"
+        major = declared.get("mingru_layout") == "position-major"
         assert fast[0].chunk == rec["chunk"] == chunk and fast[0].keep_products == rec["keep_products"] == kept
         assert fast[0].position_major == rec["position_major"] == major
         assert rec["variant"] == f"chunk {chunk}" + (", products kept" if kept else "") + (
             ", position-major" if major else "")
-    assert R.CHUNK_BY_TARGET["executorch"] != R.CHUNK
+    assert get_converter("executorch").forms["mingru_chunk"] != R.CHUNK
+    assert get_converter("executorch").forms["mingru_products"] == "kept"
+    assert get_converter("openvino").forms["mingru_layout"] == "position-major"
     assert edge.optimize(model, target="executorch", mingru_chunk=8)[0].chunk == 8   # an explicit chunk wins
-    keys = {t: edge.passes.profile_key(t) for t in ("onnx", "openvino", "executorch")}
+    keys = {t: edge.passes.profile_key(edge.passes.forms_for(t)) for t in ("onnx", "openvino", "executorch")}
     assert len(set(keys.values())) == 3   # each target's forms differ: one capture each
 
 

@@ -29,44 +29,49 @@ import torch.nn.functional as F
 from torch import nn
 
 from edge.errors import UsageError
-from edge.passes import OptimizeContext, refit_linear, register_pass
+from edge.passes import OptimizeContext, declare_form, refit_linear, register_pass
 
 XNNPACK = "xnnpack"   # the ExecuTorch form
 SDPA = "sdpa"         # the form other backends fuse
 PROBE_ATOL = 1e-5
 
 
-# Targets whose attention computes q, k and v as three matmuls on slices of qkv's weight (constants a
-# converter folds), not one matmul whose output is split. OpenVINO ran the split on a reference kernel
-# and its int8 attention then needed extra transposes: vit_tiny int8, one run, 5 rounds: 5.63 -> 5.16 ms
-# (f32 hint), 4.67 -> 4.40 ms (bf16 hint); fp32 11.37 -> 11.14 ms. ONNX Runtime fp32 13.84 -> 13.74 ms.
-SPLIT_QKV_TARGETS = ("openvino",)
+# Forms the converters choose from (``Converter.forms``). Measurements behind the choices:
+# - attention_qkv="split": q, k and v as three matmuls on slices of qkv's weight (constants a converter
+#   folds), not one matmul whose output is split. OpenVINO ran the split on a reference kernel and its int8
+#   attention then needed extra transposes: vit_tiny int8, one run, 5 rounds: 5.63 -> 5.16 ms (f32 hint),
+#   4.67 -> 4.40 ms (bf16 hint); fp32 11.37 -> 11.14 ms. ONNX Runtime fp32 13.84 -> 13.74 ms.
+# - layernorm2d="channels-first": a channel LayerNorm of an NCHW tensor as means over dim 1 (no transposes):
+#   VisionGRU-Ti's conv stem at 1024 px, one run, 3 rounds: OpenVINO 72 -> 43 ms (its Transpose of the
+#   36 x 512 x 512 map alone took 27 ms), ONNX Runtime 85 -> 76 ms.
+declare_form("attention", SDPA, (SDPA, XNNPACK),
+             "sdpa: fused scaled_dot_product_attention; xnnpack: the bmm/softmax form XNNPACK delegates whole")
+declare_form("attention_qkv", "fused", ("fused", "split"),
+             "split: q, k and v as three matmuls on slices of qkv's weight")
+declare_form("layernorm", "native", ("native", "decomposed"),
+             "decomposed: LayerNorm's two means as matmuls (XNNPACK delegates them; native_layer_norm it does not)")
+declare_form("layernorm2d", "native", ("native", "channels-first"),
+             "channels-first: a channel LayerNorm of an NCHW map as means over dim 1 (no transposes)")
 
 
-def _attention_form(target: str | None) -> tuple[str, bool]:
-    """(form, q/k/v as three matmuls) of the attention rewrite for ``target``."""
-    return (XNNPACK, False) if target == "executorch" else (SDPA, target in SPLIT_QKV_TARGETS)
+def _attention_form(forms: dict[str, Any]) -> tuple[str, bool]:
+    """(form, q/k/v as three matmuls) of the attention rewrite under ``forms``."""
+    return forms["attention"], forms["attention"] == SDPA and forms["attention_qkv"] == "split"
 
 
-def attention_variant(target: str | None) -> str:
-    form, split = _attention_form(target)
+def attention_variant(forms: dict[str, Any]) -> str:
+    form, split = _attention_form(forms)
     return f"{form}, q/k/v split" if split else form
 
 
-def layernorm_variant(target: str | None) -> str:
-    return "decomposed" if target == "executorch" else "native"
+def layernorm_variant(forms: dict[str, Any]) -> str:
+    return forms["layernorm"]
 
 
-# Targets that run a channel LayerNorm of an NCHW tensor fastest as means over dim 1 (no transposes):
-# VisionGRU-Ti's conv stem at 1024 px, one run, 3 rounds: OpenVINO 72 -> 43 ms (its Transpose of the
-# 36 x 512 x 512 map alone took 27 ms), ONNX Runtime 85 -> 76 ms.
-CHANNELS_FIRST_NORM_TARGETS = ("openvino", "onnx")
-
-
-def layernorm2d_variant(target: str | None) -> str:
-    if target in CHANNELS_FIRST_NORM_TARGETS:
+def layernorm2d_variant(forms: dict[str, Any]) -> str:
+    if forms["layernorm2d"] == "channels-first":
         return "channels-first"
-    return "channels-last, decomposed" if layernorm_variant(target) == "decomposed" else "native"
+    return "channels-last, decomposed" if layernorm_variant(forms) == "decomposed" else "native"
 
 
 # ---------------------------------------------------------------------------------------------- core math
@@ -115,7 +120,7 @@ class EdgeAttention(nn.Module):
     def __init__(self, src: nn.Module, form: str, split_qkv: bool = False):
         super().__init__()
         self.qkv, self.proj, self.num_heads = src.qkv, src.proj, src.num_heads
-        self.split_qkv = split_qkv   # q, k, v from three slices of qkv's weight (SPLIT_QKV_TARGETS)
+        self.split_qkv = split_qkv   # q, k, v from three slices of qkv's weight (form attention_qkv)
         dim = src.qkv.in_features
         self.head_dim = dim // self.num_heads
         self.scale = float(getattr(src, "scale", self.head_dim ** -0.5))
@@ -322,7 +327,7 @@ def _replace_children(root: nn.Module, swap) -> int:
 @register_pass("attention", "attention in the form each target keeps fused (SDPA, on OpenVINO with q/k/v as three "
                             "matmuls; XNNPACK-whole bmm form on ExecuTorch)", order=20, variant=attention_variant)
 def attention_pass(module: nn.Module, ctx: OptimizeContext) -> int:
-    form, split = _attention_form(ctx.target)
+    form, split = _attention_form(ctx.forms)
     gen = torch.Generator().manual_seed(0)
 
     def swap(child: nn.Module):
@@ -344,7 +349,7 @@ def attention_pass(module: nn.Module, ctx: OptimizeContext) -> int:
                               "the layernorm pass decomposes", order=29, variant=layernorm2d_variant)
 def layernorm2d_pass(module: nn.Module, ctx: OptimizeContext) -> int:
     """Modules named ``LayerNorm2d`` that subclass nn.LayerNorm over one dim; each swap is checked on a probe."""
-    form = layernorm2d_variant(ctx.target)
+    form = layernorm2d_variant(ctx.forms)
     if form == "native":
         return 0
     make = ChannelsFirstLayerNorm if form == "channels-first" else ChannelsLastLayerNorm
@@ -363,7 +368,7 @@ def layernorm2d_pass(module: nn.Module, ctx: OptimizeContext) -> int:
 @register_pass("layernorm", "LayerNorm with its two means as matmuls on ExecuTorch (XNNPACK delegates it; native_layer_norm "
                             "stays on portable kernels)", order=30, variant=layernorm_variant)
 def layernorm_pass(module: nn.Module, ctx: OptimizeContext) -> int:
-    if layernorm_variant(ctx.target) != "decomposed":
+    if layernorm_variant(ctx.forms) != "decomposed":
         return 0
 
     def swap(child: nn.Module):

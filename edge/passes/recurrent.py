@@ -24,53 +24,56 @@ keeps in its fast path: matmul (Linear), sigmoid/tanh, mul/add/sub, static slice
   level up, and each chunk's steps run again from the state entering it. Work is linear in the
   sequence length; graph size grows with ``log_CHUNK(length)``. :meth:`ChunkedMinGRU.step` is the
   streaming form (state in, state out).
-  A VisionGRU block's backward minGRU becomes a reverse scan, so its two flips go away. Per target
-  (the pass variant): the chunk, the one-pass form (``keep_products``, ExecuTorch) and the
-  position-major layout (``position_major``, OpenVINO).
+  A VisionGRU block's backward minGRU becomes a reverse scan, so its two flips go away. The forms a
+  converter declares pick the chunk, the one-pass form (``mingru_products``) and the position-major
+  layout (``mingru_layout``).
 """
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from edge.errors import UsageError
-from edge.passes import OptimizeContext, refit_linear, register_pass
+from edge.passes import OptimizeContext, declare_form, refit_linear, register_pass
 
-# Targets whose runtimes run a native recurrent op faster than any unrolled form (measured in
-# benchmarks/gru_paths.py); their converters keep nn.GRU / nn.LSTM as one GRU/LSTM(Sequence) op.
-NATIVE_RNN_TARGETS = ("onnx", "openvino")
-# Targets whose converter lowers a torch.scan body as one delegate called per step (converters/executorch.py).
-SCAN_RNN_TARGETS = ("executorch",)
-# Time steps per iteration of the ExecuTorch loop (one delegate call each). 196-step GRU 64->128, one
-# run, medians of 3 rounds: 1 / 2 / 3 steps 1.48 / 1.18 / 1.26 ms (4 / 8: 1.37 / 1.71), lowering
-# 2.8 / 3.1 / 3.5 s (8: 9.3 s); eager nn.GRU 2.90 ms.
+# Forms the converters choose from (``Converter.forms``), with the measurements behind the choices:
+# - rnn="native": nn.GRU / nn.LSTM kept as one GRU/LSTM(Sequence) op, for runtimes that run it faster than
+#   any unrolled form (benchmarks/gru_paths.py); rnn="scan": a torch.scan whose body a converter lowers as one
+#   delegate called per iteration (converters/executorch/); rnn="unrolled": per-step matmuls and gates.
+# - SCAN_STEPS_PER_CALL: time steps per iteration of the scan. 196-step GRU 64->128, one run, medians of 3
+#   rounds: 1 / 2 / 3 steps 1.48 / 1.18 / 1.26 ms (4 / 8: 1.37 / 1.71), lowering 2.8 / 3.1 / 3.5 s (8: 9.3 s);
+#   eager nn.GRU 2.90 ms.
+# - mingru_chunk: the minGRU scan's chunk (forward + reverse scan of 3136 x 144, chunk 4 / 8 / 16 timed
+#   interleaved in one run): ExecuTorch 2.30 / 2.51 / 2.79 ms and 420 / 468 / 638 graph nodes, lowering
+#   14.8 / 16.3 / 20.2 s; OpenVINO 1.61 / 1.47 / 1.40 ms.
+# - mingru_products="kept": every state and gate product in one pass: fewer graph nodes, which ExecuTorch's
+#   lowering time follows. OpenVINO ran that form slower (two more full-size concats: 29.7 vs 19.1 ms for a
+#   VisionGRU-Ti stage-1 layer at 512 px).
+# - mingru_layout="position-major": the scan runs on position-major gates, one transpose in and out of the
+#   layer instead of strided slices and concats. Forward + reverse minGRU pair, one run, 3 rounds: OpenVINO
+#   73.5 -> 64.5 ms at 65536 x 72 (VisionGRU-Ti stage 1 at 1024 px), 23.8 -> 22.4 ms at 4096 x 288 (stage 3);
+#   ONNX Runtime 142.6 -> 144.9 ms at 65536 x 72 (not used there).
 SCAN_STEPS_PER_CALL = 2
 CHUNK = 16
-# The minGRU scan's chunk per target, where another than CHUNK measured better (forward + reverse scan
-# of 3136 x 144, chunk 4 / 8 / 16 timed interleaved in one run): ExecuTorch 2.30 / 2.51 / 2.79 ms and
-# 420 / 468 / 638 graph nodes, lowering 14.8 / 16.3 / 20.2 s; OpenVINO 1.61 / 1.47 / 1.40 ms.
-CHUNK_BY_TARGET = {"executorch": 4}
-# Targets whose minGRU scan keeps every state and gate product in one pass (``keep_products``): fewer
-# graph nodes, which ExecuTorch's lowering time follows. OpenVINO ran that form slower (two more
-# full-size concats: 29.7 vs 19.1 ms for a VisionGRU-Ti stage-1 layer at 512 px).
-KEEP_PRODUCTS_TARGETS = ("executorch",)
-# Targets whose minGRU scan runs on position-major gates (``position_major_scan``): one transpose in and
-# out of the layer instead of strided slices and concats. Forward + reverse minGRU pair, one run, 3
-# rounds: OpenVINO 73.5 -> 64.5 ms at 65536 x 72 (VisionGRU-Ti stage 1 at 1024 px), 23.8 -> 22.4 ms at
-# 4096 x 288 (stage 3); ONNX Runtime 142.6 -> 144.9 ms at 65536 x 72 (not used there).
-POSITION_MAJOR_TARGETS = ("openvino",)
+declare_form("rnn", "unrolled", ("unrolled", "native", "scan"),
+             "native: keep nn.GRU/nn.LSTM as one op; scan: a torch.scan loop; unrolled: per-step matmuls")
+declare_form("mingru_chunk", CHUNK, (), "positions per chunk of the minGRU linear scan")
+declare_form("mingru_products", "recomputed", ("recomputed", "kept"),
+             "kept: the minGRU scan keeps every state and gate product in one pass (fewer graph nodes)")
+declare_form("mingru_layout", "token-major", ("token-major", "position-major"),
+             "position-major: the minGRU scan runs on position-major gates (one transpose in and out)")
 
 
-def _rnn_variant(target: str | None) -> str:
-    if target in NATIVE_RNN_TARGETS:
-        return "native"
-    return "scan" if target in SCAN_RNN_TARGETS else "unrolled"
+def _rnn_variant(forms: dict[str, Any]) -> str:
+    return forms["rnn"]
 
 
-def _rnn_form(target: str | None) -> tuple[str, int]:
-    """(form, steps per call) of the tuned GRU/LSTM for ``target``."""
-    form = _rnn_variant(target)
+def _rnn_form(forms: dict[str, Any]) -> tuple[str, int]:
+    """(form, steps per call) of the tuned GRU/LSTM under ``forms``."""
+    form = _rnn_variant(forms)
     return form, SCAN_STEPS_PER_CALL if form == "scan" else 1
 
 
@@ -312,18 +315,18 @@ class TunedLSTM(_TunedRNN):
                f"of {SCAN_STEPS_PER_CALL} steps per iteration, each one XNNPACK delegate call); ONNX/OpenVINO keep "
                "their native GRU op", order=20, variant=_rnn_variant)
 def gru_pass(module: nn.Module, ctx: OptimizeContext) -> int:
-    if _rnn_variant(ctx.target) == "native":
+    if _rnn_variant(ctx.forms) == "native":
         return 0
-    return _replace(module, lambda m: type(m) is nn.GRU, lambda m: TunedGRU(m, *_rnn_form(ctx.target)))
+    return _replace(module, lambda m: type(m) is nn.GRU, lambda m: TunedGRU(m, *_rnn_form(ctx.forms)))
 
 
 @register_pass("lstm", "nn.LSTM -> one input matmul + sliced per-step gates; ONNX/OpenVINO keep their native "
                "LSTM op", order=21, variant=_rnn_variant)
 def lstm_pass(module: nn.Module, ctx: OptimizeContext) -> int:
-    if _rnn_variant(ctx.target) == "native":
+    if _rnn_variant(ctx.forms) == "native":
         return 0
     return _replace(module, lambda m: type(m) is nn.LSTM and not m.proj_size,
-                    lambda m: TunedLSTM(m, *_rnn_form(ctx.target)))
+                    lambda m: TunedLSTM(m, *_rnn_form(ctx.forms)))
 
 
 # ---------------------------------------------------------------------------------------------- minGRU
@@ -554,10 +557,18 @@ def is_mingru(m: nn.Module) -> bool:
             and hasattr(m, "to_out"))
 
 
-def _mingru_variant(target: str | None) -> str:
-    kept = ", products kept" if target in KEEP_PRODUCTS_TARGETS else ""
-    major = ", position-major" if target in POSITION_MAJOR_TARGETS else ""
-    return f"chunk {CHUNK_BY_TARGET.get(target, CHUNK)}{kept}{major}"
+def _mingru_kwargs(forms: dict[str, Any], options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """ChunkedMinGRU's arguments under ``forms`` (pass option ``mingru_chunk`` overrides the form's chunk)."""
+    return {"chunk": int((options or {}).get("mingru_chunk", forms["mingru_chunk"])),
+            "keep_products": forms["mingru_products"] == "kept",
+            "position_major": forms["mingru_layout"] == "position-major"}
+
+
+def _mingru_variant(forms: dict[str, Any]) -> str:
+    kw = _mingru_kwargs(forms)
+    kept = ", products kept" if kw["keep_products"] else ""
+    major = ", position-major" if kw["position_major"] else ""
+    return f"chunk {kw['chunk']}{kept}{major}"
 
 
 @register_pass("mingru_scan", "minGRU's logcumsumexp scan -> chunked linear scan (mul/add/slice only; converts "
@@ -565,14 +576,11 @@ def _mingru_variant(target: str | None) -> str:
 def mingru_pass(module: nn.Module, ctx: OptimizeContext) -> tuple[int, dict]:
     """A VisionGRU block's backward minGRU (run as ``m(y.flip(1)).flip(1)``) becomes a reverse scan: no flips.
 
-    The chunk is the target's (``CHUNK_BY_TARGET``, else ``CHUNK``) unless ``mingru_chunk`` is given;
-    ``KEEP_PRODUCTS_TARGETS`` get the one-pass form of the scan, ``POSITION_MAJOR_TARGETS`` the
-    position-major layout.
+    The chunk, the one-pass form and the layout come from the forms ``mingru_chunk``, ``mingru_products``
+    and ``mingru_layout``; pass option ``mingru_chunk`` overrides the chunk.
     """
     from edge.zoo.visiongru import Block2DGRU
-    kw = {"chunk": int(ctx.options.get("mingru_chunk", CHUNK_BY_TARGET.get(ctx.target, CHUNK))),
-          "keep_products": ctx.target in KEEP_PRODUCTS_TARGETS,
-          "position_major": ctx.target in POSITION_MAJOR_TARGETS}
+    kw = _mingru_kwargs(ctx.forms, ctx.options)
     n = 0
     for blk in module.modules():
         if isinstance(blk, Block2DGRU) and is_mingru(blk.min_gru_2):

@@ -1,0 +1,113 @@
+"""Lowering to ExecuTorch (``to_edge_transform_and_lower`` + XNNPACK) and the delegation summary."""
+from __future__ import annotations
+
+from typing import Any
+
+from edge.converters.executorch.partition import (_delegable_forms_pass, _scan_constants_pass, _scan_partitioner,
+                                                  _xnnpack_partitioner, scan_bodies)
+from edge.converters.executorch.speedups import _core_convolutions, _op_name, lowering_speedups
+from edge.errors import ConversionError
+
+
+def lower(program, *, etrecord: bool = True, details: dict[str, Any] | None = None):
+    """``to_edge_transform_and_lower`` with the XNNPACK partitioner (every precision type enabled).
+
+    A program with ``torch.scan`` loops (the ``gru``/``lstm`` passes' ExecuTorch form) also gets its
+    loop bodies delegated, with their weights as constants of the body. Like ExecuTorch's lowering itself,
+    this changes ``program`` (its convolutions become ``aten.convolution``: the same numbers).
+    """
+    from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
+    passes = [_delegable_forms_pass()]
+    if scan_bodies(program.graph_module):
+        passes.append(_scan_constants_pass(program))
+        partitioner = _scan_partitioner()
+    else:
+        partitioner = _xnnpack_partitioner()
+    try:
+        _core_convolutions(program)
+        with lowering_speedups(details) as (skipped, edge_skipped):
+            # No edge-dialect IR validation: it re-walks the whole program several times (16 s of VisionGRU-Ti's
+            # 95 s), and every program is run on this host and checked against PyTorch after lowering anyway.
+            manager = to_edge_transform_and_lower(program, transform_passes=passes, partitioner=[partitioner],
+                                                  compile_config=EdgeCompileConfig(_check_ir_validity=False),
+                                                  generate_etrecord=etrecord)
+        if details is not None:   # the XNNPACK preprocess and ATen-to-edge passes that had nothing to rewrite
+            details["xnnpack_passes_skipped"] = sorted(set(skipped))
+            details["edge_passes_skipped"] = sorted(set(edge_skipped))
+        return manager
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ConversionError(f"ExecuTorch lowering (to_edge_transform_and_lower + XNNPACK) failed: "
+                              f"{type(e).__name__}: {first}") from e
+
+
+def delegation_summary(graph_module, passes_on: bool | None = None) -> dict[str, Any]:
+    """Delegate calls, delegated/portable node counts and the ops left on portable kernels.
+
+    ``portable_by_module`` names, per module of the source model, the ops that kept portable kernels there
+    (from each node's ``nn_module_stack``). ``passes_on`` says whether edge's optimize passes ran (None:
+    unknown); the warning suggests turning them on only when they were off.
+
+    ``torch.scan`` loops are listed under ``loops``: per loop its iterations and what one iteration runs
+    (delegate calls, portable ops). A program counts as fully delegated when the loop ops
+    themselves are all that runs outside XNNPACK and each loop body is one delegate call.
+    """
+    from executorch.devtools.backend_debug import get_delegation_info
+    info = get_delegation_info(graph_module)
+    df = info.get_operator_delegation_dataframe()
+    portable: dict[str, int] = {}
+    for row in df.itertuples(index=False):
+        name, n = str(row.op_type), int(row.occurrences_in_non_delegated_graphs)
+        if n and name not in ("Total", "getitem"):   # getitem only unpacks delegate outputs
+            portable[name] = n
+    loops = []
+    for node, body in scan_bodies(graph_module):
+        calls = [n for n in body.graph.nodes if "executorch_call_delegate" in str(n.target)]
+        ops = [str(getattr(n.target, "__name__", n.target)) for n in body.graph.nodes
+               if n.op == "call_function" and n not in calls and "getitem" not in str(n.target)]
+        loops.append({"iterations": int(node.args[2][0].meta["val"].shape[0]),
+                      "delegate_calls_per_iteration": len(calls), "portable_ops_per_iteration": sorted(ops)})
+        for op in ops:   # get_delegation_info only looks at the top-level graph
+            portable[op] = portable.get(op, 0) + 1
+    calls = int(info.num_delegated_subgraphs)
+    out = {"delegate_calls": calls, "delegated_nodes": int(info.num_delegated_nodes),
+           "portable_nodes": int(sum(portable.values())),
+           "portable_ops": dict(sorted(portable.items(), key=lambda kv: -kv[1])),
+           "fully_delegated": calls == 1 and not portable}
+    if loops:   # the loop op itself is ExecuTorch's control flow; everything else must be delegated
+        out["loops"] = loops
+        out["delegate_calls_per_run"] = calls + sum(lp["iterations"] * lp["delegate_calls_per_iteration"]
+                                                    for lp in loops)
+        out["fully_delegated"] = (set(portable) == {"scan"} and portable["scan"] == len(loops)
+                                  and all(lp["delegate_calls_per_iteration"] == 1 for lp in loops))
+    by_module = portable_by_module(graph_module)
+    if by_module:
+        out["portable_by_module"] = by_module
+    if not out["fully_delegated"]:
+        ops = ", ".join(f"{k} x{v}" for k, v in list(out["portable_ops"].items())[:8] if k != "scan") or "none"
+        where = "; ".join(f"{m}: {', '.join(o)}" for m, o in list(by_module.items())[:4])
+        advice = ("run with the optimize passes on (the default) or rewrite these ops" if passes_on is False else
+                  "XNNPACK has no kernel for these ops in these forms (dtype, rank or arguments); rewrite them "
+                  "in the module" + (f" ({where})" if where else ""))
+        out["warning"] = (f"not fully delegated: {out['delegate_calls']} XNNPACK delegate call(s); ops on portable "
+                          f"kernels: {ops}. {advice[0].upper()}{advice[1:]}")
+    return out
+
+
+def portable_by_module(graph_module, limit: int = 12) -> dict[str, list[str]]:
+    """Per source module (qualified name and class), the ops of the top-level graph left on portable kernels."""
+    out: dict[str, dict[str, int]] = {}
+    for node in graph_module.graph.nodes:
+        name = _op_name(node.target) if node.op == "call_function" else ""
+        if not name or "executorch_call_delegate" in name or "getitem" in name or name == "scan":
+            continue
+        stack = node.meta.get("nn_module_stack") or {}
+        path, cls = list(stack.values())[-1] if stack else ("", "")
+        key = f"{path or '(top level)'} ({str(cls).rsplit('.', 1)[-1]})" if cls else (path or "(top level)")
+        ops = out.setdefault(key, {})
+        short = name.replace("aten.", "").replace(".default", "")
+        ops[short] = ops.get(short, 0) + 1
+    ranked = sorted(out.items(), key=lambda kv: -sum(kv[1].values()))[:limit]
+    return {k: [f"{o} x{n}" for o, n in v.items()] for k, v in ranked}
+
+
