@@ -42,8 +42,8 @@ class CudaConverter(Converter):
     precisions = ("fp32", "fp16", "bf16")
     # device "auto": cuda where PyTorch sees a GPU; without one, "auto" and "cuda" are PlatformErrors (a CPU
     # package is built only when asked for with device "cpu")
-    options = {"device": Option("auto", ("auto", "cuda", "cpu"), "cuda target: the device to compile for"),
-               "route": Option("aoti", ("aoti", "onnxruntime"), "cuda target: AOTInductor or ONNX Runtime's CUDA EP")}
+    options = {"device": Option("auto", ("auto", "cuda", "cpu"), "the device to compile for"),
+               "route": Option("aoti", ("aoti", "onnxruntime"), "AOTInductor or ONNX Runtime's CUDA EP")}
 
     def resolve_options(self, given: dict[str, Any]) -> dict[str, Any]:
         out = super().resolve_options(given)

@@ -43,6 +43,46 @@ def _parse_options(pairs: list[str] | None, flag: str = "--option") -> dict[str,
     return out
 
 
+_FLAG_PREFIX = "target_option_"
+
+
+def _add_target_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per option the registered targets declare (``Option``), built from the declarations, so a
+    plugin target's options get flags too. A key several targets declare is one flag; a key whose flag another
+    argument already has stays reachable with ``--option key=value``."""
+    from edge.converters import TARGETS
+    declared: dict[str, list[tuple[str, Any]]] = {}
+    for name in TARGETS.names():
+        try:
+            cls = TARGETS.get(name)
+        except EdgeError:   # a plugin that fails to import: `edge targets` says why
+            continue
+        for key, opt in getattr(cls, "options", {}).items():
+            declared.setdefault(key, []).append((name, opt))
+    group = parser.add_argument_group("target options (built from each target's declared options)")
+    for key, decls in sorted(declared.items()):
+        opt, names = decls[0][1], ", ".join(n for n, _ in decls)
+        flag, dest = "--" + key.replace("_", "-"), _FLAG_PREFIX + key
+        if flag in parser._option_string_actions:
+            continue
+        boolean = set(opt.choices) == {False, True}
+        choices = f" ({', '.join(map(str, opt.choices))}; default {opt.default})" if opt.choices and not boolean else ""
+        help_text = f"{names}: {opt.help}{choices}"
+        if boolean:
+            if opt.default:
+                group.add_argument("--no-" + key.replace("_", "-"), dest=dest, action="store_const", const=False,
+                                   help=f"{help_text} (on by default; this flag turns it off)")
+            else:
+                group.add_argument(flag, dest=dest, action="store_const", const=True, help=help_text)
+        else:
+            group.add_argument(flag, dest=dest, metavar=key.upper(), type=opt.parse, help=help_text)
+
+
+def _target_flag_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The target options given with their own flags."""
+    return {k[len(_FLAG_PREFIX):]: v for k, v in vars(args).items() if k.startswith(_FLAG_PREFIX) and v is not None}
+
+
 @command("convert")
 def cmd_convert(args: argparse.Namespace) -> int:
     import edge
@@ -51,12 +91,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         raise UsageError("-o/--out is empty; name the artifact folder to create, e.g. -o out/model")
     targets = [t.strip() for t in args.target.split(",") if t.strip()]
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
-    options = _parse_options(args.option)
-    for key in ("coreml_target", "compute_units", "device", "route"):
-        if getattr(args, key, None) is not None:
-            options[key] = getattr(args, key)
-    if args.bundle:
-        options["bundle"] = True
+    options = {**_parse_options(args.option), **_target_flag_values(args)}
     arts = edge.convert_all(
         args.model, targets=targets, precisions=precisions, out=args.out, input_shapes=parse_shapes(args.input_shape),
         weights=args.weights, trust_weights=args.trust_weights, dynamic_batch=args.dynamic_batch,
@@ -329,12 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-verify", action="store_true", help="skip the parity check (artifact marked unverified)")
     c.add_argument("--labels", metavar="FILE", help="class names, one per line (or a JSON list), stored in the "
                    "manifest for apps (edge serve shows them)")
-    c.add_argument("--coreml-target", help="CoreML deployment target (iOS17, iOS18, macOS14, macOS15)")
-    c.add_argument("--compute-units", help="CoreML compute units (all, cpu_and_ne, cpu_only)")
-    c.add_argument("--device", help="cuda target: cuda or cpu")
-    c.add_argument("--route", help="cuda target: aoti or onnxruntime")
-    c.add_argument("--bundle", action="store_true", help="executorch: bundle example inputs and expected outputs")
-    c.add_argument("--option", action="append", metavar="KEY=VALUE", help="other target option")
+    c.add_argument("--option", action="append", metavar="KEY=VALUE", help="a target option without its own flag")
+    _add_target_flags(c)
 
     v = add("verify", "re-run an artifact's parity check against PyTorch")
     v.add_argument("artifact")

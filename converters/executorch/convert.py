@@ -26,9 +26,9 @@ class ExecuTorchConverter(Converter):
     # calib_batches: how many calibration batches static int8 observes. XNNPACK's activation observer
     # (HistogramObserver) costs a torch.histc per activation per batch: 64 batches of a 4-block ViT took
     # most of a minute, while 16 keep digits accuracy within a point of fp32.
-    options = {"bundle": Option(False, (False, True), "executorch: bundle example inputs and expected outputs"),
-               "etrecord": Option(True, (True, False), "executorch: write etrecord.bin (maps profiles to ops)"),
-               "calib_batches": Option(16, (4, 8, 16, 32, 64), "executorch int8: calibration batches observed"),
+    options = {"bundle": Option(False, (False, True), "bundle example inputs and expected outputs"),
+               "etrecord": Option(True, (True, False), "write etrecord.bin (maps profiles to ops)"),
+               "calib_batches": Option(16, (4, 8, 16, 32, 64), "int8: calibration batches observed"),
                "keep_float": KEEP_FLOAT}   # module names left unannotated by the quantizer (fp32)
     forms = {"attention": "xnnpack", "layernorm": "decomposed", "rnn": "scan", "mingru_chunk": 4,
              "mingru_products": "kept"}
