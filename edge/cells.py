@@ -23,6 +23,8 @@ import dataclasses
 import hashlib
 import inspect
 import json
+import os
+import platform
 import tempfile
 import time
 import traceback
@@ -31,6 +33,9 @@ from typing import Any
 
 from edge.errors import EdgeError
 
+# The results schema (results.json: a header with host_info() and settings, then one record per cell), used by
+# the matrix, the fleet, the report and the phone app's server.
+SCHEMA = "edge.bench/1"
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
 STATUS_SKIPPED = "skipped"   # converted and spec-checked, but this machine cannot run it (CoreML off macOS)
@@ -43,6 +48,18 @@ CELL_FIELDS = [
     "first_inference_ms", "peak_rss_mb", "base_rss_mb", "model_rss_mb", "rss_growth_mb", "placement", "warmup",
     "iters", "timer", "parity_passed", "cosine", "max_abs", "accuracy", "reference_accuracy", "node", "user_agent",
 ]
+
+
+def host_info() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"hostname": platform.node(), "system": f"{platform.system()} {platform.release()}",
+            "machine": platform.machine(), "cpu": cpu, "cores": os.cpu_count() or 1,
+            "python": platform.python_version()}
 
 
 
@@ -206,10 +223,11 @@ def _dir_size_mb(path: Path, files: dict[str, str]) -> float:
     return total / 2**20
 
 
-def _parity_fields(parity: dict[str, Any]) -> dict[str, Any]:
-    outs = parity.get("outputs") or {}
-    first = next(iter(outs.values()), {})
-    return {"parity_passed": parity.get("passed"), "cosine": first.get("cosine"), "max_abs": first.get("max_abs"),
+def _parity_fields(parity: dict[str, Any] | None) -> dict[str, Any]:
+    from edge.parity import ParityReport
+    report = ParityReport.from_dict(parity)
+    first = report.first_output
+    return {"parity_passed": report.passed, "cosine": first.get("cosine"), "max_abs": first.get("max_abs"),
             "accuracy": first.get("accuracy"), "reference_accuracy": first.get("reference_accuracy")}
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -14,15 +15,14 @@ from typing import Any, Callable, Iterator
 
 from edge import __version__
 from edge.errors import EdgeError, UsageError
+from edge.registry import Registry
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+COMMANDS: Registry[Callable[[argparse.Namespace], int]] = Registry("command")
 
 
 def command(name: str):
-    def deco(fn):
-        COMMANDS[name] = fn
-        return fn
-    return deco
+    """Decorator: register ``fn(args) -> exit code`` as ``edge <name>``."""
+    return COMMANDS.register(name)
 
 
 def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
@@ -126,19 +126,9 @@ def _read_labels(path: str | None) -> list[str] | None:
     return text.rstrip("\n").split("\n") if text.strip() else []
 
 
-def _parity_text(parity: dict[str, Any]) -> str:
-    if parity.get("skipped"):
-        return f"  (parity skipped: {parity['skipped']})"
-    outs = parity.get("outputs") or {}
-    if not outs:
-        return ""
-    m = next(iter(outs.values()))
-    text = f"  max_abs {m['max_abs']:.2e} cos {m['cosine']:.6f}"
-    if "top1_agreement" in m:
-        text += f" top1 {m['top1_agreement']:.3f}"
-    if "accuracy" in m:
-        text += f" acc {m['accuracy']:.4f} (torch {m['reference_accuracy']:.4f})"
-    return text
+def _parity_text(parity: dict[str, Any] | None) -> str:
+    from edge.parity import ParityReport
+    return ParityReport.from_dict(parity).summary()
 
 
 @command("verify")
@@ -502,13 +492,16 @@ def main(argv: list[str] | None = None) -> int:
         stack.enter_context(_warnings_as_lines(args.command, verbose))
         err = edge.progress.console()
         try:
-            return COMMANDS[args.command](args)
+            return COMMANDS.get(args.command)(args)
         except EdgeError as e:
             print(f"edge {args.command}: error: {e}", file=err)
             return e.exit_code
         except KeyboardInterrupt:
             print("interrupted", file=err)
             return 130
+        except BrokenPipeError:   # the reader went away (`edge targets | head`): not an error
+            sys.stdout = open(os.devnull, "w")   # nothing left to flush into the closed pipe at exit
+            return 0
         except Exception as e:  # a bug in edge or an unexpected backend failure: one line, details on request
             if verbose:
                 raise

@@ -103,7 +103,8 @@ class Device(ABC):
 
     def info(self) -> dict[str, Any]:
         """What the device is and which targets it runs: ``kind``, ``host``, ``targets`` (name -> None or why not)."""
-        from edge.matrix import available_targets, host_info
+        from edge.cells import host_info
+        from edge.matrix import available_targets
         return {"name": self.name, "kind": self.kind, "host": host_info(), "targets": available_targets()}
 
     def artifact(self, record: dict[str, Any]):
@@ -170,7 +171,7 @@ class BrowserDevice(Device):
     kind = "browser"
 
     def info(self) -> dict[str, Any]:
-        from edge.matrix import host_info
+        from edge.cells import host_info
         targets = {"onnx": None}
         return {"name": self.name, "kind": self.kind, "host": host_info(), "targets": targets,
                 "url": f"http://{self.config.get('host', '127.0.0.1')}:{self.config.get('port', 8000)}/"}

@@ -16,20 +16,16 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from edge.cells import (CELL_FIELDS, STATUS_FAILED, STATUS_OK, STATUS_SKIPPED, CellSpec,  # noqa: F401 (re-exported)
-                        bench_cell, convert_cell)
+from edge.cells import (CELL_FIELDS, SCHEMA, STATUS_FAILED, STATUS_OK, STATUS_SKIPPED,  # noqa: F401 (re-exported)
+                        CellSpec, bench_cell, convert_cell, host_info)
 from edge.errors import UsageError
 from edge.progress import console
 from edge.resolution import ResolutionError, native_resolution  # noqa: F401 (re-exported)
-
-SCHEMA = "edge.bench/1"
-
 
 def default_cache_dir() -> Path:
     """``$EDGE_CACHE_DIR``, else ``$XDG_CACHE_HOME/edge``, else ``~/.cache/edge``."""
@@ -53,18 +49,6 @@ def available_targets() -> dict[str, str | None]:
         out[name] = (f"{missing} is not installed (pip install 'edge[{conv.extra}]')" if missing
                      else conv.can_execute())
     return out
-
-
-def host_info() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"hostname": platform.node(), "system": f"{platform.system()} {platform.release()}",
-            "machine": platform.machine(), "cpu": cpu, "cores": os.cpu_count() or 1,
-            "python": platform.python_version()}
 
 
 # ---------------------------------------------------------------- plan

@@ -7,7 +7,7 @@ naming the output, the metric, the value and the limit.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -145,11 +145,69 @@ def accuracy(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, y: np.ndarr
     return correct / max(n, 1)
 
 
+@dataclass
+class ParityReport:
+    """An artifact's parity record, typed (``manifest.parity`` holds it as JSON: :meth:`to_dict`/:meth:`from_dict`).
+
+    Attributes:
+        passed: the verdict; None when the check could not run here (``skipped`` says why).
+        precision / tolerance: what the artifact was judged by.
+        inputs / input_kind: how many input batches, and what they were (test-set, example+random, ...).
+        outputs: metrics per output (max_abs, cosine, top1_agreement, accuracy ...).
+        error: every failing output and metric, when it failed.
+        runtime_checks: records of checks under numeric runtime options (e.g. ``precision_hint=bf16``).
+        vs_original: agreement with the original model when a lossy pass ran (recorded, not judged).
+
+    Example:
+        >>> ParityReport.from_dict(edge.load("out/m").artifact.manifest.parity).summary()
+        '  max_abs 1.2e-06 cos 1.000000'
+    """
+
+    passed: bool | None
+    precision: str = ""
+    tolerance: dict[str, Any] | None = None
+    inputs: int = 0
+    input_kind: str = ""
+    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    error: str | None = None
+    skipped: str | None = None
+    runtime_options: str | None = None
+    runtime_checks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    vs_original: dict[str, Any] | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "ParityReport":
+        d = d if isinstance(d, dict) else {}
+        known = {f.name for f in fields(cls)}
+        return cls(**{"passed": None, **{k: v for k, v in d.items() if k in known}})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest's JSON form: empty fields left out."""
+        return {k: v for k, v in asdict(self).items() if v not in (None, {}, "") or k == "passed"}
+
+    @property
+    def first_output(self) -> dict[str, Any]:
+        """The metrics of the first output (the logits of a classifier)."""
+        return next(iter(self.outputs.values()), {}) if isinstance(self.outputs, dict) else {}
+
+    def summary(self) -> str:
+        """One line of the first output's metrics, as the CLI prints them."""
+        if self.skipped:
+            return f"  (parity skipped: {self.skipped})"
+        m = self.first_output
+        if not m:
+            return ""
+        text = f"  max_abs {m['max_abs']:.2e} cos {m['cosine']:.6f}"
+        if "top1_agreement" in m:
+            text += f" top1 {m['top1_agreement']:.3f}"
+        if "accuracy" in m:
+            text += f" acc {m['accuracy']:.4f} (torch {m['reference_accuracy']:.4f})"
+        return text
+
+
 def parity_record(metrics: dict[str, Any], precision: str, *, inputs: int, real_inputs: bool,
                   passed: bool, error: str | None = None, input_kind: str | None = None) -> dict[str, Any]:
+    """The manifest's parity record (:class:`ParityReport` as JSON) of one check."""
     kind = input_kind or ("test-set" if real_inputs else "example+random")
-    rec = {"passed": passed, "precision": precision, "tolerance": asdict(tolerance_for(precision)),
-           "inputs": inputs, "input_kind": kind, "outputs": metrics}
-    if error:
-        rec["error"] = error
-    return rec
+    return ParityReport(passed=passed, precision=precision, tolerance=asdict(tolerance_for(precision)),
+                        inputs=inputs, input_kind=kind, outputs=metrics, error=error or None).to_dict()

@@ -82,5 +82,6 @@ def hide_backend_output() -> Iterator[Path]:
         for fd in (*saved, log_fd):
             os.close(fd)
         sys.stdout, _CONSOLE = old_stdout, old_console
-        terminal_out.close()
-        terminal_err.close()
+        for stream in (terminal_out, terminal_err):   # a reader that went away (`edge targets | head`) is fine
+            with contextlib.suppress(BrokenPipeError):
+                stream.close()

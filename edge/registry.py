@@ -1,8 +1,11 @@
-"""Name -> object registries for targets, runtimes and zoo models.
+"""Name -> object registries: the one mechanism behind targets, runtimes, zoo models, optimize passes and CLI
+commands.
 
-Built-in entries are import paths, loaded on first use, so listing names never imports
-a backend. Third parties add entries through the entry-point groups ``edge.targets``
-and ``edge.runtimes``, or at run time with :meth:`Registry.register`.
+Built-in entries are import paths, loaded on first use, so listing names never imports a backend; or, for
+entries a decorator registers (zoo models, passes), the modules that define them, imported on first lookup.
+Third parties add entries through the entry-point groups (``edge.targets``, ``edge.runtimes``, ``edge.models``,
+``edge.passes``: an entry point names the object, or a module whose import registers it), or at run time with
+:meth:`Registry.register`.
 """
 from __future__ import annotations
 
@@ -24,11 +27,13 @@ class Registry(Generic[T]):
         ['coreml', 'cuda', 'executorch', 'onnx', 'openvino']
     """
 
-    def __init__(self, kind: str, group: str | None = None, builtins: dict[str, str] | None = None):
+    def __init__(self, kind: str, group: str | None = None, builtins: dict[str, str] | None = None,
+                 modules: tuple[str, ...] = ()):
         self.kind, self.group = kind, group
         self._lazy: dict[str, str] = dict(builtins or {})
         self._loaded: dict[str, T] = {}
         self._scanned = group is None
+        self._modules = modules   # modules whose import registers entries (decorators); imported on first use
 
     def register(self, name: str, obj: T | None = None) -> Callable[[T], T] | T:
         """Register ``obj`` under ``name``; usable as a decorator."""
@@ -53,12 +58,32 @@ class Registry(Generic[T]):
                 self._lazy[name] = lazy
 
     def _scan_entry_points(self) -> None:
+        if self._modules:
+            modules, self._modules = self._modules, ()
+            for mod in modules:
+                try:
+                    importlib.import_module(mod)
+                except ModuleNotFoundError as e:
+                    if e.name != mod:   # a real missing dependency inside the module
+                        raise
         if self._scanned:
             return
         self._scanned = True
         for ep in entry_points(group=self.group):
-            if ep.name not in self._loaded:
+            if ep.name in self._loaded:
+                continue
+            if ":" in ep.value:
                 self._lazy.setdefault(ep.name, ep.value)
+            else:   # a module whose import registers the entry (a decorator)
+                try:
+                    importlib.import_module(ep.value)
+                except ImportError as e:
+                    raise PluginError(f"{self.kind} plugin {ep.name!r} ({ep.value}) could not be imported: "
+                                      f"{type(e).__name__}: {e}") from e
+
+    def items(self) -> list[tuple[str, T]]:
+        """Every entry, loaded, by name."""
+        return [(name, self.get(name)) for name in self.names()]
 
     def names(self) -> list[str]:
         self._scan_entry_points()

@@ -44,7 +44,7 @@ def load_results(path: str | Path) -> dict[str, Any]:
 def write_results(results: dict[str, Any], out_dir: str | Path) -> list[Path]:
     """results.json (everything, samples included) and results.csv (one tidy row per cell)."""
     from edge.artifact import write_json_atomic
-    from edge.matrix import CELL_FIELDS
+    from edge.cells import CELL_FIELDS
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "results.json", results)

@@ -184,8 +184,8 @@ class Offered:
 
     def describe(self) -> dict[str, Any]:
         m = self.artifact.manifest
-        outs = (m.parity or {}).get("outputs") or {}
-        first = next(iter(outs.values()), {}) if isinstance(outs, dict) else {}
+        from edge.parity import ParityReport
+        first = ParityReport.from_dict(m.parity).first_output
         return {"id": self.id, "path": self.rel, "model": model_name(m, self.artifact.path),
                 "precision": m.precision, "target": m.target, "status": m.status,
                 "size_bytes": sum(p.stat().st_size for n, p in self.files.items() if n != "manifest.json"),
@@ -273,7 +273,7 @@ def discover(root: str | Path) -> tuple[list[Offered], list[dict[str, str]]]:
 
 def browser_cell(manifest: Any, artifact: Path, body: dict[str, Any]) -> dict[str, Any]:
     """Validate the page's post and turn it into a results cell (statistics recomputed here)."""
-    from edge.matrix import CELL_FIELDS, STATUS_OK
+    from edge.cells import CELL_FIELDS, STATUS_OK
     from edge.profile import summarize
     samples = body.get("samples_ms")
     if not isinstance(samples, list) or not 0 < len(samples) <= MAX_SAMPLES or not all(
@@ -311,7 +311,7 @@ def add_cell(results_path: Path, cell: dict[str, Any]) -> None:
     """Add ``cell`` to results.json (created when missing); an earlier cell with the same id and user agent
     is replaced, so a re-run on the same phone updates its row."""
     from edge.artifact import now_iso, write_json_atomic
-    from edge.matrix import SCHEMA, host_info
+    from edge.cells import SCHEMA, host_info
     from edge.report import load_results
     if results_path.is_file():
         data = load_results(results_path)

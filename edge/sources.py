@@ -14,11 +14,13 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 
+from edge import zoo
 from edge.errors import ModelLoadError, UsageError
+from edge.zoo import INIT_SEED, built_seeded  # noqa: F401 (part of this module's API)
 
 MAX_INPUT_ELEMENTS = 1 << 28   # 256 M elements (1 GiB of float32): larger example inputs are surely a typo
 
@@ -186,23 +188,13 @@ def _quiet_logger(name: str):
 
 # Zoo models and factories are built under this torch seed (the caller's RNG state is restored), so one
 # built without weights (random init) is rebuilt identically by `edge verify`; the manifest records it.
-INIT_SEED = 0
 INIT_RECORD = f"random, built under torch seed {INIT_SEED}"
-
-
-def built_seeded(build: Callable[[], Any]) -> Any:
-    """``build()`` under ``torch.manual_seed(INIT_SEED)``, leaving the caller's RNG state as it was."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(INIT_SEED)
-        return build()
 
 
 def resolve(model: Any, *, example_inputs: Sequence[torch.Tensor] | None = None,
             input_shapes: list[tuple[int, ...]] | None = None, weights: str | Path | None = None,
             trust_weights: bool = False) -> ModelSpec:
     """Turn any accepted model source into a :class:`ModelSpec`."""
-    from edge import zoo
-
     info: dict[str, Any] = {}
     entry = None
     program = None

@@ -32,7 +32,11 @@ def _quiet_import():
 
 
 class ExecuTorchSession(Session):
-    """Options: ``threads`` (XNNPACK threadpool size; default ExecuTorch's choice)."""
+    """Options: ``threads`` (XNNPACK threadpool size; default ExecuTorch's choice).
+
+    ExecuTorch has one threadpool per process, not one per program: ``threads`` resizes it for every session of
+    the process while this session is open, and closing the session puts back the size it found.
+    """
 
     name = "executorch"
     OPTIONS = {"threads": int}
@@ -41,8 +45,10 @@ class ExecuTorchSession(Session):
 
     def _load(self) -> None:
         self._torch, Runtime = _quiet_import()
+        self._threads_before = None
         if self.options.get("threads"):
             from executorch.extension.pybindings import portable_lib
+            self._threads_before = portable_lib._threadpool_get_thread_count()
             portable_lib._unsafe_reset_threadpool(int(self.options["threads"]))
         path = self.artifact.main_path
         self.bundled = Path(path).suffix == ".bpte"
@@ -114,6 +120,9 @@ class ExecuTorchSession(Session):
     def _close(self) -> None:
         self._call = None
         self._method = self._program = self._module = self._bundle = None
+        if getattr(self, "_threads_before", None):   # the process-wide threadpool goes back to the size it had
+            from executorch.extension.pybindings import portable_lib
+            portable_lib._unsafe_reset_threadpool(int(self._threads_before))
 
 
 def etdump_table(etdump: str, etrecord: Path | None, top: int | None = 25) -> list[dict[str, Any]] | None:

@@ -400,3 +400,39 @@ def test_import_does_not_load_executorch():
             "print('executorch' in sys.modules, 'torchao' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"]
+
+
+@pytest.mark.slow
+def test_threads_option_is_put_back_on_close(digits):
+    """ExecuTorch's threadpool is per process: a session's ``threads`` lasts while it is open, then the size the
+    process had returns (no session leaves its setting behind for the next)."""
+    from executorch.extension.pybindings import portable_lib
+    before = portable_lib._threadpool_get_thread_count()
+    want = 1 if before != 1 else 2
+    with edge.load(digits["fp32"].path, threads=want) as session:
+        assert portable_lib._threadpool_get_thread_count() == want
+        session.run(np.zeros(session.artifact.manifest.inputs[0].concrete_shape(1), np.float32))
+    assert portable_lib._threadpool_get_thread_count() == before
+
+
+def test_lowering_speedups_match_this_executorch():
+    """The speed-ups patch private ExecuTorch symbols: each must still exist in the installed release (an
+    upgrade that moves one fails here, not in a user's lowering)."""
+    from edge.converters.executorch.speedups import PATCHED, TESTED, speedups_unavailable
+    assert speedups_unavailable() is None, speedups_unavailable()
+    assert PATCHED and TESTED
+
+
+def test_lowering_runs_stock_executorch_when_speedups_do_not_apply(monkeypatch):
+    """On an ExecuTorch release they were not tested on, lowering takes ExecuTorch's own path and says so."""
+    import torch
+    from edge.converters.executorch import lower
+    from edge.converters.executorch import speedups
+    monkeypatch.setattr(speedups, "TESTED", ("0.0",))
+    model = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU()).eval()
+    program = torch.export.export(model, (torch.randn(1, 8),))
+    details: dict = {}
+    lower(program, etrecord=False, details=details)
+    assert details["speedups"].startswith("off: ExecuTorch") and "not a release they were tested on" in \
+        details["speedups"]
+    assert details["xnnpack_passes_skipped"] == [] and details["edge_passes_skipped"] == []

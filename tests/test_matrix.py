@@ -144,8 +144,8 @@ def test_resolution_change(monkeypatch):
     # a zoo model whose factory has no img_size: its cells fail with the reason, at its own size it works
     entry = dataclasses.replace(zoo.get_entry("vit_tiny_digits"), name="fixed_size_net", weights=None,
                                 factory=lambda: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(1024, 10)))
-    monkeypatch.setitem(zoo._REGISTRY, "fixed_size_net", entry)
-    with pytest.raises(ResolutionError, match="fixed_size_net cannot change its input resolution.*native 32px"):
+    with zoo.MODELS.scoped("fixed_size_net", entry), \
+            pytest.raises(ResolutionError, match="fixed_size_net cannot change its input resolution.*native 32px"):
         zoo_at("fixed_size_net", 64)
 
 

@@ -13,13 +13,13 @@ Example:
 from __future__ import annotations
 
 import copy
-import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
-from edge.errors import PluginError, UnknownNameError
+from edge.errors import PluginError
+from edge.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -100,17 +100,18 @@ class Pass:
     variant: Callable[[dict[str, Any]], str] = lambda forms: "default"   # the form it takes, from the forms
 
 
-_PASSES: dict[str, Pass] = {}
-# Modules that define passes; imported on first use.
-_MODULES = ("edge.passes.recurrent", "edge.passes.attention")
-_imported = False
+# Passes (and the forms they offer) are registered when their modules are imported, on first use; plugins add
+# passes through the ``edge.passes`` entry-point group (a module whose import registers them).
+PASSES: Registry[Pass] = Registry("optimize pass", "edge.passes",
+                                  modules=("edge.passes.recurrent", "edge.passes.attention"))
 
 
 def register_pass(name: str, description: str, *, order: int = 100, default: bool = True,
                   option: str | None = None, variant: Callable[[dict[str, Any]], str] | None = None):
     """Decorator registering a pass function under ``name``; ``variant(forms)`` names the form it takes."""
     def deco(fn):
-        _PASSES[name] = Pass(name, fn, description, order, default, option, variant or (lambda forms: "default"))
+        PASSES.register(name, Pass(name, fn, description, order, default, option,
+                                   variant or (lambda forms: "default")))
         return fn
     return deco
 
@@ -128,28 +129,18 @@ def refit_linear(like: torch.nn.Linear, weight: torch.Tensor, bias: torch.Tensor
 
 
 def _import_all() -> None:
-    global _imported
-    if not _imported:
-        _imported = True
-        for mod in _MODULES:
-            try:
-                importlib.import_module(mod)
-            except ModuleNotFoundError as e:
-                if e.name != mod:
-                    raise
+    PASSES.names()   # imports the modules that register passes and declare forms
 
 
 def list_passes() -> list[Pass]:
-    _import_all()
-    return sorted(_PASSES.values(), key=lambda p: (p.order, p.name))
+    return sorted((p for _, p in PASSES.items()), key=lambda p: (p.order, p.name))
 
 
 def _selected(disable: Iterable[str], options: dict[str, Any]) -> list[Pass]:
     _import_all()
     disable = set(disable)
     for name in disable:
-        if name not in _PASSES:
-            raise UnknownNameError("optimize pass", name, _PASSES)
+        PASSES.get(name)   # an unknown name lists the valid ones
     return [p for p in list_passes() if p.name not in disable and (p.default or (p.option and options.get(p.option) is not None))]
 
 

@@ -6,14 +6,14 @@ Example:
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from edge.errors import ModelLoadError, UnknownNameError
+from edge.errors import ModelLoadError
+from edge.registry import Registry
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 # Modules that define zoo entries; imported on first lookup.
@@ -54,8 +54,19 @@ class ModelEntry:
                 "has_test_set": self.test_set is not None}
 
 
-_REGISTRY: dict[str, ModelEntry] = {}
-_imported = False
+# Models without weights are built under this torch seed (zoo models and user factories alike), so the same
+# source gives the same model and an artifact's reference can be rebuilt from its manifest.
+INIT_SEED = 0
+
+
+def built_seeded(build: Callable[[], Any]) -> Any:
+    """``build()`` under ``torch.manual_seed(INIT_SEED)``, leaving the caller's RNG state as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(INIT_SEED)
+        return build()
+
+
+MODELS: Registry[ModelEntry] = Registry("model", "edge.models", modules=_MODULES)
 
 
 def register_model(name: str, *, input_shape: tuple[int, ...] | list[tuple[int, ...]], **kw: Any):
@@ -63,41 +74,24 @@ def register_model(name: str, *, input_shape: tuple[int, ...] | list[tuple[int, 
     shapes = input_shape if isinstance(input_shape, list) else [input_shape]
 
     def deco(fn: Callable[..., torch.nn.Module]) -> Callable[..., torch.nn.Module]:
-        _REGISTRY[name] = ModelEntry(name=name, factory=fn, input_shapes=[tuple(s) for s in shapes],
-                                     description=kw.pop("description", (fn.__doc__ or "").strip().split("\n")[0]),
-                                     **kw)
+        MODELS.register(name, ModelEntry(name=name, factory=fn, input_shapes=[tuple(s) for s in shapes],
+                                         description=kw.pop("description",
+                                                            (fn.__doc__ or "").strip().split("\n")[0]), **kw))
         return fn
     return deco
 
 
-def _import_all() -> None:
-    global _imported
-    if not _imported:
-        _imported = True
-        for mod in _MODULES:
-            try:
-                importlib.import_module(mod)
-            except ModuleNotFoundError as e:
-                if e.name != mod:  # a real missing dependency inside the module
-                    raise
-
-
 def list_models(tag: str | None = None) -> list[str]:
-    _import_all()
-    return sorted(n for n, e in _REGISTRY.items() if tag is None or tag in e.tags)
+    return sorted(n for n, e in MODELS.items() if tag is None or tag in e.tags)
 
 
 def get_entry(name: str) -> ModelEntry:
-    _import_all()
-    if name not in _REGISTRY:
-        raise UnknownNameError("model", name, _REGISTRY)
-    return _REGISTRY[name]
+    return MODELS.get(name)
 
 
 def create_model(name: str, *, pretrained: bool = True, **kwargs: Any) -> tuple[torch.nn.Module, ModelEntry]:
     """Build zoo model ``name`` in eval mode, with its bundled weights when it has them; the rest is initialized
-    under ``edge.sources.INIT_SEED`` (so the same name gives the same model, and the caller's RNG is left alone)."""
-    from edge.sources import built_seeded
+    under :data:`INIT_SEED` (so the same name gives the same model, and the caller's RNG is left alone)."""
     entry = get_entry(name)
     model = built_seeded(lambda: entry.factory(**kwargs))
     if pretrained and entry.weights:
