@@ -191,6 +191,18 @@ def _quiet_logger(name: str):
 INIT_RECORD = f"random, built under torch seed {INIT_SEED}"
 
 
+def _as_tensor(value: Any, index: int) -> torch.Tensor:
+    """Example input ``index`` as a tensor (arrays and numbers convert); anything else is a UsageError."""
+    if isinstance(value, torch.Tensor):
+        return value
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise UsageError(f"example input {index} is a {type(value).__name__}, not a tensor ({e}); pass "
+                         f"example_inputs as a tuple of tensors, one per model input, e.g. (torch.randn(1, 3, 224, "
+                         f"224),)") from None
+
+
 def resolve(model: Any, *, example_inputs: Sequence[torch.Tensor] | None = None,
             input_shapes: list[tuple[int, ...]] | None = None, weights: str | Path | None = None,
             trust_weights: bool = False) -> ModelSpec:
@@ -253,7 +265,7 @@ def resolve(model: Any, *, example_inputs: Sequence[torch.Tensor] | None = None,
             n = input_shapes[0][0]
             if tuple(x.shape[1:]) == tuple(input_shapes[0][1:]) and len(x) >= n:
                 example_inputs = (torch.as_tensor(x[:n]),)
-    example_inputs = tuple(t if isinstance(t, torch.Tensor) else torch.as_tensor(t) for t in example_inputs)
+    example_inputs = tuple(_as_tensor(t, i) for i, t in enumerate(example_inputs))
     if program is None:   # an unlifted ExportedProgram module has no train/eval mode
         module = module.eval()
     return ModelSpec(module=module, example_inputs=example_inputs, source=source, info=info,

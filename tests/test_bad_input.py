@@ -450,6 +450,8 @@ def test_sdk_bad_targets_and_options(user):
     with pytest.raises(UsageError, match="unknown target option 'opset_version'"):
         edge.convert(f"{user}/models.py:build", input_shapes=[(1, 3, 8, 8)], out=user / "o",
                      options={"opset_version": 18})
+    with pytest.raises(UsageError, match="example input 0 is a tuple, not a tensor"):   # one level too deep
+        edge.convert(torch.nn.Linear(2, 2), example_inputs=((torch.randn(1, 2),),), out=user / "o")
     assert not (user / "o").exists()
 
 
