@@ -17,8 +17,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "convert": "edge.api", "convert_all": "edge.api", "load": "edge.api", "verify": "edge.api",
-    "benchmark": "edge.api", "prepare": "edge.api", "debug": "edge.debugger",
+    "convert": "edge.api", "convert_all": "edge.api", "load": "edge.api", "verify": "edge.verification",
+    "benchmark": "edge.api", "prepare": "edge.pipeline", "debug": "edge.debugger",
     "optimize": "edge.passes", "list_passes": "edge.passes",
     "list_models": "edge.zoo", "create_model": "edge.zoo",
     "Artifact": "edge.artifact", "TensorSpec": "edge.artifact",

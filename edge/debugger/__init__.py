@@ -353,7 +353,7 @@ def debug(path: str | Path, inputs: str | Path | Sequence[np.ndarray] | None = N
         >>> t = edge.debug("out/q/onnx-int8", top=5)
         >>> [(r.module, round(r.sqnr_db, 1)) for r in t.rows]
     """
-    from edge.api import reference_for, verification_batches
+    from edge.verification import reference_for, verification_batches
     from edge.artifact import Artifact
     if top is not None and (isinstance(top, bool) or not isinstance(top, int) or top < 1):
         raise UsageError(f"--top {top!r} must be a positive whole number of rows, e.g. --top 20")
