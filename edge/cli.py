@@ -301,7 +301,9 @@ def cmd_targets(args: argparse.Namespace) -> int:
             continue
         missing = conv.missing()
         rows.append({"name": name, "format": conv.format, "runtime": conv.runtime, "precisions": list(conv.precisions),
-                     "options": {k: list(v) for k, v in conv.options.items()},
+                     "options": {k: {"default": o.default, "choices": list(o.choices), "help": o.help}
+                                 for k, o in conv.options.items()},
+                     "forms": dict(conv.forms), "sources": list(conv.sources),
                      "available": missing is None,
                      "reason": f"pip install 'edge[{conv.extra}]'" if missing else (conv.can_execute() or "")})
     _emit(args, rows, "\n".join(f"{r['name']:<11} {'yes' if r['available'] else 'no ':<4} "

@@ -30,6 +30,8 @@ def test_help_and_listings():
     targets = {t["name"]: t for t in json.loads(edge_cli("targets", "--json").stdout)}
     assert {"onnx", "openvino", "executorch", "coreml", "cuda"} <= set(targets)
     assert targets["onnx"]["available"] and "fp32" in targets["onnx"]["precisions"]
+    assert targets["onnx"]["options"]["opset"]["default"] == 18 and 17 in targets["onnx"]["options"]["opset"]["choices"]
+    assert targets["executorch"]["forms"]["attention"] == "xnnpack" and targets["coreml"]["sources"] == ["program"]
 
 
 def test_convert_verify_info_bench(tmp_path):
