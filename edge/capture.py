@@ -1,7 +1,11 @@
 """Capture a module once with ``torch.export``; every target of a run shares the program."""
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import inspect
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -156,3 +160,31 @@ def capture(module: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], *
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConversionError(f"torch.export could not capture the model: {type(e).__name__}: {first}") from e
+
+
+def program_digest(program: Any, module: Any = None) -> str:
+    """sha256 of an ExportedProgram's graph, signature and every parameter, buffer and constant (name, dtype,
+    shape, bytes): equal digests mean the same program was captured. Without a program (no capture route worked,
+    the target converts from the module), the module's code (the source files of its classes) and state."""
+    h = hashlib.sha256()
+    if program is None:
+        files = sorted({inspect.getsourcefile(type(m)) or type(m).__qualname__ for m in module.modules()})
+        for f in files:
+            h.update(f.encode())
+            with contextlib.suppress(OSError, TypeError):
+                h.update(Path(f).read_bytes())
+        tensors = dict(module.state_dict())
+    else:
+        h.update(str(program.graph_module.code).encode())
+        h.update(str(program.graph_signature).encode())
+        tensors = {**dict(program.state_dict), **dict(getattr(program, "constants", {}) or {})}
+    for name in sorted(tensors):
+        t = tensors[name]
+        h.update(name.encode())
+        if isinstance(t, torch.Tensor):
+            t = t.detach().contiguous().cpu().reshape(-1)
+            h.update(f"{t.dtype}{tuple(tensors[name].shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes())
+        else:   # a script object: its type is all that can be hashed without calling it
+            h.update(type(t).__qualname__.encode())
+    return h.hexdigest()

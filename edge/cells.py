@@ -18,7 +18,6 @@ Example:
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import inspect
@@ -31,6 +30,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from edge.capture import program_digest
 from edge.errors import EdgeError
 
 # The results schema (results.json: a header with host_info() and settings, then one record per cell), used by
@@ -129,35 +129,6 @@ def error_text(e: BaseException) -> str:
 
 
 # ---------------------------------------------------------------- the cache key
-
-def program_digest(program: Any, module: Any = None) -> str:
-    """sha256 of an ExportedProgram's graph, signature and every parameter, buffer and constant (name, dtype,
-    shape, bytes): equal digests mean the same program was captured. Without a program (no capture route worked,
-    the target converts from the module), the module's code (the source files of its classes) and state."""
-    import torch
-    h = hashlib.sha256()
-    if program is None:
-        files = sorted({inspect.getsourcefile(type(m)) or type(m).__qualname__ for m in module.modules()})
-        for f in files:
-            h.update(f.encode())
-            with contextlib.suppress(OSError, TypeError):
-                h.update(Path(f).read_bytes())
-        tensors = dict(module.state_dict())
-    else:
-        h.update(str(program.graph_module.code).encode())
-        h.update(str(program.graph_signature).encode())
-        tensors = {**dict(program.state_dict), **dict(getattr(program, "constants", {}) or {})}
-    for name in sorted(tensors):
-        t = tensors[name]
-        h.update(name.encode())
-        if isinstance(t, torch.Tensor):
-            t = t.detach().contiguous().cpu().reshape(-1)
-            h.update(f"{t.dtype}{tuple(tensors[name].shape)}".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes())
-        else:   # a script object: its type is all that can be hashed without calling it
-            h.update(type(t).__qualname__.encode())
-    return h.hexdigest()
-
 
 def _code_digest(obj: Any) -> str:
     try:

@@ -22,7 +22,8 @@ from typing import Any, Sequence
 
 import torch
 
-from edge.capture import CaptureRecord, capture, capture_with_fallbacks, flatten_outputs, input_specs
+from edge.capture import (CaptureRecord, capture, capture_with_fallbacks, flatten_outputs, input_specs,
+                          program_digest)
 from edge.converters.base import ConversionJob, ConversionResult, Converter
 from edge.errors import ConversionError, EdgeError, UsageError
 from edge.progress import step
@@ -151,6 +152,7 @@ def _recipe_program(conv: Converter, recipe: Any, job: ConversionJob) -> tuple[A
             raise ConversionError(f"the {job.precision} program for {conv.name} ({recipe.key}) could not be "
                                   f"captured: {str(e).split(': ', 1)[-1]}") from e
     details.setdefault("source", f"the module after {recipe.key}, captured by edge's pipeline")
+    details["recipe"] = recipe.key
     return program, details
 
 
@@ -160,6 +162,8 @@ def lower(conv: Converter, job: ConversionJob) -> ConversionResult:
     wrong). The recipe's record is merged into the result's details."""
     try:
         view = converter_job(conv, job)
+        # what is lowered, before a backend may change the program in place (ExecuTorch's lowering does)
+        lowered = {"program_sha256": program_digest(view.program, job.module), "recipe": view.recipe.get("recipe")}
         result = conv.convert(view)
     except EdgeError:
         raise
@@ -167,5 +171,5 @@ def lower(conv: Converter, job: ConversionJob) -> ConversionResult:
         lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
         last = (lines[-1] if lines else "")[:400]
         raise ConversionError(f"the {conv.name} backend failed: {type(e).__name__}: {last or 'no message'}") from e
-    result.details = {**view.recipe, **result.details}
+    result.details = {**view.recipe, **result.details, "lowered": lowered}
     return result
