@@ -51,15 +51,16 @@ class Prepared:
     pass_options: dict[str, Any]
     _cache: dict[tuple, Captured] = field(default_factory=dict)
 
-    def forms_key(self, target: str) -> tuple:
+    def forms_key(self, target: str | Converter) -> tuple:
         """The form each optimize pass takes for ``target``: targets with equal keys share one program."""
         from edge import passes as opt
         if not self.optimize or self.spec.program is not None:
             return ()
-        return opt.profile_key(opt.forms_for(target), disable=self.disable, options=self.pass_options)
+        return opt.profile_key(_forms(target), disable=self.disable, options=self.pass_options)
 
-    def captured(self, target: str) -> Captured:
-        """optimize(forms) -> capture for ``target``; done once per distinct forms key."""
+    def captured(self, target: str | Converter) -> Captured:
+        """optimize(forms) -> capture for ``target`` (a name, or a converter: its declared forms); done once per
+        distinct forms key."""
         from edge import passes as opt
         if self.spec.program is not None:   # a saved .pt2 is used as it is
             return self._cache.setdefault((), Captured(self.spec.module, self.spec.program,
@@ -68,8 +69,9 @@ class Prepared:
         if key not in self._cache:
             module = self.spec.module
             if self.optimize:
-                with step(f"optimize passes for {target}"):
-                    module = opt.optimize(module, forms=opt.forms_for(target),
+                name = target if isinstance(target, str) else target.name
+                with step(f"optimize passes for {name}"):
+                    module = opt.optimize(module, forms=_forms(target),
                                           example_inputs=self.spec.example_inputs, disable=self.disable,
                                           **self.pass_options)
             with step("capture with torch.export"):
@@ -91,7 +93,7 @@ class Prepared:
             calibration: Any = None) -> ConversionJob:
         """The pipeline's job for ``conv``/``precision`` (holding the module and the shared program);
         :func:`lower` hands the converter its own view of it."""
-        c = self.captured(conv.name)
+        c = self.captured(conv)
         passes = getattr(c.module, "edge_passes", None)
         return ConversionJob(program=c.program, module=c.module, example_inputs=self.spec.example_inputs,
                              inputs=input_specs(self.spec.example_inputs, self.dynamic_batch), outputs=outputs,
@@ -100,6 +102,14 @@ class Prepared:
                              model_info=self.spec.info, dynamic_batch=self.dynamic_batch,
                              capture=c.record.to_dict(), passes=None if passes is None else list(passes),
                              recipes=c.recipes)
+
+
+def _forms(target: str | Converter) -> dict[str, Any]:
+    """The pass forms a target name's converter declares, or a converter's own declaration."""
+    from edge import passes as opt
+    if isinstance(target, str):
+        return opt.forms_for(target)
+    return opt.resolve_forms(target.forms, owner=f"target {target.name!r}")
 
 
 def prepare(model: Any, *, example_inputs: Sequence[torch.Tensor] | None = None,
@@ -160,10 +170,10 @@ def lower(conv: Converter, job: ConversionJob) -> ConversionResult:
     """lower: ``conv.convert`` on its view of ``job``. An exception that is not edge's becomes a ConversionError
     naming the target and the backend's last line (a backend's traceback ends with the line that says what went
     wrong). The recipe's record is merged into the result's details."""
+    view = converter_job(conv, job)
+    # what is lowered, before a backend may change the program in place (ExecuTorch's lowering does)
+    lowered = {"program_sha256": program_digest(view.program, job.module), "recipe": view.recipe.get("recipe")}
     try:
-        view = converter_job(conv, job)
-        # what is lowered, before a backend may change the program in place (ExecuTorch's lowering does)
-        lowered = {"program_sha256": program_digest(view.program, job.module), "recipe": view.recipe.get("recipe")}
         result = conv.convert(view)
     except EdgeError:
         raise

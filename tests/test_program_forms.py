@@ -194,10 +194,12 @@ class Exploding(Converter):
         raise RuntimeError("Exception from src/core:\nstack line\n[ GENERAL_ERROR ] kernel 1280 exceeds the input 7")
 
 
-def test_backend_exception_becomes_conversion_error():
-    from edge.api import converted
+def test_backend_exception_becomes_conversion_error(tmp_path):
+    from edge.pipeline import lower, prepare
+    prep = prepare(nn.Linear(4, 2), example_inputs=(torch.randn(1, 4),))
+    job = prep.job(Exploding(), "fp32", out_dir=tmp_path, outputs=[], options={})
     with pytest.raises(ConversionError, match=r"the exploding backend failed: RuntimeError: \[ GENERAL_ERROR \] kernel"):
-        converted(Exploding(), None)
+        lower(Exploding(), job)
 
 
 # ------------------------------------------------------------------------------------ through ExecuTorch
