@@ -97,7 +97,8 @@ def _row(i, module, kind="Linear", drop=0.0, quantized=True):
 def _vit_table():
     from edge.debugger import DebugTable
     rows = [_row(0, "emb.proj", "Conv2d"), _row(1, "emb"), _row(2, "blk.0.norm1", "LayerNorm", drop=9.0),
-            _row(3, "blk.0.fc", drop=0.5), _row(4, "blk.0.norm2", "LayerNorm", drop=1.0), _row(5, "blk.0"),
+            _row(3, "blk.0.attn", "Attention", drop=0.5), _row(4, "blk.0.norm2", "LayerNorm", drop=1.0),
+            _row(5, "blk.0"),
             _row(6, "norm", "LayerNorm", drop=5.0), _row(7, "head", drop=12.0)]
     return DebugTable("a", "onnx", "int8", "onnxruntime", "per layer", 1, "given", rows)
 
@@ -113,6 +114,9 @@ def test_transformer_prior_keeps_norms_and_own_ops_of_blocks():
     mlp = DebugTable("a", "onnx", "int8", "onnxruntime", "per layer", 1, "given",
                      [_row(0, "fc1"), _row(1, "fc2", drop=40.0), _row(2, "head")])
     assert transformer_prior(mlp, []) == []
+    recurrent = DebugTable("a", "onnx", "int8", "onnxruntime", "per layer", 1, "given",   # LayerNorm, no attention
+                           [_row(0, "rnn"), _row(1, "rnn.norm", "LayerNorm", drop=3.0), _row(2, "head")])
+    assert transformer_prior(recurrent, []) == []
 
 
 def test_ranking_names_a_blocks_own_ops_not_the_whole_block():
