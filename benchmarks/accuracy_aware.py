@@ -7,8 +7,14 @@ Beside edge's OpenVINO artifacts, ``nncf.quantize_with_accuracy_control`` on the
 calibration half, validated on the same held-out half with the same budget: accuracy, quantizers removed,
 latency (same rounds) and the time it took.
 
-    .venv/bin/python benchmarks/accuracy_aware.py                      # vit_tiny_digits, gru_digits, visiongru_digits
+    .venv/bin/python benchmarks/accuracy_aware.py                      # every trained zoo model
+    .venv/bin/python benchmarks/accuracy_aware.py --fast               # the same table in minutes (see --fast)
     .venv/bin/python benchmarks/accuracy_aware.py --smoke              # vit_tiny_digits, few rounds (proves it works)
+
+``--fast`` converts each cell once: the all-int8 accuracy is the ``--max-drop`` run's round 0 (the same
+quantization, measured on the same held-out half), and the all-int8 latency is the one that run measured side by
+side with its result (a second conversion is made only when ``--max-drop`` fails); every model is captured once;
+timing takes 3 rounds of 20 calls.
 
 Latencies depend on the CPU (its model is printed) and on the load: quote them with that context.
 """
@@ -18,6 +24,7 @@ import argparse
 import json
 import platform
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +35,7 @@ import numpy as np
 import edge
 from edge.profile import time_interleaved
 
-MODELS = ["vit_tiny_digits", "gru_digits", "visiongru_digits"]
+MODELS = ["vit_tiny_digits", "gru_digits", "visiongru_digits", "vit_shapes"]
 TARGETS = ["onnx", "openvino", "executorch"]
 
 
@@ -88,27 +95,73 @@ def fake_quantizers(model: Any) -> int:
     return sum(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
 
 
+def plain_int8(name: str, target: str, out: Path, row: dict, prep: Any) -> Any:
+    """All-int8 (no fallback), its accuracy and parity in ``row``; returns the artifact (failed ones too), or
+    None when the conversion itself failed (the error goes to ``row["int8_error"]``)."""
+    t0 = time.perf_counter()
+    try:
+        plain = edge.convert(name, target=target, precision="int8", out=out / name / f"{target}-int8",
+                             prepared=prep)
+        row["int8_accuracy"] = plain.manifest.parity["outputs"]["output"]["accuracy"]
+    except edge.errors.VerificationError as e:
+        from edge.artifact import Artifact
+        plain = Artifact.open(out / name / f"{target}-int8")
+        row["int8_accuracy"] = plain.manifest.parity["outputs"]["output"].get("accuracy")
+        row["int8_parity"] = f"failed: {e}"
+    except edge.errors.EdgeError as e:
+        plain, row["int8_error"] = None, f"{type(e).__name__}: {str(e)[:300]}"
+    row["int8_seconds"] = round(time.perf_counter() - t0, 1)
+    return plain
+
+
+def fast_cell(name: str, target: str, out: Path, row: dict, args, prep: Any) -> Any:
+    """One conversion: ``--max-drop``; all-int8 figures from its round 0 (and its side-by-side latency)."""
+    t0 = time.perf_counter()
+    try:
+        aa = edge.convert(name, target=target, precision="int8", max_drop=args.max_drop,
+                          out=out / name / f"{target}-int8-aa", prepared=prep)
+    except edge.errors.EdgeError as e:
+        row["aa_error"] = str(e)[:400]
+        row["aa_seconds"] = round(time.perf_counter() - t0, 1)
+        if str(e).startswith("--max-drop"):   # out of layers: the all-int8 figures from a plain conversion
+            plain_int8(name, target, out, row, prep)
+        else:                                 # the conversion itself failed: a plain one fails the same way
+            row["int8_error"] = row["aa_error"]
+        return None
+    rec = aa.manifest.details["accuracy_aware"]
+    first = rec["rounds"][0]
+    row.update(aa_accuracy=aa.manifest.parity["outputs"]["output"]["accuracy"], kept_float=rec["kept_float"],
+               rounds=len(rec["rounds"]), metric=rec["metric"], aa_seconds=round(time.perf_counter() - t0, 1),
+               int8_accuracy=first["metric"] / 100.0)
+    if not first["parity_passed"]:
+        row["int8_parity"] = "failed"
+    lat = rec.get("latency_cost")
+    if lat:   # measured side by side by the --max-drop run itself
+        row.update(int8_p50_ms=lat["all_int8_ms"], aa_p50_ms=lat["with_float_layers_ms"], latency_how=lat["how"])
+    return aa
+
+
 def bench_model(name: str, out: Path, args) -> list[dict]:
+    from edge.api import prepare
     from edge.zoo import get_entry
     entry = get_entry(name)
     x_all, y_all = (np.asarray(a) for a in entry.test_set())
     half = len(x_all) // 2
     x, y = x_all[half:], y_all[half:]
     rows, sessions, inputs = [], {}, {}
-    fp32 = edge.convert(name, target="openvino", out=out / name / "openvino-fp32")
+    prep = prepare(name) if args.fast else None
+    fp32 = edge.convert(name, target="openvino", out=out / name / "openvino-fp32", prepared=prep)
     ref_acc = fp32.manifest.parity["outputs"]["output"]["reference_accuracy"]
     for target in args.targets:
         row: dict[str, Any] = {"model": name, "target": target, "fp32_accuracy": ref_acc}
-        t0 = time.perf_counter()
-        try:
-            plain = edge.convert(name, target=target, precision="int8", out=out / name / f"{target}-int8")
-            row["int8_accuracy"] = plain.manifest.parity["outputs"]["output"]["accuracy"]
-        except edge.errors.VerificationError as e:
-            from edge.artifact import Artifact
-            plain = Artifact.open(out / name / f"{target}-int8")
-            row["int8_accuracy"] = plain.manifest.parity["outputs"]["output"].get("accuracy")
-            row["int8_parity"] = f"failed: {e}"
-        row["int8_seconds"] = round(time.perf_counter() - t0, 1)
+        print(f"{name} {target} ...", file=sys.stderr, flush=True)
+        if args.fast:
+            aa = fast_cell(name, target, out, row, args, prep)
+            if aa is not None and ("aa_p50_ms" not in row or target == "openvino"):   # timed here (OpenVINO:
+                sessions[(name, target, "aa")] = edge.load(aa.path)                     # beside NNCF's)
+            rows.append(row)
+            continue
+        plain = plain_int8(name, target, out, row, None)
         t0 = time.perf_counter()
         try:
             aa = edge.convert(name, target=target, precision="int8", max_drop=args.max_drop,
@@ -120,7 +173,8 @@ def bench_model(name: str, out: Path, args) -> list[dict]:
         except edge.errors.EdgeError as e:
             row["aa_error"] = str(e)[:400]
         row["aa_seconds"] = round(time.perf_counter() - t0, 1)
-        sessions[(name, target, "int8")] = edge.load(plain.path, allow_failed=True)
+        if plain is not None:
+            sessions[(name, target, "int8")] = edge.load(plain.path, allow_failed=True)
         rows.append(row)
     if "openvino" in args.targets and not args.no_nncf:
         import openvino as ov
@@ -132,8 +186,12 @@ def bench_model(name: str, out: Path, args) -> list[dict]:
             ses = OvModel(q)
             row.update(aa_accuracy=accuracy(ses.run, x, y), aa_seconds=round(seconds, 1),
                        fake_quantize_ops=fake_quantizers(q))
-            plain_q = ov.Core().read_model(str(out / name / "openvino-int8" / "model.xml"))
-            row["int8_fake_quantize_ops"] = fake_quantizers(plain_q)
+            # edge's all-int8 IR: with --fast, the --max-drop artifact when it kept nothing in float
+            plain_dir = out / name / "openvino-int8"
+            if not plain_dir.is_dir() and not next(r for r in rows if r["target"] == "openvino").get("kept_float"):
+                plain_dir = out / name / "openvino-int8-aa"
+            if plain_dir.is_dir():
+                row["int8_fake_quantize_ops"] = fake_quantizers(ov.Core().read_model(str(plain_dir / "model.xml")))
             sessions[(name, "openvino", "nncf-ac")] = ses
         except Exception as e:  # report NNCF's failure in the table, keep the rest of the run
             row["aa_error"] = f"{type(e).__name__}: {str(e)[:300]}"
@@ -144,9 +202,11 @@ def bench_model(name: str, out: Path, args) -> list[dict]:
         t = "openvino" if row["target"].startswith("openvino (") else row["target"]
         if row["target"].startswith("openvino ("):
             row["aa_p50_ms"] = timing.get((name, t, "nncf-ac"), {}).get("p50_ms")
-            row["int8_p50_ms"] = timing.get((name, t, "int8"), {}).get("p50_ms")
-        else:
-            row["int8_p50_ms"] = timing.get((name, t, "int8"), {}).get("p50_ms")
+            # beside it: edge's plain int8, or with --fast edge's --max-drop result (timed in the same rounds)
+            row["int8_p50_ms"] = timing.get((name, t, "aa" if args.fast else "int8"), {}).get("p50_ms")
+        elif "aa_p50_ms" not in row:
+            key = "aa" if args.fast else "int8"
+            row["int8_p50_ms"] = timing.get((name, t, key), {}).get("p50_ms")
             row["aa_p50_ms"] = timing.get((name, t, "aa"), {}).get("p50_ms")
     for s in sessions.values():
         if hasattr(s, "close"):
@@ -166,9 +226,10 @@ def table(rows: list[dict]) -> str:
         kept = r.get("kept_float")
         kept = (", ".join(kept) or "none") if kept is not None else (
             f"{r['int8_fake_quantize_ops'] - r['fake_quantize_ops']} of {r['int8_fake_quantize_ops']} quantizers "
-            f"removed" if "fake_quantize_ops" in r else r.get("aa_error", "-")[:120])
+            f"removed" if "fake_quantize_ops" in r and "int8_fake_quantize_ops" in r else r.get("aa_error", "-")[:120])
         lines.append(f"{r['model']:<17} {r['target']:<33} {_f(r.get('fp32_accuracy'), '.4f'):>6} "
-                     f"{_f(r.get('int8_accuracy'), '.4f'):>6} {_f(r.get('aa_accuracy'), '.4f'):>6} "
+                     f"{_f(r.get('int8_accuracy'), '.4f') + ('!' if r.get('int8_parity') else ''):>6} "
+                     f"{_f(r.get('aa_accuracy'), '.4f'):>6} "
                      f"{_f(r.get('int8_p50_ms'), '.3f'):>8} {_f(r.get('aa_p50_ms'), '.3f'):>8} "
                      f"{_f(ratio, '.2f'):>7} {_f(r.get('aa_seconds'), '.0f'):>6}  {kept}")
     return "\n".join(lines)
@@ -183,20 +244,28 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=100)
     p.add_argument("--no-nncf", action="store_true", help="skip NNCF's quantize_with_accuracy_control")
     p.add_argument("--smoke", action="store_true", help="vit_tiny_digits only, 2 rounds of 20 iterations")
+    p.add_argument("--fast", action="store_true", help="one conversion per cell (see the module docstring), "
+                                                       "3 timing rounds of 20 calls")
     p.add_argument("--json", help="write the rows here")
     args = p.parse_args()
     if args.smoke:
         args.models, args.rounds, args.iters = "vit_tiny_digits", 2, 20
+    if args.fast:
+        args.rounds, args.iters = 3, 20
     args.targets = [t for t in args.targets.split(",") if t]
     rows = []
     with tempfile.TemporaryDirectory(prefix="edge-aa-") as tmp:
         for name in [m for m in args.models.split(",") if m]:
+            t0 = time.perf_counter()
             rows += bench_model(name, Path(tmp), args)
+            print(f"{name} done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+            if args.json:    # after every model, so a run cut short keeps what it measured
+                Path(args.json).write_text(json.dumps(rows, indent=2, default=str))
     print(f"CPU: {cpu_model()}; accuracy on the held-out half of each test split; latency p50 of "
           f"{args.rounds} interleaved rounds x {args.iters} calls, batch 1; aa = --max-drop {args.max_drop}")
     print(table(rows))
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2, default=str))
+    print("! = all-int8 failed edge's parity check" + ("; --fast: a cell that kept layers in float shows the "
+          "latency its --max-drop run measured side by side (7 interleaved rounds x 20 calls)" if args.fast else ""))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ For each trained zoo model (vit_tiny_digits, visiongru_digits, gru_digits, vit_s
 
 * fp32 (the PyTorch model),
 * int8 calibrated on real held-out images (``--calib testset``: the first half of the test split),
-* int8 calibrated on ``--calib datafree`` (images optimised from the model alone),
+* int8 calibrated on ``--calib datafree`` (images optimised from the model alone; one column per ``--methods``),
 * int8 calibrated on ``--calib synthetic`` (random normal noise),
 
 all measured on the second half of the test split (never used to calibrate), plus the seconds data-free generation
@@ -17,6 +17,8 @@ calibrated int8 activations.
     python benchmarks/calibration_quality.py                         # all models, all targets
     python benchmarks/calibration_quality.py --smoke                 # vit_tiny_digits, onnx, short budget
     python benchmarks/calibration_quality.py --models vit_shapes --targets openvino --budget-s 60 --json out.json
+    python benchmarks/calibration_quality.py --models vit_tiny_digits,vit_shapes --methods psaq,spdfq \
+        --steps 150 --budget-s 100000 --no-w4a8                     # fixed steps: load-independent images
 
 Accuracies do not depend on machine load; the generation seconds do (a budget cut stops at fewer steps).
 """
@@ -32,7 +34,6 @@ from pathlib import Path
 
 MODELS = ("vit_tiny_digits", "visiongru_digits", "gru_digits", "vit_shapes")
 TARGETS = ("openvino", "onnx", "executorch")
-CALIBS = ("testset", "datafree", "synthetic")
 
 
 def cpu_model() -> str:
@@ -69,17 +70,24 @@ def _convert(prep, target: str, precision: str, out: Path, calib) -> dict:
             "judged_on": (art.manifest.parity or {}).get("input_kind")}
 
 
-def run_model(name: str, targets: list[str], work: Path, budget_s: float, w4a8: bool) -> dict:
+def run_model(name: str, targets: list[str], work: Path, budget_s: float, w4a8: bool, steps: int | None = None,
+              methods: tuple[str, ...] = ("auto",)) -> dict:
     from edge.api import prepare
     from edge.calibration import generate
-    row: dict = {"model": name, "cells": {}, "fp32": None}
-    t0 = time.perf_counter()
-    gen = generate(name, budget_s=budget_s, cache=False)   # generated afresh, so its seconds are measured
-    row["datafree"] = {**gen.record(), "wall_s": round(time.perf_counter() - t0, 1)}
+    row: dict = {"model": name, "cells": {}, "fp32": None, "datafree": {}}
+    gens = {}
+    for method in methods:
+        t0 = time.perf_counter()
+        kw = {"steps": steps} if steps else {}
+        gen = generate(name, method=method, budget_s=budget_s, cache=False, **kw)   # afresh: its seconds measured
+        gens[gen.method] = gen
+        row["datafree"][gen.method] = {**gen.record(), "wall_s": round(time.perf_counter() - t0, 1)}
     prep = prepare(name)                                   # captured once per pass profile for every cell
-    for calib in CALIBS:
+    calibs = ["testset", *(f"datafree:{m}" for m in gens), "synthetic"]
+    for calib in calibs:
         for t in targets:
-            cell = _convert(prep, t, "int8", work / name / calib / t, gen if calib == "datafree" else calib)
+            source = gens[calib.split(":", 1)[1]] if calib.startswith("datafree:") else calib
+            cell = _convert(prep, t, "int8", work / name / calib.replace(":", "-") / t, source)
             row["cells"][f"{t}/{calib}"] = cell
             row["fp32"] = cell.get("reference_accuracy") or row["fp32"]
     if w4a8 and "executorch" in targets:
@@ -98,18 +106,21 @@ def _fmt(cell: dict | None) -> str:
 
 
 def format_table(rows: list[dict], targets: list[str]) -> str:
-    head = "| model | target | fp32 | int8 real | int8 datafree | int8 noise | datafree - real | method, steps, gen s |"
-    lines = [head, "|" + "---|" * 8]
+    methods = list(dict.fromkeys(m for r in rows for m in r["datafree"]))
+    head = ("| model | target | fp32 | int8 real | " + "".join(f"int8 {m} | " for m in methods) + "int8 noise | "
+            + "".join(f"{m} - real | " for m in methods) + "generation: method, steps, s |")
+    lines = [head, "|" + "---|" * (6 + 2 * len(methods))]
     for r in rows:
-        g = r["datafree"]
+        gen = ", ".join(f"{g['method']} {g['steps']} {g['seconds']:.0f}" for g in r["datafree"].values())
         for t in targets:
             c = r["cells"]
-            real, df = c.get(f"{t}/testset", {}).get("accuracy"), c.get(f"{t}/datafree", {}).get("accuracy")
-            gap = f"{(df - real) * 100:+.2f}" if real is not None and df is not None else "-"
+            real = c.get(f"{t}/testset", {}).get("accuracy")
+            dfs = [c.get(f"{t}/datafree:{m}", {}).get("accuracy") for m in methods]
+            gaps = [f"{(df - real) * 100:+.2f}" if real is not None and df is not None else "-" for df in dfs]
             fp32 = f"{r['fp32'] * 100:.2f}" if r["fp32"] is not None else "-"
             lines.append(f"| {r['model']} | {t} | {fp32} | {_fmt(c.get(f'{t}/testset'))} | "
-                         f"{_fmt(c.get(f'{t}/datafree'))} | {_fmt(c.get(f'{t}/synthetic'))} | {gap} | "
-                         f"{g['method']}, {g['steps']}, {g['seconds']:.0f} |")
+                         + "".join(f"{_fmt(c.get(f'{t}/datafree:{m}'))} | " for m in methods)
+                         + f"{_fmt(c.get(f'{t}/synthetic'))} | " + "".join(f"{g} | " for g in gaps) + f"{gen} |")
     w4 = [r for r in rows if "executorch/8da4w" in r["cells"]]
     if w4:
         lines += ["", "W4A8: executorch 8da4w (int4 weights, int8 dynamic activations: no calibration input)",
@@ -124,6 +135,10 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--targets", default=",".join(TARGETS))
     ap.add_argument("--budget-s", type=float, default=120.0, help="data-free generation budget per model")
+    ap.add_argument("--steps", type=int, help="data-free generation steps (with a large --budget-s: the same "
+                                              "images whatever the machine's load)")
+    ap.add_argument("--methods", default="auto", help="data-free methods, one datafree column each "
+                                                      "(e.g. psaq,spdfq; default: auto, the one edge picks)")
     ap.add_argument("--no-w4a8", action="store_true", help="skip the executorch 8da4w row")
     ap.add_argument("--smoke", action="store_true", help="vit_tiny_digits on onnx with a 20 s budget")
     ap.add_argument("--json", help="also write the rows as JSON here")
@@ -134,7 +149,8 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="calibq-") as tmp:
         for name in models:
-            rows.append(run_model(name, targets, Path(tmp), args.budget_s, not args.no_w4a8))
+            rows.append(run_model(name, targets, Path(tmp), args.budget_s, not args.no_w4a8, args.steps,
+                                  tuple(m for m in args.methods.split(",") if m)))
             print(f"{name} done", file=sys.stderr, flush=True)
     print(f"CPU: {cpu_model()}; accuracy on the unseen half of each test split; "
           f"generation seconds measured under load (other jobs on the 2 cores)")

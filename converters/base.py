@@ -225,6 +225,11 @@ def kept_float(job: ConversionJob) -> set[str]:
     return {value} if isinstance(value, str) else {str(v) for v in value}
 
 
+# ``"blocks.3" + OWN_OPS`` keeps only the ops directly in ``blocks.3`` (its residual adds, a concat) in float, not
+# those of its submodules: a container module's own error is kept without giving up its whole block.
+OWN_OPS = ":own"
+
+
 def in_kept(scopes: tuple[str, ...] | list[str], kept: set[str]) -> bool:
-    """Does a node whose module scopes are ``scopes`` belong to a module kept in float?"""
-    return bool(kept) and any(s in kept for s in scopes)
+    """Does a node whose module scopes are ``scopes`` (outermost first) belong to a module kept in float?"""
+    return bool(kept) and (any(s in kept for s in scopes) or (bool(scopes) and scopes[-1] + OWN_OPS in kept))

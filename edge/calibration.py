@@ -252,7 +252,7 @@ def generate(model: Any, *, input_shape: tuple[int, ...] | None = None, weights:
     Args:
         model: an ``nn.Module``, a zoo name or ``"file.py:factory"`` (resolved like ``edge.convert``).
         input_shape: the model's input shape (default: the zoo entry's).
-        method: ``"auto"``, ``"psaq"``, ``"bn-stats"`` or ``"inversion"``.
+        method: ``"auto"``, ``"psaq"``, ``"spdfq"``, ``"bn-stats"`` or ``"inversion"``.
         out: an ``.npz`` path to write (atomically); ``--calib out.npz`` accepts it.
         **settings: ``images``, ``held_out``, ``steps``, ``budget_s``, ``lr``, ``seed``, ``cache``, ``cache_dir``.
 

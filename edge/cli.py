@@ -415,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "write them as an .npz that --calib accepts")
     g.add_argument("model", help="zoo name, file.py:factory or package.module:factory")
     g.add_argument("--out", "-o", required=True, help="the .npz to write")
-    g.add_argument("--method", default="auto", help="auto (by the model's structure), psaq, bn-stats or inversion")
+    g.add_argument("--method", default="auto", help="auto (by the model's structure), psaq, spdfq, bn-stats or inversion")
     g.add_argument("--images", type=int, help="calibration images to generate (default 32)")
     g.add_argument("--steps", type=int, help="the most optimisation steps (default 500)")
     g.add_argument("--budget-s", type=float, help="the most seconds to spend (default 120)")

@@ -1,6 +1,6 @@
 """Data-free calibration: synthetic calibration images optimised from the model alone.
 
-Three generators, chosen per model by what it contains (``method="auto"``) or forced:
+Four generators, chosen per model by what it contains (``method="auto"``) or forced:
 
 ``psaq``
     PSAQ-ViT's patch-similarity objective, for models with self-attention over tokens. On the output of every
@@ -8,6 +8,14 @@ Three generators, chosen per model by what it contains (``method="auto"``) or fo
     differential entropy of those similarities, estimated with a Gaussian kernel density (Silverman's bandwidth,
     on a seeded subsample of the pairs), is *maximised* (real images give diverse patch similarities, noise gives
     uniform ones). Plus cross-entropy to random target labels on the head and a total-variation prior.
+``spdfq``
+    SPDFQ / SARDFQ (arXiv 2412.16553), for ViTs with a class token: three terms. Attention-prior alignment: in the
+    later half of the attention modules, the class token's attention over the patch grid (recomputed from the
+    module's own query/key projections, averaged over heads) is pulled (KL) to a random 2-D Gaussian prior per
+    image, so each image gets a focused object region. Per-patch labels: a random crop of each image, resized
+    back to the input size, is classified as its own random label, so one image carries several semantics.
+    Soft labels: the whole image's target is a mix of two random classes (weight 0.6-0.9 on the first), not one
+    hot. Plus a total-variation prior. Two forward passes per step (image and crop): about twice psaq's cost.
 ``bn-stats``
     ZeroQ / DeepInversion: every BatchNorm's batch mean and variance of its input are pulled to its running
     statistics; plus cross-entropy to random target labels (when the output is a [B, classes] tensor) and a
@@ -51,13 +59,16 @@ from torch import nn
 
 from edge.errors import CalibrationError, UsageError
 
-METHODS = ("psaq", "bn-stats", "inversion")
+METHODS = ("psaq", "spdfq", "bn-stats", "inversion")
 DEFAULTS = {"images": 32, "held_out": 16, "steps": 500, "budget_s": 120.0, "lr": 0.2, "seed": 0}
 # loss weights per method (the paper's terms; TV keeps the images smooth, L2 bounds them where nothing clamps)
 WEIGHTS = {"psaq": {"neg_entropy": 1.0, "ce": 1.0, "tv": 0.05, "l2": 0.0},
+           "spdfq": {"apa": 1.0, "ce": 1.0, "patch_ce": 0.5, "tv": 0.05, "l2": 0.0},
            "bn-stats": {"bn": 1.0, "ce": 0.1, "tv": 0.05, "l2": 0.0},
            "inversion": {"ce": 1.0, "tv": 0.1, "l2": 1e-3}}
 NOTES = {"psaq": "PSAQ-ViT patch-similarity entropy (Gaussian KDE) + CE to random labels + TV prior",
+         "spdfq": "SPDFQ attention-prior alignment of the class token's attention (later blocks) + per-patch "
+                  "labels on random crops + soft two-class labels + TV prior",
          "bn-stats": "BatchNorm running-statistics matching (ZeroQ / DeepInversion) + CE to random labels + TV prior",
          "inversion": "fallback for a model with neither attention nor BatchNorm: CE to random labels + TV + L2 "
                       "priors only; it matches no internal statistic of the model (weaker than psaq / bn-stats)"}
@@ -113,7 +124,7 @@ def methods_that_fit(model: nn.Module) -> list[str]:
     """The generators that fit ``model``'s structure, best first (``inversion`` always fits)."""
     fit = []
     if attention_modules(model):
-        fit.append("psaq")
+        fit += ["psaq", "spdfq"]
     if batchnorm_modules(model):
         fit.append("bn-stats")
     return fit + ["inversion"]
@@ -128,7 +139,8 @@ def choose_method(model: nn.Module, method: str | None = "auto") -> str:
         from edge.errors import UnknownNameError
         raise UnknownNameError("data-free method", method, (*METHODS, "auto"))
     if method not in fit:
-        what = {"psaq": "no self-attention module (nn.MultiheadAttention or a *Attention class)",
+        attn = "no self-attention module (nn.MultiheadAttention or a *Attention class)"
+        what = {"psaq": attn, "spdfq": attn,
                 "bn-stats": "no BatchNorm layer with running statistics"}[method]
         raise CalibrationError(f"--method {method} does not fit {type(model).__name__}: it has {what}; "
                                f"methods that fit it: {', '.join(fit)}")
@@ -169,6 +181,87 @@ def _bn_loss(stats: list[tuple[nn.Module, torch.Tensor]]) -> torch.Tensor:
     return loss / max(len(stats), 1)
 
 
+# ---------------------------------------------------------------- spdfq
+
+def qk_modules(model: nn.Module) -> list[nn.Module]:
+    """Per attention module, the one that computes its query/key projections: timm-style (``qkv`` Linear and
+    ``num_heads``) or transformers-style (``query``/``key`` Linears and ``num_attention_heads``)."""
+    found = []
+    for attn in attention_modules(model):
+        for m in attn.modules():
+            timm = isinstance(getattr(m, "qkv", None), nn.Linear) and isinstance(getattr(m, "num_heads", None), int)
+            hf = isinstance(getattr(m, "query", None), nn.Linear) and isinstance(getattr(m, "key", None), nn.Linear) \
+                and isinstance(getattr(m, "num_attention_heads", None), int)
+            if timm or hf:
+                found.append(m)
+                break
+    return found
+
+
+def cls_attention(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The class token's attention over the other tokens [B, N-1] (heads averaged), from ``m``'s own projections
+    of its input tokens ``x`` [B, N, C]; the class token is token 0."""
+    b, n, _ = x.shape
+    if hasattr(m, "qkv"):
+        qkv = m.qkv(x).reshape(b, n, 3, m.num_heads, -1)
+        q, k = qkv[:, 0, 0], qkv[:, :, 1]                                                # [B, H, d], [B, N, H, d]
+    else:
+        h = m.num_attention_heads
+        q, k = m.query(x[:, :1]).reshape(b, h, -1), m.key(x).reshape(b, n, h, -1)
+    attn = (torch.einsum("bhd,bnhd->bhn", q, k) * q.shape[-1] ** -0.5).softmax(-1)[:, :, 1:]
+    return (attn / attn.sum(-1, keepdim=True).clamp_min(1e-12)).mean(1)
+
+
+def gaussian_priors(n: int, grid: int) -> torch.Tensor:
+    """``n`` random 2-D Gaussian attention priors over a ``grid`` x ``grid`` patch grid [n, grid*grid] (centre
+    anywhere on the grid, sigma 0.15-0.4 of its side), each summing to 1; drawn from torch's (seeded) RNG."""
+    centre = torch.rand(n, 1, 2) * (grid - 1)
+    sigma = (0.15 + 0.25 * torch.rand(n, 1)) * grid
+    ys, xs = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    pos = torch.stack([ys, xs], -1).reshape(1, -1, 2).float()
+    p = torch.exp(-((pos - centre) ** 2).sum(-1) / (2 * sigma ** 2))
+    return p / p.sum(-1, keepdim=True)
+
+
+def random_crops(x: torch.Tensor) -> torch.Tensor:
+    """A random crop (0.4-0.7 of each side, anywhere) of every image, resized back to the input size."""
+    b = x.shape[0]
+    scale = 0.4 + 0.3 * torch.rand(b)
+    shift = (torch.rand(b, 2) * 2 - 1) * (1 - scale)[:, None]
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0], theta[:, 1, 1], theta[:, :, 2] = scale, scale, shift
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+class SpdfqTerms:
+    """SPDFQ's loss terms for one run: the priors and labels are drawn once (seeded), the crops every step."""
+
+    def __init__(self, model: nn.Module, sources: list[nn.Module], total: int, classes: int, tokens: int):
+        grid = int(round((tokens - 1) ** 0.5))
+        if tokens < 2 or grid * grid != tokens - 1:
+            raise CalibrationError(f"--method spdfq aligns the class token's attention over a square patch grid; "
+                                   f"{type(model).__name__}'s attention sees {tokens} tokens (not 1 + a square): "
+                                   f"use --method psaq")
+        self.model, self.later = model, sources[len(sources) // 2:]
+        self.priors = gaussian_priors(total, grid)
+        first = torch.randint(0, classes, (total,))
+        second = (first + torch.randint(1, max(classes, 2), (total,))) % classes
+        weight = (0.6 + 0.3 * torch.rand(total))[:, None]
+        self.soft = weight * F.one_hot(first, classes) + (1 - weight) * F.one_hot(second, classes)
+        self.patch_labels = torch.randint(0, classes, (total,))
+
+    def __call__(self, x: torch.Tensor, out: torch.Tensor,
+                 captured: list[tuple[nn.Module, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        inputs = {id(m): t for m, t in captured}
+        attn = [cls_attention(m, inputs[id(m)]) for m in self.later if id(m) in inputs]
+        log_prior = self.priors.clamp_min(1e-12).log()
+        apa = torch.stack([(self.priors * (log_prior - a.clamp_min(1e-12).log())).sum(-1).mean() for a in attn])
+        crop_out = _first_tensor(self.model(random_crops(x)))
+        return {"apa": apa.mean(), "ce": F.cross_entropy(out, self.soft),
+                "patch_ce": F.cross_entropy(crop_out, self.patch_labels)}
+
+
 # ---------------------------------------------------------------- the generator
 
 def _first_tensor(out: Any) -> torch.Tensor | None:
@@ -176,6 +269,8 @@ def _first_tensor(out: Any) -> torch.Tensor | None:
         return out
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
         return out[0]
+    if isinstance(out, dict):   # a transformers ModelOutput: its first value set (``logits``)
+        return next((v for v in out.values() if isinstance(v, torch.Tensor)), None)
     return None
 
 
@@ -279,7 +374,7 @@ def generate(model: nn.Module, *, input_shape: tuple[int, ...] | None = None,
     Args:
         model: the user's module (left unchanged: hooks are removed, flags and mode restored).
         input_shape: one input's shape, batch first (the batch size is ignored); or ``example_inputs``.
-        method: ``"auto"`` (by structure), ``"psaq"``, ``"bn-stats"`` or ``"inversion"``.
+        method: ``"auto"`` (by structure), ``"psaq"``, ``"spdfq"``, ``"bn-stats"`` or ``"inversion"``.
         images: how many calibration images; ``held_out`` more are made for verification only.
         steps: the most Adam steps; ``budget_s``: the most seconds (generation stops at whichever comes first).
         preprocessing: ``{"mean": [...], "std": [...]}`` of the model's input: images are clamped to the range
@@ -347,13 +442,22 @@ def _optimise(model: nn.Module, method: str, sample_shape: tuple[int, ...], tota
     captured: list[tuple[nn.Module, torch.Tensor]] = []
     targets = attention_modules(model) if method == "psaq" else batchnorm_modules(model) if method == "bn-stats" \
         else []
+    if method == "spdfq":
+        targets = qk_modules(model)
+        if not targets:
+            raise CalibrationError(f"--method spdfq recomputes the class token's attention from the query/key "
+                                   f"projections; {type(model).__name__}'s attention has none it knows (timm's "
+                                   f"qkv + num_heads, or query/key + num_attention_heads): use --method psaq")
     if method == "psaq":
         def hook(mod, args, out):
             captured.append((mod, _first_tensor(out)))
     else:
         def hook(mod, args, out):
             captured.append((mod, args[0]))
-    handles = [m.register_forward_hook(hook) for m in targets]
+    # spdfq reads the tokens going into the projections: a pre-hook (its input), the others a forward hook
+    handles = [m.register_forward_pre_hook(lambda mod, args: hook(mod, args, None)) if method == "spdfq"
+               else m.register_forward_hook(hook) for m in targets]
+    spdfq: SpdfqTerms | None = None
     flags = [(p, p.requires_grad) for p in model.parameters()]
     modes = [(m, m.training) for m in model.modules()]
     try:
@@ -398,6 +502,16 @@ def _optimise(model: nn.Module, method: str, sample_shape: tuple[int, ...], tota
                     terms["neg_entropy"] = -torch.stack([patch_similarity_entropy(t, pairs) for t in toks]).mean()
                 if method == "bn-stats":
                     terms["bn"] = _bn_loss(captured)
+                if method == "spdfq":
+                    if labels is None:
+                        raise CalibrationError(f"--method spdfq needs a [batch, classes] output; "
+                                               f"{type(model).__name__} gives none: use --method psaq")
+                    if len(sample_shape) != 3:
+                        raise CalibrationError(f"--method spdfq crops images [channels, height, width]; this "
+                                               f"model's input is {list(sample_shape)}: use --method psaq")
+                    if spdfq is None:
+                        spdfq = SpdfqTerms(model, targets, total, out.shape[1], captured[0][1].shape[1])
+                    terms.update(spdfq(x, out, list(captured)))
                 terms["tv"] = total_variation(x)
                 if w.get("l2"):
                     terms["l2"] = x.pow(2).mean()

@@ -45,6 +45,12 @@ def vit_hf(layers: int = 2, hidden: int = 64, image: int = 32, patch: int = 8, l
     return ViTForImageClassification(config).eval()
 
 
+def vit_hf_2x192():
+    """2 layers of ViT-Ti width at 32 px (4 patches of 16): its class token is ~25x smaller than its patch tokens
+    (random init), so per-tensor int8 of the residual stream fails parity on ONNX Runtime (cosine 0.973)."""
+    return vit_hf(layers=2, hidden=192, image=32, patch=16)
+
+
 def vit_hf_small():
     return vit_hf()
 

@@ -49,6 +49,22 @@ def test_max_drop_keeps_exactly_the_outlier_layer(tmp_path, target):
 VIT = f"{HERE / 'models_for_tests.py'}:vit_hf_4x192"
 
 
+@pytest.mark.slow
+def test_transformer_prior_brings_a_failing_transformers_vit_back_on_onnxruntime(tmp_path):
+    """The cheap form of the ViT-Ti case below: plain int8 fails parity; the first fallback round (LayerNorms and
+    the blocks' own ops in float, every Linear and the patch Conv still int8) comes out verified."""
+    pytest.importorskip("transformers")
+    art = edge.convert(f"{HERE / 'models_for_tests.py'}:vit_hf_2x192", input_shapes=[(1, 3, 32, 32)], target="onnx",
+                       precision="int8", calib="synthetic", max_drop=5.0, out=tmp_path / "onnx")
+    rec = art.manifest.details["accuracy_aware"]
+    assert art.manifest.status == "verified" and art.manifest.parity["passed"]
+    assert not rec["rounds"][0]["parity_passed"] and rec["rounds"][0]["next"] == "transformer prior"
+    assert len(rec["rounds"]) == 2 and rec["rounds"][-1]["parity_passed"] and rec["rounds"][-1]["drop"] <= 5.0
+    kept = rec["kept_float"]
+    assert "vit.encoder.layer.0.layernorm_before" in kept and "vit.encoder.layer.0:own" in kept
+    assert not any(k.endswith(("dense", "query", "key", "value", "projection", "classifier")) for k in kept)
+
+
 # Several rounds of conversion of a 4-layer ViT per target (ExecuTorch ~1 min per round on 2 cores): over the
 # suite's time budget, so behind a switch like the conformance suite's large models.
 @pytest.mark.slow
@@ -56,10 +72,11 @@ VIT = f"{HERE / 'models_for_tests.py'}:vit_hf_4x192"
 @pytest.mark.parametrize("target", ["onnx", "openvino", "executorch"])
 def test_transformers_vit_comes_out_verified(tmp_path, target):
     """A transformers ViT built from its config (4 layers, hidden 192, 64 px): plain int8 fails edge's parity
-    check on ONNX Runtime (cosine 0.938) and ExecuTorch (0.963); with --max-drop it comes out verified, the
+    check on ONNX Runtime (cosine 0.945) and ExecuTorch (0.963); with --max-drop it comes out verified, the
     layers kept in float named. The budget is 5 points: the random-init ViT's logits are nearly tied, so top-1
-    agreement on 128 random inputs moves by a point or two even with every block in float (measured on ONNX
-    Runtime: 98.4 after 5 rounds; --max-drop 1.0 ended in a ConversionError listing the rounds)."""
+    agreement on 128 random inputs moves by a point or two whatever is kept (measured on ONNX Runtime: 97.66
+    after the transformer prior, cosine 0.998; 98.44 with nearly every block in float before the prior existed).
+    Measured on the loaded 2-core machine: openvino 192 s, executorch 486 s."""
     pytest.importorskip("transformers")
     art = edge.convert(VIT, input_shapes=[(1, 3, 64, 64)], target=target, precision="int8", calib="synthetic",
                        max_drop=5.0, out=tmp_path / target)
@@ -69,3 +86,55 @@ def test_transformers_vit_comes_out_verified(tmp_path, target):
     assert all(isinstance(m, str) and m for m in rec["kept_float"])
     if target != "openvino":   # OpenVINO's int8 of this model passes as it is (cosine 0.996)
         assert not rec["rounds"][0]["parity_passed"] and rec["kept_float"]
+
+
+def _row(i, module, kind="Linear", drop=0.0, quantized=True):
+    from edge.debugger import DebugRow
+    return DebugRow(index=i, module=module, kind=kind, sqnr_db=30.0 - drop, cosine=0.99, max_abs=0.1, drop_db=drop,
+                    precision="int8", quantized=quantized, point="v")
+
+
+def _vit_table():
+    from edge.debugger import DebugTable
+    rows = [_row(0, "emb.proj", "Conv2d"), _row(1, "emb"), _row(2, "blk.0.norm1", "LayerNorm", drop=9.0),
+            _row(3, "blk.0.attn", "Attention", drop=0.5), _row(4, "blk.0.norm2", "LayerNorm", drop=1.0),
+            _row(5, "blk.0"),
+            _row(6, "norm", "LayerNorm", drop=5.0), _row(7, "head", drop=12.0)]
+    return DebugTable("a", "onnx", "int8", "onnxruntime", "per layer", 1, "given", rows)
+
+
+def test_transformer_prior_keeps_norms_and_own_ops_of_blocks():
+    """The first fallback of a transformer: LayerNorms and the blocks' own ops (residual adds, concat), every
+    Linear/Conv left int8; nothing for a model without a quantized LayerNorm."""
+    from edge.accuracy import transformer_prior
+    from edge.debugger import DebugTable
+    t = _vit_table()
+    assert transformer_prior(t, []) == ["emb:own", "blk.0.norm1", "blk.0.norm2", "blk.0:own", "norm"]
+    assert transformer_prior(t, ["blk.0"]) == ["emb:own", "norm"]
+    mlp = DebugTable("a", "onnx", "int8", "onnxruntime", "per layer", 1, "given",
+                     [_row(0, "fc1"), _row(1, "fc2", drop=40.0), _row(2, "head")])
+    assert transformer_prior(mlp, []) == []
+    recurrent = DebugTable("a", "onnx", "int8", "onnxruntime", "per layer", 1, "given",   # LayerNorm, no attention
+                           [_row(0, "rnn"), _row(1, "rnn.norm", "LayerNorm", drop=3.0), _row(2, "head")])
+    assert transformer_prior(recurrent, []) == []
+
+
+def test_ranking_names_a_blocks_own_ops_not_the_whole_block():
+    """A kept LayerNorm that still loses SQNR gets its error from the quantized op before it; when that op is a
+    block's own (its residual add), the block's own ops are named (``blk.0:own``), never the whole block."""
+    from edge.accuracy import rank_for_float
+    from edge.debugger import DebugTable
+    t = _vit_table()
+    assert rank_for_float(t, [])[:3] == ["head", "blk.0.norm1", "norm"]
+    assert rank_for_float(t, ["blk.0.norm1", "head", "norm"])[0] == "blk.0:own"
+    assert "blk.0" not in rank_for_float(t, ["blk.0.norm1", "head", "norm"])
+    mlp = DebugTable("a", "onnx", "int8", "onnxruntime", "per layer", 1, "given",
+                     [_row(0, "fc1"), _row(1, "fc2", drop=40.0), _row(2, "head", drop=1.0)])
+    assert rank_for_float(mlp, []) == ["fc2", "head", "fc1"]
+
+
+def test_in_kept_own_ops():
+    from edge.converters.base import in_kept
+    assert in_kept(("blk", "blk.0"), {"blk.0:own"})                     # the residual add directly in blk.0
+    assert not in_kept(("blk", "blk.0", "blk.0.fc"), {"blk.0:own"})     # its Linear stays quantized
+    assert in_kept(("blk", "blk.0", "blk.0.fc"), {"blk.0"}) and not in_kept((), {"blk.0:own"})

@@ -60,6 +60,32 @@ def test_generator_deterministic_and_leaves_the_model_untouched(name):
     assert ("notes" in rec) == (name == "tiny_gru")           # the fallback says it is one
 
 
+def test_spdfq_deterministic_in_budget_and_leaves_the_model_untouched():
+    """spdfq (attention-prior alignment + per-patch labels + soft labels) on the tiny ViT: bit-identical for the
+    same seed and steps, stops at its budget, its pre-hooks removed, the model as it was; a model whose attention
+    sees no class token + square grid is refused with the method that fits."""
+    model = M.tiny_vit()
+    before = _snapshot(model)
+    kw = dict(input_shape=SHAPES["tiny_vit"], method="spdfq", images=4, held_out=2, cache=False)
+    a, b = datafree.generate(model, steps=3, **kw), datafree.generate(model, steps=3, **kw)
+    np.testing.assert_array_equal(a.images, b.images)
+    np.testing.assert_array_equal(a.held_out, b.held_out)
+    assert a.method == "spdfq" and a.steps == 3 and set(a.losses) >= {"apa", "ce", "patch_ce", "tv", "total"}
+    assert all(np.isfinite(v) for v in a.losses.values()) and "attention-prior" in a.record()["objective"]
+    g = datafree.generate(model, steps=10 ** 6, budget_s=0.5, **kw)
+    assert g.stopped_by == "budget" and 1 <= g.steps < 10 ** 6 and g.seconds < 0.5 + 30
+    after = _snapshot(model)
+    assert after[1] == before[1] and after[2] == before[2]
+    assert all(torch.equal(before[0][k], v) for k, v in after[0].items())
+    assert all(p.grad is None for p in model.parameters()) and _no_hooks(model)
+    pooled = M.tiny_vit()
+    pooled.pos_embed = torch.nn.Parameter(pooled.pos_embed[:, 1:].clone())   # 16 tokens, no class token
+    pooled.forward_features = lambda x: pooled.norm(pooled.blocks(pooled.patch_embed(x) + pooled.pos_embed))
+    with pytest.raises(CalibrationError, match="use --method psaq"):
+        datafree.generate(pooled, steps=1, **kw)
+    assert _no_hooks(pooled)
+
+
 def test_generation_stops_at_its_budget():
     model = M.tiny_vit()
     g = datafree.generate(model, input_shape=SHAPES["tiny_vit"], images=2, held_out=0, steps=10 ** 6,
@@ -98,7 +124,7 @@ def test_cache_hit_and_calib_npz_round_trip(tmp_path):
 def test_methods_that_do_not_fit_are_refused():
     with pytest.raises(CalibrationError, match="methods that fit it: inversion"):
         datafree.choose_method(M.tiny_gru(), "psaq")
-    with pytest.raises(CalibrationError, match="methods that fit it: psaq, inversion"):
+    with pytest.raises(CalibrationError, match="methods that fit it: psaq, spdfq, inversion"):
         datafree.choose_method(M.tiny_vit(), "bn-stats")
     with pytest.raises(UnknownNameError, match="did you mean 'psaq'"):
         datafree.choose_method(M.tiny_vit(), "psqa")
