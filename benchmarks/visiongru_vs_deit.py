@@ -46,8 +46,14 @@ RUNTIME_TARGETS = {"openvino": "openvino", "onnx": "onnx", "onnxruntime": "onnx"
 FORM_OPTIONS = {"chunked": {}, "striped": {"mingru_form": "striped"}}
 
 
+# --smoke builds these shallower variants (same widths): the point is that every path of the script runs
+SMOKE_KW = {"deit_small": {"depth": 2}, "visiongru_tiny": {"depths": (1, 1, 1, 1)}}
+_SMOKE = False
+
+
 def build(name: str, size: int) -> nn.Module:
     kw = {"img_size": size} if name.startswith("deit") else {}
+    kw.update(SMOKE_KW[name] if _SMOKE or os.environ.get("VGRU_BENCH_SMOKE") else {})
     model, _ = create_model(name, pretrained=False, **kw)
     return model.eval()
 
@@ -83,9 +89,11 @@ def _child(args: list[str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def artifact_peak(path: Path, iters: int, options: dict | None = None) -> float:
-    """Peak RSS (MiB) of load + ``iters`` runs of the artifact at ``path``, over the RSS before loading."""
-    return _child(["artifact", str(path), str(iters), json.dumps(options or {})])["peak_mb"]
+def artifact_peak(path: Path, iters: int, options: dict | None = None) -> dict[str, float]:
+    """Memory (MiB over the RSS before loading) of the artifact at ``path`` in a fresh process: ``load``
+    (peak while the runtime loads / compiles it), ``resident`` (after loading), ``run`` (peak over
+    ``iters`` runs after loading) and ``peak`` (the larger of load and run)."""
+    return _child(["artifact", str(path), str(iters), json.dumps(options or {})])
 
 
 def _child_artifact(path: str, iters: str, options: str) -> dict:
@@ -99,10 +107,24 @@ def _child_artifact(path: str, iters: str, options: str) -> dict:
     base = rss_mb()[0]
     reset_peak_rss()
     with edge.load(path, **json.loads(options)) as s:
+        resident, load = rss_mb()
+        reset_peak_rss()
         for _ in range(int(iters)):
             s.run(*x)
-        peak = rss_mb()[1]
-    return {"peak_mb": peak - base}
+        run = rss_mb()[1]
+    return {"load": load - base, "resident": resident - base, "run": run - base, "peak": max(load, run) - base,
+            "nodes": _graph_nodes(art)}
+
+
+def _graph_nodes(art) -> int | None:
+    """Operations in the artifact's graph (ONNX nodes, OpenVINO IR layers), None for other formats."""
+    main = str(art.main_path)
+    if main.endswith(".onnx"):
+        import onnx
+        return len(onnx.load(main, load_external_data=False).graph.node)
+    if main.endswith(".xml"):
+        return open(main).read().count("<layer ")
+    return None
 
 
 class _Stage(nn.Module):
@@ -135,13 +157,14 @@ def vgru_stages(model: nn.Module, size: int) -> list[tuple[str, nn.Module, torch
     return out
 
 
-def _child_eager(name: str, size: str, form: str) -> dict:
-    """Eager PyTorch peak RSS per stage (MiB over the RSS before the stage) and of the whole forward."""
+def _child_eager(name: str, size: str, options: str) -> dict:
+    """Eager PyTorch peak RSS per stage (MiB over the RSS before the stage) and of the whole forward;
+    ``options``: the pass options as JSON, ``null`` for the model as built (no optimize passes)."""
     torch.set_num_threads(1)
     size_i = int(size)
     model = build(name, size_i)
-    if form != "reference":
-        model = edge.optimize(model, target="onnx", **FORM_OPTIONS[form])
+    if json.loads(options) is not None:
+        model = edge.optimize(model, target="onnx", **json.loads(options))
     parts = vgru_stages(model, size_i) if name.startswith("visiongru") else []
     peaks = {}
     with torch.no_grad():
@@ -167,6 +190,19 @@ def convert(model: nn.Module, x: torch.Tensor, target: str, out: Path, args, **k
     return art, time.perf_counter() - t
 
 
+def form_options(form: str, args) -> dict:
+    """The pass options of a VisionGRU form (``--stripe``: tokens per stripe of the striped form)."""
+    opts = dict(FORM_OPTIONS[form])
+    if form == "striped" and args.stripe:
+        opts["mingru_stripe"] = args.stripe
+    return opts
+
+
+def session_options(runtime: str, args) -> dict:
+    """Runtime options both models get (``--ort-lean``: ORT without its arena and memory pattern)."""
+    return {"mem_arena": 0, "mem_pattern": 0} if args.ort_lean and RUNTIME_TARGETS[runtime] == "onnx" else {}
+
+
 def variants(args) -> list[tuple[str, str]]:
     """(label, form) of the models compared: VisionGRU-Ti per form, then DeiT-S."""
     return [(f"VGRU-{f}", f) for f in args.forms] + [("DeiT-S", "")]
@@ -179,15 +215,15 @@ def run_size(size: int, runtime: str, args, tmp: Path, macs: dict) -> dict[str, 
         name = "deit_small" if label == "DeiT-S" else "visiongru_tiny"
         model = build(name, size)
         x = torch.randn(1, 3, size, size)
-        if label not in macs:
-            macs[label] = gmacs(model, x)
-        kw = {"pass_options": FORM_OPTIONS[form]} if form else {}
+        if (label, size) not in macs:
+            macs[label, size] = gmacs(model, x)
+        kw = {"pass_options": form_options(form, args)} if form else {}
         art, conv_s = convert(model, x, target, tmp / f"{label}-{size}-{target}", args, **kw)
         del model
         gc.collect()
-        made[label] = {"art": art, "convert_s": conv_s, "peak_mb": artifact_peak(art.path, args.mem_iters),
-                       "status": art.manifest.status}
-    sessions = {k: edge.load(v["art"].path) for k, v in made.items()}
+        made[label] = {"art": art, "convert_s": conv_s, "status": art.manifest.status,
+                       "peak_mb": artifact_peak(art.path, args.mem_iters, session_options(runtime, args))}
+    sessions = {k: edge.load(v["art"].path, **session_options(runtime, args)) for k, v in made.items()}
     inputs = {k: [torch.randn(1, 3, size, size).numpy()] for k in made}
     try:
         stats = time_interleaved(sessions, inputs, rounds=args.rounds, warmup=args.warmup, iters=args.iters)
@@ -203,8 +239,9 @@ def run_size(size: int, runtime: str, args, tmp: Path, macs: dict) -> dict[str, 
 def stage_table(size: int, args, tmp: Path) -> None:
     """Where the memory goes: eager peak per stage, then per runtime each stage converted alone."""
     forms = ["reference", *args.forms]
-    eager = {f: _child(["eager", "visiongru_tiny", str(size), f]) for f in forms}
-    deit = _child(["eager", "deit_small", str(size), "chunked"])
+    eager = {f: _child(["eager", "visiongru_tiny", str(size),
+                        json.dumps(None if f == "reference" else form_options(f, args))]) for f in forms}
+    deit = _child(["eager", "deit_small", str(size), "null"])
     stages = [k for k in eager[forms[0]] if k != "whole"]
     print(f"\n{size} px: peak MiB by stage (eager PyTorch, 1 thread; each stage over the RSS before it)")
     print(f"  {'form':>12} | " + " ".join(f"{s:>8}" for s in stages) + f" | {'whole':>8}")
@@ -217,11 +254,11 @@ def stage_table(size: int, args, tmp: Path) -> None:
               f"{args.mem_iters} runs)")
         print(f"  {'form':>12} | " + " ".join(f"{s:>8}" for s in stages))
         for f in args.forms:
-            model = edge.optimize(build("visiongru_tiny", size), target=target, **FORM_OPTIONS[f])
+            model = edge.optimize(build("visiongru_tiny", size), target=target, **form_options(f, args))
             row = []
             for stage, mod, x in vgru_stages(model, size):
                 art, _ = convert(mod, x, target, tmp / f"{stage}-{f}-{size}-{target}", args, optimize=False)
-                row.append(artifact_peak(art.path, args.mem_iters))
+                row.append(artifact_peak(art.path, args.mem_iters, session_options(runtime, args)))
                 shutil.rmtree(art.path, ignore_errors=True)
             print(f"  {f:>12} | " + " ".join(f"{v:8.1f}" for v in row), flush=True)
 
@@ -232,13 +269,16 @@ def main() -> None:
     ap.add_argument("--target", help="one runtime (the old flag; same as --runtimes)")
     ap.add_argument("--sizes", default="224,512,1024")
     ap.add_argument("--forms", default="chunked,striped", help="VisionGRU forms to compare: chunked, striped")
+    ap.add_argument("--stripe", type=int, help="tokens per stripe of the striped form (default: scan_lean.STRIPE)")
     ap.add_argument("--iters", type=int, default=5, help="timed runs per model per round")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--mem-iters", type=int, default=3, help="runs after load in the memory measurement")
     ap.add_argument("--verify", action="store_true", help="also run the parity check (slow at 1024 px)")
     ap.add_argument("--memory", action="store_true", help="also print the per-stage memory tables")
-    ap.add_argument("--smoke", action="store_true", help="sizes 64,96, one round of 2 runs: proves the script runs")
+    ap.add_argument("--smoke", action="store_true", help="shallow models at 64 px, one round: proves the script runs")
+    ap.add_argument("--ort-lean", action="store_true", help="ONNX Runtime sessions without the CPU memory arena and "
+                    "memory pattern (mem_arena=0, mem_pattern=0), for both models")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -253,12 +293,15 @@ def main() -> None:
     for r in args.runtimes:
         if r not in RUNTIME_TARGETS:
             ap.error(f"unknown runtime {r!r}; choose from {', '.join(RUNTIME_TARGETS)}")
-    if args.smoke:
-        args.sizes, args.rounds, args.iters, args.warmup, args.mem_iters = "64,96", 1, 2, 1, 1
+    if args.smoke:   # shallow models (SMOKE_KW) at 64 px, one round: proves every path runs, measures nothing
+        args.sizes, args.rounds, args.iters, args.warmup, args.mem_iters = "64", 1, 2, 1, 1
+        global _SMOKE
+        _SMOKE = True
+        os.environ["VGRU_BENCH_SMOKE"] = "1"   # the child processes build the same variants
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     cpu = next((ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if ln.startswith("Model name")), "?")
     peak = matmul_gmacs_per_s()
-    print(f"CPU {cpu}, {os.cpu_count()} cores; fp32 matmul {peak:.1f} GMAC/s (torch, 1024^3, "
+    print(f"ORT options: {session_options('onnx', args) or 'defaults'}; CPU {cpu}, {os.cpu_count()} cores; fp32 matmul {peak:.1f} GMAC/s (torch, 1024^3, "
           f"{torch.get_num_threads()} threads); batch 1, warmup {args.warmup}, {args.rounds} rounds x {args.iters} iters")
     tmp = Path(tempfile.mkdtemp(prefix="vgru_deit_"))
     macs: dict[str, float] = {}
@@ -273,10 +316,10 @@ def main() -> None:
                 print(f"  {'model':>14} | {'ms':>8} {'MiB':>7} | {'DeiT/VGRU ms':>12} {'VGRU/DeiT MiB':>13} | "
                       f"{'GMAC':>6} {'GMAC/s':>7} {'of peak':>7} | {'convert s':>9} parity")
                 for label, v in r.items():
-                    rate = macs[label] / (v["ms"] / 1e3)
+                    rate = macs[label, size] / (v["ms"] / 1e3)
                     ratios = (f"{d['ms'] / v['ms']:11.2f}x {v['peak_mb'] / max(d['peak_mb'], 1e-9):12.2f}x"
                               if label != "DeiT-S" else f"{'':>12} {'':>13}")
-                    print(f"  {label:>14} | {v['ms']:8.1f} {v['peak_mb']:7.0f} | {ratios} | {macs[label]:6.1f} "
+                    print(f"  {label:>14} | {v['ms']:8.1f} {v['peak_mb']:7.0f} | {ratios} | {macs[label, size]:6.1f} "
                           f"{rate:7.1f} {rate / peak:6.0%} | {v['convert_s']:9.0f} {v['status']}", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

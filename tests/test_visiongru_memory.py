@@ -8,7 +8,9 @@ import edge
 from conftest import needs
 from edge.errors import UnknownNameError, UsageError
 from edge.passes.recurrent import ChunkedMinGRU
-from edge.passes.scan_lean import StripedBlock2DGRU, StripedMinGRU, StripedTokenizer, stripes
+from edge.passes.recurrent import sequential_mingru_scan
+from edge.passes.scan_lean import (LoopMinGRU, StripedBlock2DGRU, StripedMinGRU, StripedTokenizer, loop_linear_scan,
+                                   stripes)
 from edge.zoo import create_model
 from edge.zoo.visiongru import MinGRU, Tokenizer
 
@@ -52,6 +54,18 @@ def test_striped_scan_equals_the_reference(n, reverse, form):
                 _close(got_h, want_h)
 
 
+@pytest.mark.parametrize("n", [3, 16, 37, 100, 16 * 16 * 2 + 5])
+def test_loop_scan_equals_the_recurrence(n):
+    """The loop form (one torch.scan per level): forward and reverse, with and without an initial state,
+    lengths below, at and not divisible by the chunk, and two levels deep."""
+    torch.manual_seed(n)
+    a, b, h0 = torch.rand(2, n, 8), torch.randn(2, n, 8), torch.randn(2, 8)
+    for reverse in (False, True):
+        for h in (None, h0):
+            _close(loop_linear_scan(a, b, h, 16, reverse), sequential_mingru_scan(a, b, h, reverse))
+            _close(loop_linear_scan(a, b, h, 4, reverse), sequential_mingru_scan(a, b, h, reverse))
+
+
 @pytest.mark.parametrize("hw", [(32, 32), (37, 23), (8, 9), (5, 5)])
 def test_striped_stem_equals_the_stem(hw):
     torch.manual_seed(0)
@@ -77,6 +91,9 @@ def test_striped_visiongru_equals_the_original_on_every_target_form():
             assert rec["rewrites"] == 5 and rec["form"] == "striped" and rec["stripe"] == 100, rec
             assert sum(isinstance(m, StripedBlock2DGRU) for m in lean.modules()) == 4
             _close(lean(x), ref, 1e-4)
+        loop = edge.optimize(model, target="onnx", mingru_form="loop")
+        assert sum(isinstance(m, LoopMinGRU) for m in loop.modules()) == 8
+        _close(loop(x), ref, 1e-4)
     plain = edge.optimize(model, target="onnx")   # the form is opt-in: without it nothing changes
     assert not any(isinstance(m, (StripedBlock2DGRU, StripedTokenizer)) for m in plain.modules())
 
@@ -94,6 +111,16 @@ def _digits_accuracy(model, n: int = 200) -> float:
     x, y = get_entry("visiongru_digits").test_set()
     with torch.no_grad():
         return float((model(torch.from_numpy(x[:n])).argmax(-1).numpy() == y[:n]).mean())
+
+
+@pytest.mark.slow
+def test_visiongru_digits_loop_form_through_onnx(tmp_path):
+    """The loop form exports as ONNX Scan loops (not unrolled steps); ORT's outputs match PyTorch."""
+    import onnx
+    art = edge.convert("visiongru_digits", target="onnx", out=tmp_path / "loop", pass_options={"mingru_form": "loop"})
+    assert art.manifest.parity["passed"], art.manifest.parity
+    graph = onnx.load(str(art.main_path), load_external_data=False).graph
+    assert sum(n.op_type == "Scan" for n in graph.node) >= 10   # stage 1 (64 tokens): two loops per minGRU
 
 
 @pytest.mark.slow

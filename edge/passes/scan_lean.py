@@ -32,15 +32,16 @@ from torch import nn
 
 from edge.errors import UsageError
 from edge.passes import OptimizeContext, declare_form, register_pass
-from edge.passes.recurrent import ChunkedMinGRU
+from edge.passes.recurrent import CHUNK, ChunkedMinGRU, _entering, chunked_linear_scan
 
 # Tokens per stripe. The live intermediates of a stripe are a few [stripe, 2 * dim] tensors (stage 1 of
 # VisionGRU-Ti: 2.4 MB each at 4096 tokens); every stripe adds one copy of the scan's nodes to the graph.
 STRIPE = 4096
-FORMS = ("chunked", "striped")
+FORMS = ("chunked", "striped", "loop")
 # A converter may declare ``forms = {"mingru_form": "striped"}``; the pass option of the same name overrides it.
 declare_form("mingru_form", "chunked", FORMS, "striped: VisionGRU's stem and long 2DGRU blocks in stripes of "
-             "tokens, the scan state carried between stripes (exact, less peak memory at high resolution)")
+             "tokens, the scan state carried between stripes (exact, less peak memory at high resolution); "
+             "loop: each level of the chunked minGRU scan as one torch.scan loop (ONNX Scan; far fewer nodes)")
 
 
 def stripes(n: int, stripe: int) -> list[tuple[int, int]]:
@@ -175,6 +176,69 @@ class StripedTokenizer(nn.Module):
         return bands[0] if len(bands) == 1 else torch.cat(bands, dim=2)
 
 
+# ------------------------------------------------------------------------------------------------ loop form
+def _ends_body(carry, xs):
+    h, p = carry
+    a_t, b_t = xs
+    # scan needs a stacked output; a [B, 1, 1] sliver of the gate costs nothing
+    return (a_t * h + b_t, a_t * p), a_t[:, :1, :1].clone()
+
+
+def _steps_body(h, xs):
+    a_t, b_t = xs
+    h = a_t * h + b_t
+    return h, h.clone()   # a scan output must not alias the carry
+
+
+def loop_linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None, chunk: int = CHUNK,
+                     reverse: bool = False) -> torch.Tensor:
+    """:func:`edge.passes.recurrent.chunked_linear_scan` with each level's ``chunk`` steps as one
+    ``torch.scan`` loop (ONNX ``Scan``; the body is one step over all chunks) instead of unrolled steps.
+
+    The same products and sums in the same order: the same numbers. The graph holds a few nodes per level
+    instead of ~10 per step, so a VisionGRU graph is some 10x smaller: the runtime's resident memory and
+    the conversion time follow the node count (see the module docstring). The N % chunk tokens left over
+    run unrolled, as in the chunked scan.
+    """
+    from torch._higher_order_ops.scan import scan   # torch's loop op: only this form needs it
+    B, N, D = a.shape
+    if N <= chunk:
+        return chunked_linear_scan(a, b, h0, chunk, reverse)
+    C = N // chunk
+    M, r = C * chunk, N - C * chunk
+    am, bm = (a, b) if not r else ((a[:, r:], b[:, r:]) if reverse else (a[:, :M], b[:, :M]))
+    # step-major [chunk, B, C, D]: iteration j reads step j of every chunk
+    a4 = am.reshape(B, C, chunk, D).permute(2, 0, 1, 3)
+    b4 = bm.reshape(B, C, chunk, D).permute(2, 0, 1, 3)
+    zero = a4[0] - a4[0]
+    (h_end, p_end), _ = scan(_ends_body, (zero, zero + 1.0), (a4, b4), reverse=reverse)
+    ends = loop_linear_scan(p_end, h_end, h0, chunk, reverse)          # [B, C, D]: the state after chunk c
+    _, hs = scan(_steps_body, _entering(ends, h0, reverse), (a4, b4), reverse=reverse)
+    h = hs.permute(1, 2, 0, 3).reshape(B, M, D)
+    if not r:
+        return h
+    rest = slice(0, r) if reverse else slice(M, N)
+    tail = chunked_linear_scan(a[:, rest], b[:, rest], h[:, 0] if reverse else h[:, M - 1], chunk, reverse)
+    return torch.cat([tail, h] if reverse else [h, tail], dim=1)
+
+
+class LoopMinGRU(ChunkedMinGRU):
+    """A :class:`ChunkedMinGRU` whose scan is :func:`loop_linear_scan` (token order, no position-major)."""
+
+    def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None, return_state: bool = False):
+        a, b = self._gates(x)
+        h = loop_linear_scan(a, b, h0, self.chunk, self.reverse)
+        out = self.to_out(h)
+        return (out, h[:, 0] if self.reverse else h[:, -1]) if return_state else out
+
+
+def _as_loop(m: ChunkedMinGRU) -> LoopMinGRU:
+    new = LoopMinGRU.__new__(LoopMinGRU)
+    new.__dict__.update(m.__dict__)     # same submodules and settings, another forward
+    new.position_major = False
+    return new
+
+
 def form_of(options: dict, forms: dict | None = None) -> str:
     """The minGRU form: the pass option ``mingru_form`` if given, else the converter's declared form."""
     form = options.get("mingru_form") or (forms or {}).get("mingru_form") or "chunked"
@@ -186,13 +250,22 @@ def form_of(options: dict, forms: dict | None = None) -> str:
 
 @register_pass("visiongru_stripes", "VisionGRU's stem and long-sequence 2DGRU blocks in stripes of tokens, the "
                "scan state carried between stripes (exact; less peak memory at high resolution). Runs when "
-               "the form (or pass option) mingru_form='striped' is given", order=23,
-               variant=lambda forms: forms.get("mingru_form", "chunked"))
+               "the form (or pass option) mingru_form='striped' is given; 'loop' swaps the scan's unrolled steps for "
+               "torch.scan loops", order=23, variant=lambda forms: forms.get("mingru_form", "chunked"))
 def striped_pass(module: nn.Module, ctx: OptimizeContext) -> tuple[int, dict]:
     """Blocks with more than ``mingru_stripe`` tokens become :class:`StripedBlock2DGRU`, every VisionGRU
     stem a :class:`StripedTokenizer`; shorter blocks keep the chunked form. Whether a block is long is
     known only from its input, so every Block2DGRU is wrapped and a short one runs as a single stripe."""
-    if form_of(ctx.options, ctx.forms) != "striped":
+    form = form_of(ctx.options, ctx.forms)
+    if form == "loop":
+        n = 0
+        for name, m in list(module.named_modules()):
+            for cname, child in list(m.named_children()):
+                if type(child) is ChunkedMinGRU:
+                    setattr(m, cname, _as_loop(child))
+                    n += 1
+        return n, {"form": "loop"}
+    if form != "striped":
         return 0, {"form": "chunked"}
     from edge.zoo.visiongru import Block2DGRU, Tokenizer
     stripe = ctx.options.get("mingru_stripe")
