@@ -35,7 +35,8 @@ def convert(model: Any, *, target: str = "onnx", precision: str = "fp32", out: s
         out: the artifact folder to create (replaced only if it already holds an edge artifact).
         example_inputs: example input tensors (or ``input_shapes=[(1, 3, 224, 224)]``).
         **kwargs: ``weights``, ``trust_weights``, ``input_shapes``, ``dynamic_batch``, ``optimize``,
-            ``disable_passes``, ``keep_tokens``, ``calib``, ``verify``, ``options`` (target options),
+            ``disable_passes``, ``keep_tokens``, ``pass_options`` (e.g. ``{"mingru_form": "striped"}``), ``calib``,
+            ``verify``, ``options`` (target options),
             ``max_drop`` (int8: keep the layers that cost more accuracy points than this in float).
 
     Returns:
@@ -57,7 +58,7 @@ def convert_all(model: Any, *, targets: Sequence[str], precisions: Sequence[str]
                 optimize: bool = True, disable_passes: Sequence[str] = (), keep_tokens: float | None = None,
                 calib: Any = None, verify: bool = True, options: dict[str, Any] | None = None,
                 prepared: Prepared | None = None, labels: Sequence[str] | None = None,
-                max_drop: float | None = None,
+                max_drop: float | None = None, pass_options: dict[str, Any] | None = None,
                 _single: bool = False) -> list[Artifact]:
     """Convert one model for several targets and precisions, capturing it once.
 
@@ -84,7 +85,8 @@ def convert_all(model: Any, *, targets: Sequence[str], precisions: Sequence[str]
         check_destination(dest)
     prep = prepared or prepare(model, example_inputs=example_inputs, input_shapes=input_shapes, weights=weights,
                                trust_weights=trust_weights, dynamic_batch=dynamic_batch, optimize=optimize,
-                               disable_passes=disable_passes, keep_tokens=keep_tokens)
+                               disable_passes=disable_passes, keep_tokens=keep_tokens,
+                               pass_options=pass_options)
     spec = prep.spec
     ref_out = run_reference(spec.module, spec.example_inputs)
     ins, outs = input_specs(spec.example_inputs, dynamic_batch), output_specs(ref_out, dynamic_batch)

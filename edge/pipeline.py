@@ -115,7 +115,8 @@ def _forms(target: str | Converter) -> dict[str, Any]:
 def prepare(model: Any, *, example_inputs: Sequence[torch.Tensor] | None = None,
             input_shapes: list[tuple[int, ...]] | None = None, weights: str | Path | None = None,
             trust_weights: bool = False, dynamic_batch: bool = False, optimize: bool = True,
-            disable_passes: Sequence[str] = (), keep_tokens: float | None = None) -> Prepared:
+            disable_passes: Sequence[str] = (), keep_tokens: float | None = None,
+            pass_options: dict[str, Any] | None = None) -> Prepared:
     """resolve: ``model`` (any source ``convert`` takes, or an already resolved :class:`ModelSpec`) for capture.
 
     Example:
@@ -123,7 +124,8 @@ def prepare(model: Any, *, example_inputs: Sequence[torch.Tensor] | None = None,
     """
     spec = model if isinstance(model, ModelSpec) else resolve(
         model, example_inputs=example_inputs, input_shapes=input_shapes, weights=weights, trust_weights=trust_weights)
-    pass_options = {"keep_tokens": keep_tokens} if keep_tokens is not None else {}
+    # pass options (e.g. ``mingru_form="striped"``) reach every pass through OptimizeContext.options
+    pass_options = {**(pass_options or {}), **({"keep_tokens": keep_tokens} if keep_tokens is not None else {})}
     if keep_tokens is not None and not 0 < keep_tokens <= 1:
         raise UsageError(f"--keep-tokens {keep_tokens} must be in (0, 1], e.g. 0.5 keeps half the patch tokens")
     return Prepared(spec, dynamic_batch, optimize, tuple(disable_passes), pass_options)

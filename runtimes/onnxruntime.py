@@ -13,10 +13,12 @@ from edge.runtimes.base import Session, op_table
 
 
 class OnnxRuntimeSession(Session):
-    """Options: ``providers`` (default CPU), ``threads`` (intra-op threads, default ORT's choice)."""
+    """Options: ``providers`` (default CPU), ``threads`` (intra-op threads, default ORT's choice),
+    ``mem_arena`` / ``mem_pattern`` (0 turns off ORT's CPU memory arena / pre-planned memory pattern:
+    less peak memory, see benchmarks/visiongru_vs_deit.py)."""
 
     name = "onnxruntime"
-    OPTIONS = {"threads": int, "providers": list}
+    OPTIONS = {"threads": int, "providers": list, "mem_arena": int, "mem_pattern": int}
     extra = "onnx"
     requires = ("onnxruntime",)
 
@@ -27,6 +29,10 @@ class OnnxRuntimeSession(Session):
         so.log_severity_level = 3
         if self.options.get("threads"):
             so.intra_op_num_threads = int(self.options["threads"])
+        if self.options.get("mem_arena") == 0:
+            so.enable_cpu_mem_arena = False
+        if self.options.get("mem_pattern") == 0:
+            so.enable_mem_pattern = False
         if profile_prefix:
             so.enable_profiling = True
             so.profile_file_prefix = profile_prefix

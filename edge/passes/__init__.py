@@ -103,7 +103,8 @@ class Pass:
 # Passes (and the forms they offer) are registered when their modules are imported, on first use; plugins add
 # passes through the ``edge.passes`` entry-point group (a module whose import registers them).
 PASSES: Registry[Pass] = Registry("optimize pass", "edge.passes",
-                                  modules=("edge.passes.recurrent", "edge.passes.attention"))
+                                  modules=("edge.passes.recurrent", "edge.passes.attention",
+                                           "edge.passes.scan_lean"))
 
 
 def register_pass(name: str, description: str, *, order: int = 100, default: bool = True,

@@ -1,0 +1,290 @@
+"""Memory-lean VisionGRU forms: stage-1 work in stripes of tokens, the scan state carried between stripes.
+
+Why. At 1024 px VisionGRU-Ti's stage 1 holds 65536 tokens; the chunked minGRU scan
+(:class:`edge.passes.recurrent.ChunkedMinGRU`) computes its gates, states and output projection for the
+whole sequence at once, so a runtime keeps several full-length [1, 65536, 144] fp32 tensors alive (38 MB
+each), and the block's MLP hidden layer is [1, 65536, 288] (75 MB). The stem's first convolution is
+[1, 36, 512, 512] (38 MB) with its LayerNorm and GELU behind it. The artifact peaked at 2.5x DeiT-S's
+memory although it needs half the MACs.
+
+The ``striped`` form (pass ``visiongru_stripes``, switched on by the pass option ``mingru_form="striped"``;
+``mingru_stripe`` sets the tokens per stripe, default :data:`STRIPE`) computes the same numbers with
+stripe-sized intermediates:
+
+* :class:`StripedMinGRU`: gates, scan and ``to_out`` of one stripe at a time; the state after a stripe
+  enters the next one (for the reverse direction the stripes run last to first, the state after a
+  stripe's first token entering the stripe before it). Exact: the same recurrence, cut at stripe edges.
+* :class:`StripedBlock2DGRU`: a 2DGRU block whose LayerNorm + depthwise conv run on the whole map (the
+  reverse scan reads every token), whose forward minGRU runs stripe by stripe, and whose reverse minGRU,
+  residual sum and MLP are finished stripe by stripe from the last stripe to the first.
+* :class:`StripedTokenizer`: the conv stem in bands of output rows; each band reads the input rows its
+  3x3 stride-2 convolutions need (a halo of one row), zero padding only at the image's top and bottom.
+
+Blocks with at most one stripe of tokens (stage 3-4, and everything at 224 px with the default stripe)
+keep the chunked form unchanged. Everything is static slices, matmuls, elementwise ops and ``cat``: it
+converts wherever the chunked scan converts.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edge.errors import UsageError
+from edge.passes import OptimizeContext, declare_form, register_pass
+from edge.passes.recurrent import CHUNK, ChunkedMinGRU, _entering, chunked_linear_scan
+
+# Tokens per stripe. The live intermediates of a stripe are a few [stripe, 2 * dim] tensors (stage 1 of
+# VisionGRU-Ti: 2.4 MB each at 4096 tokens); every stripe adds one copy of the scan's nodes to the graph.
+STRIPE = 4096
+FORMS = ("chunked", "striped", "loop")
+# A converter may declare ``forms = {"mingru_form": "striped"}``; the pass option of the same name overrides it.
+declare_form("mingru_form", "chunked", FORMS, "striped: VisionGRU's stem and long 2DGRU blocks in stripes of "
+             "tokens, the scan state carried between stripes (exact, less peak memory at high resolution); "
+             "loop: each level of the chunked minGRU scan as one torch.scan loop (ONNX Scan; far fewer nodes)")
+
+
+def stripes(n: int, stripe: int) -> list[tuple[int, int]]:
+    """[start, end) of consecutive stripes of ``stripe`` tokens covering ``n`` (the last may be shorter)."""
+    if stripe < 1:
+        raise UsageError(f"mingru_stripe must be >= 1 token, got {stripe}")
+    return [(s, min(s + stripe, n)) for s in range(0, n, stripe)]
+
+
+class StripedMinGRU(nn.Module):
+    """A :class:`ChunkedMinGRU` run over stripes of ``stripe`` tokens with its state carried between them.
+
+    ``forward(x, h0, return_state)`` is the wrapped layer's (same outputs at fp32 rounding); each stripe's
+    gates, states and output projection are stripe-sized. :meth:`stripe_forward` runs one stripe, for
+    callers that finish the stripe's output at once (:class:`StripedBlock2DGRU`).
+
+    Example:
+        >>> lean = StripedMinGRU(ChunkedMinGRU(min_gru), stripe=4096)
+        >>> y = lean(x)          # == ChunkedMinGRU(min_gru)(x)
+    """
+
+    def __init__(self, inner: ChunkedMinGRU, stripe: int = STRIPE):
+        super().__init__()
+        if stripe < 1:
+            raise UsageError(f"mingru_stripe must be >= 1 token, got {stripe}")
+        self.inner, self.stripe, self.reverse = inner, int(stripe), inner.reverse
+
+    def order(self, n: int) -> list[tuple[int, tuple[int, int]]]:
+        """(index, (start, end)) of the stripes in scan order (last to first for a reverse layer)."""
+        idx = list(enumerate(stripes(n, self.stripe)))
+        return idx[::-1] if self.reverse else idx
+
+    def stripe_forward(self, x_s: torch.Tensor, h: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One stripe [B, n, dim] from the state entering it: (output [B, n, dim], state leaving it)."""
+        return self.inner(x_s, h, return_state=True)
+
+    def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None, return_state: bool = False):
+        outs: list[torch.Tensor | None] = [None] * len(stripes(x.shape[1], self.stripe))
+        h = h0
+        for i, (s, e) in self.order(x.shape[1]):
+            outs[i], h = self.stripe_forward(x[:, s:e], h)
+        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+        return (out, h) if return_state else out
+
+
+class StripedBlock2DGRU(nn.Module):
+    """edge.zoo.visiongru.Block2DGRU with stripe-sized intermediates (same submodules, same numbers).
+
+    x + minGRU_fwd(y) + minGRU_bwd(y) with y = DWConv(LN(x)), then x + MLP(LN(x)): y is computed whole,
+    the forward scan runs stripe by stripe (its outputs kept: [N, dim] in all), then the reverse scan runs
+    from the last stripe to the first and each stripe's residual sum and MLP are finished at once. Full
+    length tensors alive at the peak: x, y, the forward outputs and the finished stripes (all [N, dim]).
+    """
+
+    def __init__(self, block: nn.Module, stripe: int = STRIPE):
+        super().__init__()
+        if not (isinstance(block.min_gru_1, ChunkedMinGRU) and isinstance(block.min_gru_2, ChunkedMinGRU)
+                and block.min_gru_2.reverse and not block.min_gru_1.reverse):
+            raise UsageError("the striped VisionGRU form needs the chunked minGRU scan first (pass mingru_scan)")
+        for name in ("norm", "dw_conv", "norm2", "projection1", "activation", "projection2"):
+            setattr(self, name, getattr(block, name))
+        self.min_gru_1 = StripedMinGRU(block.min_gru_1, stripe)
+        self.min_gru_2 = StripedMinGRU(block.min_gru_2, stripe)
+        self.stripe = int(stripe)
+
+    def _mlp(self, z: torch.Tensor) -> torch.Tensor:
+        return z + self.projection2(self.activation(self.projection1(self.norm2(z))))
+
+    def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        B, N, C = x.shape
+        y = self.norm(x).reshape(B, hw[0], hw[1], C).permute(0, 3, 1, 2)
+        y = self.dw_conv(y).permute(0, 2, 3, 1).reshape(B, N, C)
+        fwd = self.min_gru_1(y)
+        outs: list[torch.Tensor | None] = [None] * len(stripes(N, self.stripe))
+        h = None
+        for i, (s, e) in self.min_gru_2.order(N):
+            b_s, h = self.min_gru_2.stripe_forward(y[:, s:e], h)
+            outs[i] = self._mlp(x[:, s:e] + fwd[:, s:e] + b_s)
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+
+
+def _conv_rows(conv: nn.Conv2d, x: torch.Tensor, first: int, height: int, o0: int, o1: int) -> torch.Tensor:
+    """Output rows [o0, o1) of ``conv`` applied to a full input of ``height`` rows, from ``x`` holding its
+    rows [first, first + x.shape[2]). Rows above 0 / below ``height`` are the conv's zero padding; columns
+    keep the conv's own padding."""
+    (k, _), (s, _), (p, pw) = conv.kernel_size, conv.stride, conv.padding
+    lo, hi = o0 * s - p, (o1 - 1) * s - p + k          # input rows read, [lo, hi), padding included
+    top, bottom = max(0, -lo), max(0, hi - height)
+    rows = x[:, :, max(lo, 0) - first:min(hi, height) - first]
+    if top or bottom:
+        rows = F.pad(rows, (0, 0, top, bottom))
+    return F.conv2d(rows, conv.weight, conv.bias, (s, conv.stride[1]), (0, pw), conv.dilation, conv.groups)
+
+
+def _rows_needed(conv: nn.Conv2d, o0: int, o1: int, height: int) -> tuple[int, int]:
+    """The input rows [start, end) (inside [0, height)) that output rows [o0, o1) of ``conv`` read."""
+    (k, _), (s, _), (p, _) = conv.kernel_size, conv.stride, conv.padding
+    return max(o0 * s - p, 0), min((o1 - 1) * s - p + k, height)
+
+
+def _out_size(conv: nn.Conv2d, n: int) -> int:
+    (k, _), (s, _), (p, _) = conv.kernel_size, conv.stride, conv.padding
+    return (n + 2 * p - k) // s + 1
+
+
+class StripedTokenizer(nn.Module):
+    """edge.zoo.visiongru.Tokenizer (Conv s2 -> LN -> GELU -> Conv s2 -> LN) in bands of output rows.
+
+    Each band of ``rows`` output rows reads only the first convolution's rows it needs (its own input
+    rows plus a one-row halo), so the [36, H/2, W/2] map of the first convolution is never whole.
+    """
+
+    def __init__(self, stem: nn.Module, stripe: int = STRIPE):
+        super().__init__()
+        for name in ("conv1", "norm1", "gelu", "conv2", "norm2"):
+            setattr(self, name, getattr(stem, name))
+        for conv in (self.conv1, self.conv2):
+            if conv.dilation != (1, 1) or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+                raise UsageError("the striped stem needs zero-padded, undilated convolutions")
+        self.stripe = int(stripe)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        H = x.shape[2]
+        H1 = _out_size(self.conv1, H)
+        H2, W2 = _out_size(self.conv2, H1), _out_size(self.conv2, _out_size(self.conv1, x.shape[3]))
+        rows = max(1, self.stripe // max(W2, 1))
+        bands = []
+        for o0, o1 in stripes(H2, rows):
+            q0, q1 = _rows_needed(self.conv2, o0, o1, H1)      # first-conv rows this band reads
+            y = self.gelu(self.norm1(_conv_rows(self.conv1, x, 0, H, q0, q1)))
+            bands.append(self.norm2(_conv_rows(self.conv2, y, q0, H1, o0, o1)))
+        return bands[0] if len(bands) == 1 else torch.cat(bands, dim=2)
+
+
+# ------------------------------------------------------------------------------------------------ loop form
+def _ends_body(carry, xs):
+    h, p = carry
+    a_t, b_t = xs
+    # scan needs a stacked output; a [B, 1, 1] sliver of the gate costs nothing
+    return (a_t * h + b_t, a_t * p), a_t[:, :1, :1].clone()
+
+
+def _steps_body(h, xs):
+    a_t, b_t = xs
+    h = a_t * h + b_t
+    return h, h.clone()   # a scan output must not alias the carry
+
+
+def loop_linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None, chunk: int = CHUNK,
+                     reverse: bool = False) -> torch.Tensor:
+    """:func:`edge.passes.recurrent.chunked_linear_scan` with each level's ``chunk`` steps as one
+    ``torch.scan`` loop (ONNX ``Scan``; the body is one step over all chunks) instead of unrolled steps.
+
+    The same products and sums in the same order: the same numbers. The graph holds a few nodes per level
+    instead of ~10 per step, so a VisionGRU graph is some 10x smaller: the runtime's resident memory and
+    the conversion time follow the node count (see the module docstring). The N % chunk tokens left over
+    run unrolled, as in the chunked scan.
+    """
+    from torch._higher_order_ops.scan import scan   # torch's loop op: only this form needs it
+    B, N, D = a.shape
+    if N <= chunk:
+        return chunked_linear_scan(a, b, h0, chunk, reverse)
+    C = N // chunk
+    M, r = C * chunk, N - C * chunk
+    am, bm = (a, b) if not r else ((a[:, r:], b[:, r:]) if reverse else (a[:, :M], b[:, :M]))
+    # step-major [chunk, B, C, D]: iteration j reads step j of every chunk
+    a4 = am.reshape(B, C, chunk, D).permute(2, 0, 1, 3)
+    b4 = bm.reshape(B, C, chunk, D).permute(2, 0, 1, 3)
+    zero = a4[0] - a4[0]
+    (h_end, p_end), _ = scan(_ends_body, (zero, zero + 1.0), (a4, b4), reverse=reverse)
+    ends = loop_linear_scan(p_end, h_end, h0, chunk, reverse)          # [B, C, D]: the state after chunk c
+    _, hs = scan(_steps_body, _entering(ends, h0, reverse), (a4, b4), reverse=reverse)
+    h = hs.permute(1, 2, 0, 3).reshape(B, M, D)
+    if not r:
+        return h
+    rest = slice(0, r) if reverse else slice(M, N)
+    tail = chunked_linear_scan(a[:, rest], b[:, rest], h[:, 0] if reverse else h[:, M - 1], chunk, reverse)
+    return torch.cat([tail, h] if reverse else [h, tail], dim=1)
+
+
+class LoopMinGRU(ChunkedMinGRU):
+    """A :class:`ChunkedMinGRU` whose scan is :func:`loop_linear_scan` (token order, no position-major)."""
+
+    def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None, return_state: bool = False):
+        a, b = self._gates(x)
+        h = loop_linear_scan(a, b, h0, self.chunk, self.reverse)
+        out = self.to_out(h)
+        return (out, h[:, 0] if self.reverse else h[:, -1]) if return_state else out
+
+
+def _as_loop(m: ChunkedMinGRU) -> LoopMinGRU:
+    new = LoopMinGRU.__new__(LoopMinGRU)
+    new.__dict__.update(m.__dict__)     # same submodules and settings, another forward
+    new.position_major = False
+    return new
+
+
+def form_of(options: dict, forms: dict | None = None) -> str:
+    """The minGRU form: the pass option ``mingru_form`` if given, else the converter's declared form."""
+    form = options.get("mingru_form") or (forms or {}).get("mingru_form") or "chunked"
+    if form not in FORMS:
+        from edge.errors import UnknownNameError
+        raise UnknownNameError("minGRU form (mingru_form)", str(form), FORMS)
+    return form
+
+
+@register_pass("visiongru_stripes", "VisionGRU's stem and long-sequence 2DGRU blocks in stripes of tokens, the "
+               "scan state carried between stripes (exact; less peak memory at high resolution). Runs when "
+               "the form (or pass option) mingru_form='striped' is given; 'loop' swaps the scan's unrolled steps for "
+               "torch.scan loops", order=23, variant=lambda forms: forms.get("mingru_form", "chunked"))
+def striped_pass(module: nn.Module, ctx: OptimizeContext) -> tuple[int, dict]:
+    """Blocks with more than ``mingru_stripe`` tokens become :class:`StripedBlock2DGRU`, every VisionGRU
+    stem a :class:`StripedTokenizer`; shorter blocks keep the chunked form. Whether a block is long is
+    known only from its input, so every Block2DGRU is wrapped and a short one runs as a single stripe."""
+    form = form_of(ctx.options, ctx.forms)
+    if form == "loop":
+        n = 0
+        for name, m in list(module.named_modules()):
+            for cname, child in list(m.named_children()):
+                if type(child) is ChunkedMinGRU:
+                    setattr(m, cname, _as_loop(child))
+                    n += 1
+        return n, {"form": "loop"}
+    if form != "striped":
+        return 0, {"form": "chunked"}
+    from edge.zoo.visiongru import Block2DGRU, Tokenizer
+    stripe = ctx.options.get("mingru_stripe")
+    stripe = STRIPE if stripe is None else int(stripe)
+    if stripe < 1:
+        raise UsageError(f"mingru_stripe must be >= 1 token, got {stripe}")
+    n = 0
+
+    def swap(parent: nn.Module) -> None:
+        nonlocal n
+        for name, child in list(parent.named_children()):
+            if isinstance(child, Block2DGRU) and isinstance(child.min_gru_1, ChunkedMinGRU):
+                setattr(parent, name, StripedBlock2DGRU(child, stripe))
+                n += 1
+            elif isinstance(child, Tokenizer):
+                setattr(parent, name, StripedTokenizer(child, stripe))
+                n += 1
+            else:
+                swap(child)
+
+    swap(module)
+    return n, {"form": "striped", "stripe": stripe}

@@ -1,0 +1,142 @@
+"""The memory-lean VisionGRU forms (edge/passes/scan_lean.py) compute the reference's numbers."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import edge
+from conftest import needs
+from edge.errors import UnknownNameError, UsageError
+from edge.passes.recurrent import ChunkedMinGRU
+from edge.passes.recurrent import sequential_mingru_scan
+from edge.passes.scan_lean import (LoopMinGRU, StripedBlock2DGRU, StripedMinGRU, StripedTokenizer, loop_linear_scan,
+                                   stripes)
+from edge.zoo import create_model
+from edge.zoo.visiongru import MinGRU, Tokenizer
+
+# (chunk, keep_products, position_major): the chunked scan's form per target (onnx, executorch, openvino)
+TARGET_FORMS = [(16, False, False), (4, True, False), (16, False, True)]
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-5) -> None:
+    assert a.shape == b.shape
+    err = float((a - b).abs().max())
+    assert err <= tol * (1 + float(b.abs().max())), err
+
+
+def test_stripes_cover_the_sequence():
+    assert stripes(10, 4) == [(0, 4), (4, 8), (8, 10)]
+    assert stripes(8, 8) == [(0, 8)] and stripes(3, 8) == [(0, 3)]
+    with pytest.raises(UsageError, match="mingru_stripe"):
+        stripes(10, 0)
+
+
+@pytest.mark.parametrize("n", [1, 16, 37, 100])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("form", TARGET_FORMS)
+def test_striped_scan_equals_the_reference(n, reverse, form):
+    """Forward and reverse, with and without an initial state, stripes that do and do not divide n."""
+    torch.manual_seed(n)
+    chunk, keep, major = form
+    src = MinGRU(8)
+    x, h0 = torch.randn(2, n, 8), torch.rand(2, 16)
+    ref = ChunkedMinGRU(src, sequential=True, reverse=reverse)   # the plain recurrence, one token at a time
+    with torch.no_grad():
+        logspace = src(x.flip(1)).flip(1) if reverse else src(x)   # minGRU-pytorch's log-space scan
+        for stripe in (1, 7, 16, 200) if n <= 16 else (7, 16, 200):
+            lean = StripedMinGRU(ChunkedMinGRU(src, chunk=chunk, reverse=reverse, keep_products=keep,
+                                               position_major=major), stripe)
+            _close(lean(x), logspace, 1e-4)
+            for h in (None, h0):
+                want, want_h = ref(x, h, return_state=True)
+                got, got_h = lean(x, h, return_state=True)
+                _close(got, want)
+                _close(got_h, want_h)
+
+
+@pytest.mark.parametrize("n", [3, 16, 37, 100, 16 * 16 * 2 + 5])
+def test_loop_scan_equals_the_recurrence(n):
+    """The loop form (one torch.scan per level): forward and reverse, with and without an initial state,
+    lengths below, at and not divisible by the chunk, and two levels deep."""
+    torch.manual_seed(n)
+    a, b, h0 = torch.rand(2, n, 8), torch.randn(2, n, 8), torch.randn(2, 8)
+    for reverse in (False, True):
+        for h in (None, h0):
+            _close(loop_linear_scan(a, b, h, 16, reverse), sequential_mingru_scan(a, b, h, reverse))
+            _close(loop_linear_scan(a, b, h, 4, reverse), sequential_mingru_scan(a, b, h, reverse))
+
+
+@pytest.mark.parametrize("hw", [(32, 32), (37, 23), (8, 9), (5, 5)])
+def test_striped_stem_equals_the_stem(hw):
+    torch.manual_seed(0)
+    stem = Tokenizer(3, 12).eval()
+    with torch.no_grad():
+        for p in stem.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        x = torch.randn(2, 3, *hw)
+        want = stem(x)
+        for stripe in (1, 10, 16, 1000):
+            _close(StripedTokenizer(stem, stripe)(x), want)
+
+
+def test_striped_visiongru_equals_the_original_on_every_target_form():
+    torch.manual_seed(0)
+    model, _ = create_model("visiongru_tiny", num_classes=7, depths=(1, 1, 1, 1))
+    x = torch.randn(1, 3, 72, 88)    # stage 1: 18 x 22 = 396 tokens, not a multiple of the stripe
+    with torch.no_grad():
+        ref = model(x)
+        for target in ("onnx", "openvino", "executorch"):
+            lean = edge.optimize(model, target=target, mingru_form="striped", mingru_stripe=100)
+            rec = {r["pass"]: r for r in lean.edge_passes}["visiongru_stripes"]
+            assert rec["rewrites"] == 5 and rec["form"] == "striped" and rec["stripe"] == 100, rec
+            assert sum(isinstance(m, StripedBlock2DGRU) for m in lean.modules()) == 4
+            _close(lean(x), ref, 1e-4)
+        loop = edge.optimize(model, target="onnx", mingru_form="loop")
+        assert sum(isinstance(m, LoopMinGRU) for m in loop.modules()) == 8
+        _close(loop(x), ref, 1e-4)
+    plain = edge.optimize(model, target="onnx")   # the form is opt-in: without it nothing changes
+    assert not any(isinstance(m, (StripedBlock2DGRU, StripedTokenizer)) for m in plain.modules())
+
+
+def test_bad_form_options_are_named():
+    model, _ = create_model("visiongru_digits")
+    with pytest.raises(UnknownNameError, match="minGRU form"):
+        edge.optimize(model, target="onnx", mingru_form="stripy")
+    with pytest.raises(UsageError, match="mingru_stripe"):
+        edge.optimize(model, target="onnx", mingru_form="striped", mingru_stripe=0)
+
+
+def _digits_accuracy(model, n: int = 200) -> float:
+    from edge.zoo import get_entry
+    x, y = get_entry("visiongru_digits").test_set()
+    with torch.no_grad():
+        return float((model(torch.from_numpy(x[:n])).argmax(-1).numpy() == y[:n]).mean())
+
+
+@pytest.mark.slow
+def test_visiongru_digits_loop_form_through_onnx(tmp_path):
+    """The loop form exports as ONNX Scan loops (not unrolled steps); ORT's outputs match PyTorch."""
+    import onnx
+    art = edge.convert("visiongru_digits", target="onnx", out=tmp_path / "loop", pass_options={"mingru_form": "loop"})
+    assert art.manifest.parity["passed"], art.manifest.parity
+    graph = onnx.load(str(art.main_path), load_external_data=False).graph
+    # stage 1 (64 tokens, 4 chunks of 16): two loops in each of its two minGRUs; shorter stages run unrolled
+    assert sum(n.op_type == "Scan" for n in graph.node) == 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["onnx", "openvino",
+                                    pytest.param("executorch", marks=needs("executorch", "executorch"))])
+def test_visiongru_digits_striped_converts_on_every_target(target, tmp_path):
+    """Stage 1 (8 x 8 tokens) in stripes of 24 (24 + 24 + 16), the stem in bands: each artifact is run by
+    its runtime and checked against PyTorch by convert; the accuracy of the form equals the original's."""
+    opts = {"mingru_form": "striped", "mingru_stripe": 24}
+    art = edge.convert("visiongru_digits", target=target, out=tmp_path / target, pass_options=opts)
+    assert art.manifest.parity["passed"], art.manifest.parity
+    rec = {r["pass"]: r for r in art.manifest.details["optimize_passes"]}["visiongru_stripes"]
+    assert rec["form"] == "striped" and rec["stripe"] == 24 and rec["rewrites"] == 6, rec
+    if target == "executorch":
+        deleg = art.manifest.details["delegation"]
+        assert deleg["fully_delegated"] and not deleg["portable_ops"], deleg
+    model, _ = create_model("visiongru_digits")
+    assert _digits_accuracy(edge.optimize(model, target=target, **opts)) == _digits_accuracy(model)
