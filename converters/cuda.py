@@ -17,6 +17,8 @@ from edge.converters.base import ConversionJob, ConversionResult, Converter, Opt
 from edge.errors import ConversionError, PlatformError, UsageError
 
 _DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+NO_GPU = ("the cuda target needs a CUDA GPU and a CUDA build of PyTorch, and this machine has neither; compile for "
+          "the CPU with --device cpu (option device='cpu')")
 
 
 def cuda_available() -> bool:
@@ -79,8 +81,7 @@ class CudaConverter(Converter):
         if route == "onnxruntime":
             return self._convert_onnx(job)
         if device == "cuda" and not cuda_available():
-            raise PlatformError("the cuda target needs a CUDA GPU and a CUDA build of PyTorch, and this machine has "
-                                "neither; compile for the CPU with --device cpu (option device='cpu')")
+            raise PlatformError(NO_GPU)
         return self._convert_aoti(job, device)
 
     # --- AOTInductor -------------------------------------------------------------------------------------------
@@ -90,6 +91,8 @@ class CudaConverter(Converter):
         device = job.options.get("device", "cuda")
         if job.options.get("route", "aoti") != "aoti" or (device != "cuda" and job.precision == "fp32"):
             return None
+        if device == "cuda" and not cuda_available():   # before the pipeline moves anything to the GPU
+            raise PlatformError(NO_GPU)
         import torch
         dtype = getattr(torch, _DTYPES[job.precision])
 

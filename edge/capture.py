@@ -179,12 +179,23 @@ def program_digest(program: Any, module: Any = None) -> str:
         h.update(str(program.graph_signature).encode())
         tensors = {**dict(program.state_dict), **dict(getattr(program, "constants", {}) or {})}
     for name in sorted(tensors):
-        t = tensors[name]
         h.update(name.encode())
-        if isinstance(t, torch.Tensor):
-            t = t.detach().contiguous().cpu().reshape(-1)
-            h.update(f"{t.dtype}{tuple(tensors[name].shape)}".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes())
-        else:   # a script object: its type is all that can be hashed without calling it
-            h.update(type(t).__qualname__.encode())
+        _hash_value(h, tensors[name])
     return h.hexdigest()
+
+
+def _hash_value(h: Any, t: Any) -> None:
+    """Feed a tensor's dtype, shape and bytes to ``h``; a tensor subclass (torchao's quantized weights) by its
+    inner tensors; a script object by its type (all that can be hashed without calling it)."""
+    if not isinstance(t, torch.Tensor):
+        h.update(type(t).__qualname__.encode())
+        return
+    h.update(f"{type(t).__qualname__}{t.dtype}{tuple(t.shape)}".encode())
+    if type(t) is not torch.Tensor and hasattr(t, "__tensor_flatten__"):
+        inner, ctx = t.__tensor_flatten__()
+        h.update(repr(ctx).encode())
+        for key in inner:
+            _hash_value(h, getattr(t, key))
+        return
+    flat = t.detach().contiguous().cpu().reshape(-1)
+    h.update(flat.view(torch.uint8).numpy().tobytes())

@@ -7,7 +7,7 @@ naming the output, the metric, the value and the limit.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -182,8 +182,10 @@ class ParityReport:
         return cls(**{"passed": None, **{k: v for k, v in d.items() if k in known}})
 
     def to_dict(self) -> dict[str, Any]:
-        """The manifest's JSON form: empty fields left out."""
-        return {k: v for k, v in asdict(self).items() if v not in (None, {}, "") or k == "passed"}
+        """The manifest's JSON form: fields left at their defaults are left out (``passed`` is always there)."""
+        defaults = {f.name: (f.default_factory() if f.default_factory is not MISSING else f.default)
+                    for f in fields(self)}
+        return {k: v for k, v in asdict(self).items() if k == "passed" or v != defaults[k]}
 
     @property
     def first_output(self) -> dict[str, Any]:
