@@ -49,7 +49,8 @@ class ConversionJob:
     dynamic_batch: bool = False
     capture: dict[str, Any] = field(default_factory=dict)   # how ``program`` was captured (CaptureRecord)
     passes: list[dict[str, Any]] | None = None   # the optimize passes' record (None: optimize was off)
-    expected_outputs: list[Any] = field(default_factory=list)   # the optimized module's outputs on the example
+    # the optimized module's outputs on the example, for converters whose ``wants_expected_outputs(job)`` is true
+    expected_outputs: list[Any] = field(default_factory=list)
     recipe: dict[str, Any] = field(default_factory=dict)   # what the converter's recipe did (manifest details)
     # the pipeline's programs of this run's recipes, by recipe key (shared by the jobs of one captured program)
     recipes: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -193,6 +194,11 @@ class Converter(ABC):
     def recipe(self, job: ConversionJob) -> Recipe | None:
         """The :class:`Recipe` for ``job`` (its precision and options), or None to lower the run's shared program."""
         return None
+
+    def wants_expected_outputs(self, job: ConversionJob) -> bool:
+        """Does ``convert`` need ``job.expected_outputs`` (e.g. to bundle them with the program)? The pipeline runs
+        the module once more only then."""
+        return False
 
     def can_execute(self) -> str | None:
         """Why artifacts of this target cannot run on this machine (None if they can)."""

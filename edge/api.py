@@ -99,10 +99,10 @@ def convert_all(model: Any, *, targets: Sequence[str], precisions: Sequence[str]
                                            test_set=spec.entry.test_set if spec.entry else None, model=spec.module)
     artifacts, failures = [], []
     for (conv, precision), dest in zip(converters, dests):
-        module, _, passes = prep.program_for(conv.name)
         with staging_dir(dest) as stage:
             job = prep.job(conv, precision, out_dir=stage, outputs=outs, options=conv.resolve_options(options or {}),
                            calibration=calibration)
+            passes = job.passes or []
             with step(f"convert to {conv.name} ({precision})"):
                 if max_drop is None:
                     result = lower(conv, job)
@@ -114,7 +114,7 @@ def convert_all(model: Any, *, targets: Sequence[str], precisions: Sequence[str]
                 precision=precision, files={f: sha256_path(stage / f) for f in result.files},
                 inputs=ins, outputs=outs, source=spec.source, options=job.options,
                 details={**result.details, "optimize_passes": passes, "dynamic_batch": dynamic_batch,
-                         "capture": prep.capture_record(conv.name)},
+                         "capture": job.capture},
                 model=info, created=now_iso(),
                 versions={"edge": __version__, "torch": torch.__version__, "python": platform.python_version(),
                           **conv.backend_version()})
@@ -127,7 +127,7 @@ def convert_all(model: Any, *, targets: Sequence[str], precisions: Sequence[str]
                     # a lossy pass (token dropping) changes the numbers by design: the artifact's parity is
                     # checked against the optimized eager module, agreement with the original is recorded
                     lossy = any(p.get("lossy") for p in passes)
-                    verify_artifact(art, spec, converter=conv, reference=module if lossy else None,
+                    verify_artifact(art, spec, converter=conv, reference=job.module if lossy else None,
                                     name=str(dest.absolute()),
                                     generated=job.calibration.held_out if job.calibration is not None else None)
                 except VerificationError as e:

@@ -144,18 +144,21 @@ def converter_job(conv: Converter, job: ConversionJob) -> ConversionJob:
             job.recipes[recipe.key] = _recipe_program(conv, recipe, job)
         program, details = job.recipes[recipe.key]
     module = job.module if "module" in conv.sources else None
-    with torch.no_grad():
-        expected = [o.detach() for o in flatten_outputs(job.module(*job.example_inputs))] if job.module else []
+    expected = []
+    if job.module is not None and conv.wants_expected_outputs(job):
+        with torch.no_grad():
+            expected = [o.detach() for o in flatten_outputs(job.module(*job.example_inputs))]
     return replace(job, program=program, module=module, recipe=dict(details), expected_outputs=expected)
 
 
 def _recipe_program(conv: Converter, recipe: Any, job: ConversionJob) -> tuple[Any, dict[str, Any]]:
     details: dict[str, Any] = {}
     job.require_program(conv.name)   # a recipe starts from a model torch.export can capture
-    source = copy.deepcopy(job.module).eval()
     with step(f"{conv.name}: {recipe.key}"):
         if recipe.from_program:   # captured afresh: lowering may have consumed the run's shared program
-            source = capture(source, job.example_inputs, dynamic_batch=job.dynamic_batch).module()
+            source = capture(job.module, job.example_inputs, dynamic_batch=job.dynamic_batch).module()
+        else:   # the transform changes its module: a private copy
+            source = copy.deepcopy(job.module).eval()
         module = recipe.transform(source, job, details)
         args = tuple(t.to(recipe.device) for t in job.example_inputs)
         try:

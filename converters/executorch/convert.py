@@ -85,6 +85,9 @@ class ExecuTorchConverter(Converter):
         details["program_bytes"] = len(et_program.buffer)
         return ConversionResult(files=files, details=details, format="bpte" if job.options.get("bundle") else None)
 
+    def wants_expected_outputs(self, job: ConversionJob) -> bool:
+        return bool(job.options.get("bundle"))   # a bundled float program carries eager's outputs
+
     def recipe(self, job: ConversionJob) -> Recipe | None:
         """fp32 lowers the shared program; fp16, int8, int8-dynamic and 8da4w have their recipes
         (:mod:`edge.converters.executorch.quantize`), which the pipeline captures."""
