@@ -200,8 +200,13 @@ def form_options(form: str, args) -> dict:
 
 
 def session_options(runtime: str, args) -> dict:
-    """Runtime options both models get (``--ort-lean``: ORT without its arena and memory pattern)."""
-    return {"mem_arena": 0, "mem_pattern": 0} if args.ort_lean and RUNTIME_TARGETS[runtime] == "onnx" else {}
+    """Runtime options both models get (``--ort-lean``: ORT without its arena and memory pattern; ``--ov-lean``:
+    OpenVINO without its JIT-fused element-wise subgraphs)."""
+    if args.ort_lean and RUNTIME_TARGETS[runtime] == "onnx":
+        return {"mem_arena": 0, "mem_pattern": 0}
+    if args.ov_lean and RUNTIME_TARGETS[runtime] == "openvino":
+        return {"snippets": 0}
+    return {}
 
 
 def variants(args) -> list[tuple[str, str]]:
@@ -290,6 +295,8 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="shallow models at 64 px, one round: proves the script runs")
     ap.add_argument("--ort-lean", action="store_true", help="ONNX Runtime sessions without the CPU memory arena and "
                     "memory pattern (mem_arena=0, mem_pattern=0), for both models")
+    ap.add_argument("--ov-lean", action="store_true", help="OpenVINO sessions without the CPU plugin's snippets "
+                    "(snippets=0: SNIPPETS_MODE=DISABLE), for both models")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:

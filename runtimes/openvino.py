@@ -45,10 +45,14 @@ class OpenVinoSession(Session):
     - ``streams`` / ``threads``: NUM_STREAMS / INFERENCE_NUM_THREADS (default: the hint decides).
     - ``device``: OpenVINO device name (default ``CPU``).
     - ``cache_dir``: compiled-model cache (default ``~/.cache/edge/openvino``; ``False`` disables it).
+    - ``snippets``: ``0`` turns off the CPU plugin's snippets (SNIPPETS_MODE=DISABLE: element-wise chains are
+      not JIT-compiled into fused subgraphs). Measured on VisionGRU-Ti at 224 px, a graph of thousands of
+      element-wise ops: resident memory 470 -> 323 MiB.
     """
 
     name = "openvino"
-    OPTIONS = {"hint": str, "precision_hint": str, "streams": str, "threads": int, "device": str, "cache_dir": object}
+    OPTIONS = {"hint": str, "precision_hint": str, "streams": str, "threads": int, "device": str, "cache_dir": object,
+               "snippets": int}
     extra = "openvino"
     requires = ("openvino",)
     NUMERIC_OPTIONS = {"precision_hint": "f32"}
@@ -78,6 +82,8 @@ class OpenVinoSession(Session):
             cfg["NUM_STREAMS"] = str(self.options["streams"])
         if self.options.get("threads") is not None:
             cfg["INFERENCE_NUM_THREADS"] = str(int(self.options["threads"]))
+        if self.options.get("snippets") == 0:
+            cfg["SNIPPETS_MODE"] = "DISABLE"
         if perf_count:
             cfg["PERF_COUNT"] = "YES"
         return cfg

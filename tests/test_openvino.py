@@ -105,6 +105,9 @@ def test_session_options_and_model_cache(artifacts, tmp_path):
     assert second["config"]["PERFORMANCE_HINT"] == "THROUGHPUT"
     assert second["compiled_properties"]["INFERENCE_NUM_THREADS"] == "1"
     np.testing.assert_array_equal(y, y2)
+    with edge.load(path, cache_dir=False, snippets=0) as s:   # no fused JIT subgraphs: the same numbers
+        assert s.load_details["config"]["SNIPPETS_MODE"] == "DISABLE"
+        np.testing.assert_allclose(s.run(x)[0], y, rtol=1e-5, atol=1e-5)
     with pytest.raises(UsageError, match="precision_hint"):
         edge.load(path, precision_hint="int3")
     with pytest.raises(UsageError, match="hint"):
