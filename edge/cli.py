@@ -416,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("model", help="zoo name, file.py:factory or package.module:factory")
     g.add_argument("--out", "-o", required=True, help="the .npz to write")
     g.add_argument("--method", default="auto", help="auto (by the model's structure), psaq, spdfq, bn-stats or inversion")
-    g.add_argument("--images", type=int, help="calibration images to generate (default 32)")
+    g.add_argument("--images", type=int, help="calibration images to generate (default 64)")
     g.add_argument("--steps", type=int, help="the most optimisation steps (default 500)")
     g.add_argument("--budget-s", type=float, help="the most seconds to spend (default 120)")
     g.add_argument("--seed", type=int, help="random seed (default 0)")

@@ -60,7 +60,10 @@ from torch import nn
 from edge.errors import CalibrationError, UsageError
 
 METHODS = ("psaq", "spdfq", "bn-stats", "inversion")
-DEFAULTS = {"images": 32, "held_out": 16, "steps": 500, "budget_s": 120.0, "lr": 0.2, "seed": 0}
+# 64 images: as many as every other calibration source keeps by default (edge.calibration's limit). PSAQ-ViT's
+# paper uses 32; measured on vit_tiny_digits, ONNX Runtime int8 (150 steps, test accuracy on the unseen half):
+# psaq 32 images 97.78, 64 images 98.33; real images 98.33 (64 of the benchmark's) or 97.78 (the first 64)
+DEFAULTS = {"images": 64, "held_out": 16, "steps": 500, "budget_s": 120.0, "lr": 0.2, "seed": 0}
 # loss weights per method (the paper's terms; TV keeps the images smooth, L2 bounds them where nothing clamps)
 WEIGHTS = {"psaq": {"neg_entropy": 1.0, "ce": 1.0, "tv": 0.05, "l2": 0.0},
            "spdfq": {"apa": 1.0, "ce": 1.0, "patch_ce": 0.5, "tv": 0.05, "l2": 0.0},
