@@ -52,6 +52,11 @@ class Metric:
         return float((top1 == self.target[:len(top1)]).mean() * 100.0)
 
     @property
+    def resolution(self) -> float:
+        """Points one sample is worth: a budget below it allows no lost sample at all."""
+        return 100.0 / max(1, len(self.reference_top1))
+
+    @property
     def target(self) -> np.ndarray:
         return self.labels if self.labels is not None else self.reference_top1
 
@@ -196,6 +201,7 @@ def convert_within_drop(conv: Any, job: Any, spec: Any, max_drop: float) -> Any:
                                       f"{max_drop} points below the float model ({reference:.2f}, {metric.name}) "
                                       f"{'with every quantized layer in float' if not ranked else f'after {r} rounds'}"
                                       f"{'' if parity_ok else f' or fails parity ({why})'}; tried {tried}. "
+                                      f"{below_one_sample(max_drop, metric)}"
                                       f"Use a larger --max-drop, other calibration data (--calib) or fp16")
             kept = sorted(set(kept) | set(prior or ranked[:max(1, 2 ** (r - 1))]))
         latency = None
@@ -216,8 +222,17 @@ def convert_within_drop(conv: Any, job: Any, spec: Any, max_drop: float) -> Any:
     job.out_dir = final_dir
     result.details["accuracy_aware"] = {
         "max_drop_points": max_drop, "metric": metric.name, "float_metric": round(reference, 3),
+        "points_per_sample": round(metric.resolution, 4),
         "kept_float": list(kept), "rounds": rounds, "latency_cost": latency}
     return result
+
+
+def below_one_sample(max_drop: float, metric: Metric) -> str:
+    """A sentence for the failure message when the budget is finer than the metric can measure."""
+    if max_drop >= metric.resolution:
+        return ""
+    return (f"One sample of the metric is {metric.resolution:.2f} points, so --max-drop {max_drop} allows no lost "
+            f"sample at all. ")
 
 
 def rank_for_float(table: Any, kept: list[str]) -> list[str]:

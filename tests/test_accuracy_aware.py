@@ -156,5 +156,8 @@ def test_the_debugger_is_pointed_at_the_samples_the_metric_lost():
     lost = m.lost_batches(int8)
     assert [float(b[0][0, 0]) for b in lost] == [1.0, 3.0]
     assert m.lost_batches(ref) == [] and m.lost_batches(int8, limit=1)[0] is batches[1]
+    from edge.accuracy import below_one_sample
+    assert m.resolution == 12.5 and "allows no lost sample" in below_one_sample(10.0, m)
+    assert below_one_sample(12.5, m) == ""
     agree = Metric("agreement", batches, None, ref)        # no labels: agreement with the float model
     assert [float(b[0][0, 0]) for b in agree.lost_batches(int8)] == [1.0, 2.0, 3.0]
