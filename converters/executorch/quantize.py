@@ -20,11 +20,27 @@ GROUP_SIZE = 32   # 8da4w weight group (in_features must divide by it; other Lin
 def _float_modules() -> tuple[type, ...]:
     """edge's own modules whose elementwise ops stay fp32 under PT2E int8 (their nn.Linear children are
     quantized): a LayerNorm's mul/add quantized one by one cost ~6 int8<->fp32 conversions per LayerNorm and
-    precision; XNNPACK runs the attention's bmm in fp32 whatever the quantizer says; a minGRU scan's
-    gates and states would be rounded at every one of its steps."""
+    precision; XNNPACK runs the attention's bmm in fp32 whatever the quantizer says; a minGRU scan's or a
+    GRU/LSTM's gates and states would be rounded at every one of its steps."""
     from edge.passes.attention import EdgeAttention, EdgeLayerNorm
-    from edge.passes.recurrent import ChunkedMinGRU
-    return EdgeLayerNorm, EdgeAttention, ChunkedMinGRU
+    from edge.passes.recurrent import ChunkedMinGRU, TunedGRU, TunedLSTM
+    return EdgeLayerNorm, EdgeAttention, ChunkedMinGRU, TunedGRU, TunedLSTM
+
+
+# Why the ops inside a loop body (``torch.scan`` / ``while_loop``: the GRU/LSTM recurrence of the ``scan`` form)
+# are left unannotated, i.e. fp32. torchao's prepare_pt2e/convert_pt2e recurse into those bodies, but a body
+# receives its weights as loop inputs: convert_pt2e cannot fold their quantize_per_channel into int8 constants,
+# so the body keeps that op with its scales as tensor attributes of the body, and torch.export's
+# run_decompositions then fails on them ("Attempting to use FunctionalTensor on its own", torch 2.13).
+LOOP_BODIES_FP32 = ("ops inside torch.scan/while_loop bodies (a GRU/LSTM's recurrent matmul and gates, run "
+                    "once per step) are fp32: PT2E cannot quantize a loop body's weights into constants")
+
+
+def _loop_bodies(graph: Any) -> int:
+    """How many loop bodies (``torch.scan`` / ``while_loop`` subgraphs) the top-level graph calls."""
+    import torch
+    loops = (torch.ops.higher_order.scan, torch.ops.higher_order.while_loop)
+    return sum(1 for n in graph.graph.nodes if n.op == "call_function" and n.target in loops)
 
 
 def _innermost_module(node) -> str | None:
@@ -58,8 +74,10 @@ def pt2e_quantize(graph: Any, job: ConversionJob, *, dynamic: bool, details: dic
     float_names = {f"{c.__module__}.{c.__qualname__}" for c in floats}
     from edge.debugger import stack_scopes
     kept = kept_float(job)
-    quantizer.set_filter_function(lambda node: _innermost_module(node) not in float_names
+    top = graph.graph   # prepare_pt2e runs this filter on loop bodies too: their nodes are in other graphs
+    quantizer.set_filter_function(lambda node: node.graph is top and _innermost_module(node) not in float_names
                                   and not in_kept(stack_scopes(node.meta), kept))
+    loops = _loop_bodies(graph)
     prepared = prepare_pt2e(graph, quantizer)
     with torch.no_grad():
         if dynamic:
@@ -79,6 +97,8 @@ def pt2e_quantize(graph: Any, job: ConversionJob, *, dynamic: bool, details: dic
                                "activations": "int8 per-tensor " + ("dynamic" if dynamic else "static"),
                                "fp32_modules": [c.__name__ for c in floats],
                                "calibration": calib}
+    if loops:
+        details["quantization"]["fp32_loop_bodies"] = {"count": loops, "why": LOOP_BODIES_FP32}
     if kept:
         details["quantization"]["kept_float"] = {"modules": sorted(kept)}
     details["source"] = "the run's program quantized with PT2E, captured again by the pipeline"
