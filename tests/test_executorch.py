@@ -73,7 +73,7 @@ def test_digits_int8_accuracy_within_one_point_of_fp32(digits):
     assert abs(int8["accuracy"] - fp32["accuracy"]) <= 0.01, (int8["accuracy"], fp32["accuracy"])
     q = digits["int8"].manifest.details["quantization"]
     assert "per-channel" in q["weights"] and "static" in q["activations"]
-    assert q["fp32_modules"] == ["EdgeLayerNorm", "EdgeAttention", "ChunkedMinGRU"]   # LayerNorm, q*scale stay fp32
+    assert q["fp32_modules"] == ["EdgeLayerNorm", "EdgeAttention", "ChunkedMinGRU", "TunedGRU", "TunedLSTM"]
     assert digits["int8"].manifest.details["calibration"]["kind"] == "testset"
 
 

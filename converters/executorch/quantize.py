@@ -2,7 +2,8 @@
 
     fp16          the module in half precision with fp32 inputs/outputs kept (casts inside the program).
     int8          PT2E static quantization with the XNNPACK quantizer (symmetric, per-channel weights,
-                  per-tensor activations calibrated on ``job.calibration``), on the run's captured program.
+                  per-tensor activations calibrated on ``job.calibration``), on the run's captured program;
+                  a GRU/LSTM's recurrence (its torch.scan loop body) stays fp32.
     int8-dynamic  PT2E dynamic quantization (activations quantized per call; no calibration).
     8da4w         torchao: 8-bit dynamic activations, 4-bit grouped weights on Linear layers.
 """
@@ -28,12 +29,15 @@ def _float_modules() -> tuple[type, ...]:
 
 
 # Why the ops inside a loop body (``torch.scan`` / ``while_loop``: the GRU/LSTM recurrence of the ``scan`` form)
-# are left unannotated, i.e. fp32. torchao's prepare_pt2e/convert_pt2e recurse into those bodies, but a body
-# receives its weights as loop inputs: convert_pt2e cannot fold their quantize_per_channel into int8 constants,
-# so the body keeps that op with its scales as tensor attributes of the body, and torch.export's
-# run_decompositions then fails on them ("Attempting to use FunctionalTensor on its own", torch 2.13).
-LOOP_BODIES_FP32 = ("ops inside torch.scan/while_loop bodies (a GRU/LSTM's recurrent matmul and gates, run "
-                    "once per step) are fp32: PT2E cannot quantize a loop body's weights into constants")
+# are left unannotated, i.e. fp32. torchao 0.18's prepare_pt2e/convert_pt2e recurse into those bodies, and a
+# quantized body holds tensors of its own: the per-channel weight scales and zero points (and the int8 weights,
+# when the weights are made body constants first; as loop inputs they are re-quantized at every step). torch.export
+# does not lift tensors inside a scan body, and re-tracing such a program (run_decompositions, which
+# to_edge_transform_and_lower also runs) fails in torch 2.13 with "Attempting to use FunctionalTensor on its own".
+# A recurrence kept in fp32 is also what keeps the state from being rounded to int8 at every step.
+LOOP_BODIES_FP32 = ("ops inside torch.scan/while_loop bodies (a GRU/LSTM's recurrent matmul and gates, run once per "
+                    "step) are fp32: a PT2E-quantized loop body holds tensor constants that torch.export cannot "
+                    "re-trace; the input projections and the layers outside the loop are int8")
 
 
 def _loop_bodies(graph: Any) -> int:
@@ -60,7 +64,8 @@ def pt2e_recipe(job: ConversionJob) -> Recipe:
 
 def pt2e_quantize(graph: Any, job: ConversionJob, *, dynamic: bool, details: dict[str, Any]):
     """PT2E with the XNNPACK quantizer on ``graph`` (the captured program as a module); returns the converted
-    module, which the pipeline captures. Ops directly inside ``_float_modules()`` are not annotated: fp32.
+    module, which the pipeline captures. Ops directly inside ``_float_modules()`` and ops inside loop bodies
+    (:data:`LOOP_BODIES_FP32`) are not annotated: fp32, recorded in ``details["quantization"]``.
     """
     import torch
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
