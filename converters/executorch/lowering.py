@@ -18,7 +18,8 @@ def lower(program, *, etrecord: bool = True, details: dict[str, Any] | None = No
     """
     from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
     passes = [_delegable_forms_pass()]
-    if scan_bodies(program.graph_module):
+    loops = bool(scan_bodies(program.graph_module))
+    if loops:
         passes.append(_scan_constants_pass(program))
         partitioner = _scan_partitioner()
     else:
@@ -31,6 +32,8 @@ def lower(program, *, etrecord: bool = True, details: dict[str, Any] | None = No
             manager = to_edge_transform_and_lower(program, transform_passes=passes, partitioner=[partitioner],
                                                   compile_config=EdgeCompileConfig(_check_ir_validity=False),
                                                   generate_etrecord=etrecord)
+        if loops:
+            _drop_inlined_parameters(manager.exported_program(), details)
         if details is not None:   # the XNNPACK preprocess and ATen-to-edge passes that had nothing to rewrite
             details["xnnpack_passes_skipped"] = sorted(set(skipped))
             details["edge_passes_skipped"] = sorted(set(edge_skipped))
@@ -39,6 +42,23 @@ def lower(program, *, etrecord: bool = True, details: dict[str, Any] | None = No
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ConversionError(f"ExecuTorch lowering (to_edge_transform_and_lower + XNNPACK) failed: "
                               f"{type(e).__name__}: {first}") from e
+
+
+def _drop_inlined_parameters(edge_program, details: dict[str, Any] | None) -> None:
+    """Remove the parameters nothing reads any more once the scan bodies hold their own copies (in place).
+
+    ExecuTorch drops unused parameters before the transform passes run, so a weight read only by a loop body
+    (the recurrent matmul of an int8 program, whose top-level steps read the int8 copy; or of a GRU whose
+    first step has no hidden matmul) stayed in the program as an unused fp32 constant: 96 KB of gru_digits'
+    int8 program.
+    """
+    from executorch.exir.passes import remove_unused_parameters_pass
+    before = dict(edge_program.state_dict)
+    remove_unused_parameters_pass(edge_program)
+    gone = [k for k in before if k not in edge_program.state_dict]
+    if gone and details is not None:
+        details["unused_parameters_dropped"] = {"count": len(gone),
+                                                "bytes": sum(before[k].nbytes for k in gone)}
 
 
 def delegation_summary(graph_module, passes_on: bool | None = None) -> dict[str, Any]:
