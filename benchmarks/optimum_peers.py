@@ -30,6 +30,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -98,8 +99,8 @@ def versions() -> dict[str, str]:
 def run_peer(peer: str, hf_dir: Path, out: Path, calib: Path | None = None, *, deps: Path | None = None,
              timeout: float = 900) -> dict[str, Any]:
     """Export ``hf_dir`` with Optimum's ``peer`` (onnx / executorch / openvino) in a subprocess whose path starts
-    with that peer's folder under .bench-deps (or ``deps``). Returns ``{artifact name: path, "versions": {...}}``,
-    or ``{"error": ...}`` naming what failed (a missing install: where the pip command is)."""
+    with that peer's folder under .bench-deps (or ``deps``). Returns ``{artifact name: path, "versions": {...},
+    "seconds": ...}``, or ``{"error": ...}`` naming what failed (a missing install: where the pip command is)."""
     deps = Path(deps) if deps is not None else DEPS[peer]
     if not deps.is_dir():
         return {"error": f"{deps} is missing; install it with the pip command in benchmarks/optimum_peers.py"}
@@ -108,6 +109,7 @@ def run_peer(peer: str, hf_dir: Path, out: Path, calib: Path | None = None, *, d
     cmd = [sys.executable, str(Path(__file__).resolve()), peer, str(hf_dir), str(out)]
     if calib is not None:
         cmd += ["--calib", str(calib)]
+    t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -116,7 +118,7 @@ def run_peer(peer: str, hf_dir: Path, out: Path, calib: Path | None = None, *, d
     if proc.returncode != 0 or not lines:
         tail = [line for line in proc.stderr.strip().splitlines() if line.strip()][-3:]
         return {"error": f"Optimum's {peer} export failed (exit {proc.returncode}): " + " | ".join(tail)}
-    return json.loads(lines[-1])
+    return {**json.loads(lines[-1]), "seconds": time.perf_counter() - t0}
 
 
 def cosine(a: Any, b: Any) -> float:
