@@ -15,12 +15,10 @@ comparison does not depend on which CPU the figures came from:
 All rows are timed in interleaved rounds with the same timer, under each INFERENCE_PRECISION_HINT asked for.
 Each int8 row also gives the output cosine to its own fp32 eager model on the timing input.
 
-Optimum-Intel is not an edge dependency. Install it beside the project (it reuses .venv's torch, openvino
-and nncf; nothing in .venv changes) and run:
+Optimum-Intel is not an edge dependency. Install it beside the project with the first pip command in
+``benchmarks/optimum_peers.py`` (into .bench-deps/optimum; it reuses .venv's torch, openvino and nncf; nothing in
+.venv changes; the export runs in a subprocess with that folder first on its path) and run:
 
-    .venv/bin/pip install --no-deps --target .bench-deps/optimum optimum-intel==2.1.0 optimum==2.3.0 \\
-        transformers==5.5.4 huggingface_hub==1.21.0 tokenizers==0.22.2 safetensors==0.7.0 httpx==0.28.1 \\
-        httpcore==1.0.9 typer==0.25.1 shellingham==1.5.4 annotated-doc==0.0.7
     .venv/bin/python benchmarks/openvino_vs_optimum.py
 """
 from __future__ import annotations
@@ -28,7 +26,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -36,57 +33,25 @@ import torch
 
 import edge
 from edge.profile import EagerSession, time_interleaved
+from optimum_peers import DEPS as PEER_DEPS
+from optimum_peers import IrSession, cosine, run_peer
 
-DEPS = Path(__file__).resolve().parent.parent / ".bench-deps" / "optimum"
-CALIB = 64   # edge's default synthetic calibration size
-
-
-class IrSession:
-    """An IR edge did not build (Optimum's), compiled with the config edge's OpenVINO runtime uses."""
-
-    def __init__(self, xml: Path, hint: str):
-        import openvino as ov
-        core = ov.Core()
-        model = core.read_model(str(xml))
-        model.reshape({model.inputs[0]: [1, 3, 224, 224]})
-        compiled = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint})
-        self.request = compiled.create_infer_request()
-
-    def run(self, x: np.ndarray):
-        self.request.infer([x])
-        return [self.request.get_output_tensor(0).data.copy()]
-
-    def synchronize(self) -> None:
-        pass
+DEPS = PEER_DEPS["openvino"]
 
 
-def optimum_irs(out: Path) -> tuple[torch.nn.Module, Path, Path]:
-    """(the transformers ViT, Optimum's fp32 IR, Optimum's static int8 IR)."""
-    import nncf
-    from optimum.intel import OVConfig, OVModelForImageClassification, OVQuantizationConfig, OVQuantizer
+def optimum_irs(out: Path, deps: Path) -> tuple[torch.nn.Module, Path, Path]:
+    """(the transformers ViT, Optimum's fp32 IR, Optimum's static int8 IR), exported in Optimum's environment."""
     from transformers import ViTConfig, ViTForImageClassification
     torch.manual_seed(0)
     cfg = ViTConfig(hidden_size=192, num_hidden_layers=12, num_attention_heads=3, intermediate_size=768,
                     image_size=224, patch_size=16, num_labels=1000, layer_norm_eps=1e-6)
     hf = ViTForImageClassification(cfg).eval()
     hf.save_pretrained(out / "hf")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        exported = OVModelForImageClassification.from_pretrained(out / "hf", export=True, compile=False)
-        exported.save_pretrained(out / "fp32")
-        rng = np.random.default_rng(0)
-        calib = nncf.Dataset([{"pixel_values": rng.standard_normal((1, 3, 224, 224)).astype(np.float32)}
-                              for _ in range(CALIB)])
-        quantizer = OVQuantizer.from_pretrained(
-            OVModelForImageClassification.from_pretrained(out / "fp32", compile=False))
-        quantizer.quantize(calibration_dataset=calib, save_directory=out / "int8",
-                           ov_config=OVConfig(quantization_config=OVQuantizationConfig(num_samples=CALIB)))
-    return hf, out / "fp32" / "openvino_model.xml", out / "int8" / "openvino_model.xml"
-
-
-def cosine(a, b) -> float:
-    a, b = np.ravel(np.asarray(a, np.float64)), np.ravel(np.asarray(b, np.float64))
-    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+    got = run_peer("openvino", out / "hf", out, deps=deps)
+    if "error" in got:
+        print(f"error: {got['error']}", file=sys.stderr)
+        raise SystemExit(2)
+    return hf, Path(got["openvino_fp32"]), Path(got["openvino_int8"])
 
 
 def main() -> None:
@@ -97,20 +62,11 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=40)
     ap.add_argument("--deps", default=str(DEPS), help="folder holding optimum-intel and transformers (see above)")
     args = ap.parse_args()
-    if Path(args.deps).is_dir():
-        sys.path.insert(0, args.deps)
-    try:
-        import optimum.intel  # noqa: F401
-        import transformers  # noqa: F401
-    except ImportError as e:
-        print(f"error: {e.name} is not installed; install Optimum-Intel into {args.deps} with the pip command in "
-              f"this script's docstring (python benchmarks/openvino_vs_optimum.py --help)", file=sys.stderr)
-        raise SystemExit(2) from None
     from edge.zoo import create_model
     hints = [h.strip() for h in args.hints.split(",") if h.strip()]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        hf, opt_fp32, opt_int8 = optimum_irs(out)
+        hf, opt_fp32, opt_int8 = optimum_irs(out, Path(args.deps))
         model, _ = create_model("vit_tiny")
         x = torch.from_numpy(np.random.default_rng(1).standard_normal((1, 3, 224, 224)).astype(np.float32))
         arts = {a.manifest.precision: a for a in edge.convert_all(model, example_inputs=(x,), targets=["openvino"],
