@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from edge.converters.executorch.partition import (_delegable_forms_pass, _scan_constants_pass, _scan_partitioner,
-                                                  _xnnpack_partitioner, scan_bodies)
+                                                  _xnnpack_partitioner, scan_bodies, softmax_reads_nchw)
 from edge.converters.executorch.speedups import _core_convolutions, _op_name, lowering_speedups
 from edge.errors import ConversionError
 
@@ -26,7 +26,7 @@ def lower(program, *, etrecord: bool = True, details: dict[str, Any] | None = No
         partitioner = _xnnpack_partitioner()
     try:
         _core_convolutions(program)
-        with lowering_speedups(details) as (skipped, edge_skipped):
+        with lowering_speedups(details) as (skipped, edge_skipped), softmax_reads_nchw() as fixed:
             # No edge-dialect IR validation: it re-walks the whole program several times (16 s of VisionGRU-Ti's
             # 95 s), and every program is run on this host and checked against PyTorch after lowering anyway.
             manager = to_edge_transform_and_lower(program, transform_passes=passes, partitioner=[partitioner],
@@ -34,6 +34,8 @@ def lower(program, *, etrecord: bool = True, details: dict[str, Any] | None = No
                                                   generate_etrecord=etrecord)
         if loops:
             _drop_inlined_parameters(manager.exported_program(), details)
+        if details is not None and not fixed:
+            details["softmax_layout_fix"] = "unavailable in this ExecuTorch (softmax_reads_nchw)"
         if details is not None:   # the XNNPACK preprocess and ATen-to-edge passes that had nothing to rewrite
             details["xnnpack_passes_skipped"] = sorted(set(skipped))
             details["edge_passes_skipped"] = sorted(set(edge_skipped))

@@ -2,6 +2,9 @@
 delegate a whole graph in one call and ``torch.scan`` bodies as one delegate per iteration."""
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 
 def _delegable_forms_pass():
     """An edge-dialect pass writing ops XNNPACK has no kernel for in forms it delegates.
@@ -217,3 +220,30 @@ def _scan_partitioner():
     return ScanBodyXnnpackPartitioner()
 
 
+
+
+@contextlib.contextmanager
+def softmax_reads_nchw() -> Iterator[bool]:
+    """While lowering, XNNPACK treats softmax as an op that needs NCHW input (yields whether it could).
+
+    ExecuTorch 1.5's XNNPACK lowering keeps a convolution's output channels-last (NHWC) through the ops it
+    considers layout-agnostic, and softmax is one of them; but XNNPACK's softmax runs over the last dim of the
+    memory layout. Softmax over the last dim of a convolution's [N, C, H, W] output then normalises over the
+    channels instead of W: a silently wrong program (measured: conv -> softmax(dim=-1), max error 0.13 on
+    outputs of 0.5; transformers' MobileViTV2, whose linear attention takes a softmax of a 1x1 conv's output,
+    cosine 0.954). As an NCHW op, softmax gets its input converted back first. Where a later ExecuTorch has no
+    such list, nothing changes (the artifact is still checked against PyTorch).
+    """
+    try:
+        from executorch.backends.xnnpack._passes.channels_last_tagged_reshape_pass import (
+            ChannelsLastTaggedReshapePass as layout_pass)
+        from executorch.exir.dialects._ops import ops as exir_ops
+        softmax, nchw = exir_ops.edge.aten._softmax.default, layout_pass.memory_sensitive_ops_nchw
+    except (ImportError, AttributeError):
+        yield False
+        return
+    layout_pass.memory_sensitive_ops_nchw = {*nchw, softmax}
+    try:
+        yield True
+    finally:
+        layout_pass.memory_sensitive_ops_nchw = nchw
