@@ -86,3 +86,34 @@ def test_lstm_int8_and_int8_dynamic_lowered_and_run(tmp_path):
         got = _run_all(art.path, xs)
         cos = (got * ref).sum() / (np.linalg.norm(got) * np.linalg.norm(ref))
         assert cos > 0.98, (art.manifest.precision, cos)
+
+
+class GRUClassifier(torch.nn.Module):
+    """[B, T, 32] -> bidirectional nn.GRU (hidden 32: its recurrent matmuls qualify for int4 groups) -> Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.gru = torch.nn.GRU(32, 32, batch_first=True, bidirectional=True)
+        self.head = torch.nn.Linear(64, 4)
+
+    def forward(self, x):
+        _, h = self.gru(x)
+        return self.head(h.transpose(0, 1).reshape(x.shape[0], -1))
+
+
+@pytest.mark.slow
+def test_gru_8da4w_keeps_the_recurrent_matmuls_fp32(tmp_path):
+    """torchao's int4 weights cannot live inside the scan body (capture failed making fake tensors): the
+    recurrent ``hh`` matmuls stay fp32 and are listed; the input projections and the head are int4."""
+    torch.manual_seed(3)
+    model = GRUClassifier().eval()
+    art = edge.convert(model, example_inputs=(torch.randn(1, 7, 32),), target="executorch", precision="8da4w",
+                       out=tmp_path / "w4")
+    q = art.manifest.details["quantization"]
+    assert art.manifest.status == "verified"
+    assert q["fp32_recurrent_matmuls"] == ["gru.hh.0", "gru.hh.1"] and q["layers"] == "3 of 5 nn.Linear"
+    xs = torch.randn(4, 7, 32).numpy()
+    with torch.no_grad():
+        ref = model(torch.from_numpy(xs)).numpy()
+    got = _run_all(art.path, xs)
+    assert (got * ref).sum() / (np.linalg.norm(got) * np.linalg.norm(ref)) > 0.98

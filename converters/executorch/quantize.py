@@ -126,9 +126,14 @@ def quantize_8da4w(module: Any, job: ConversionJob, details: dict[str, Any]) -> 
     import torch
     from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
     from torchao.quantization.granularity import PerGroup
+    from edge.passes.recurrent import TunedGRU, TunedLSTM
     linears = [n for n, m in module.named_modules() if isinstance(m, torch.nn.Linear)]
+    # a tuned GRU/LSTM's recurrent matmuls (``hh``) run inside the scan loop, whose body cannot hold torchao's
+    # int4 weight tensors (capture fails making fake tensors); they stay fp32, as under int8 (LOOP_BODIES_FP32)
+    recurrent = {f"{n}.hh.{i}" for n, m in module.named_modules() if isinstance(m, (TunedGRU, TunedLSTM))
+                 for i in range(len(m.hh))}
     chosen = [n for n, m in module.named_modules()
-              if isinstance(m, torch.nn.Linear) and m.in_features % GROUP_SIZE == 0]
+              if isinstance(m, torch.nn.Linear) and m.in_features % GROUP_SIZE == 0 and n not in recurrent]
     if not chosen:
         raise ConversionError(f"8da4w quantizes nn.Linear layers whose in_features divide by {GROUP_SIZE}; "
                               f"this model has {len(linears)} Linear layer(s) and none qualifies. "
@@ -141,6 +146,8 @@ def quantize_8da4w(module: Any, job: ConversionJob, details: dict[str, Any]) -> 
                                "activations": "int8 dynamic per token",
                                "layers": f"{len(chosen)} of {len(linears)} nn.Linear",
                                "not_quantized": sorted(set(linears) - set(chosen))}
+    if recurrent & set(linears):
+        details["quantization"]["fp32_recurrent_matmuls"] = sorted(recurrent & set(linears))
     details["source"] = "the module quantized with torchao, captured by the pipeline"
     return module
 
