@@ -110,6 +110,8 @@ def test_session_options_and_model_cache(artifacts, tmp_path):
         np.testing.assert_allclose(s.run(x)[0], y, rtol=1e-5, atol=1e-5)
     with pytest.raises(UsageError, match="precision_hint"):
         edge.load(path, precision_hint="int3")
+    with pytest.raises(UsageError, match="snippets"):
+        edge.load(path, snippets=2)
     with pytest.raises(UsageError, match="hint"):
         edge.load(path, hint="fastest")
     with pytest.raises(RuntimeLoadError, match="could not load .* device=NOPE: RuntimeError: .*NOPE"):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
+from edge.converters.executorch.speedups import _patched
+
 
 def _delegable_forms_pass():
     """An edge-dialect pass writing ops XNNPACK has no kernel for in forms it delegates.
@@ -220,8 +222,6 @@ def _scan_partitioner():
     return ScanBodyXnnpackPartitioner()
 
 
-
-
 @contextlib.contextmanager
 def softmax_reads_nchw() -> Iterator[bool]:
     """While lowering, XNNPACK treats softmax as an op that needs NCHW input (yields whether it could).
@@ -242,8 +242,5 @@ def softmax_reads_nchw() -> Iterator[bool]:
     except (ImportError, AttributeError):
         yield False
         return
-    layout_pass.memory_sensitive_ops_nchw = {*nchw, softmax}
-    try:
+    with _patched(layout_pass, "memory_sensitive_ops_nchw", {*nchw, softmax}):
         yield True
-    finally:
-        layout_pass.memory_sensitive_ops_nchw = nchw
