@@ -143,7 +143,7 @@ class CudaConverter(Converter):
         from edge.converters.onnx import OnnxConverter
         onnx_conv = OnnxConverter()
         onnx_conv.require()
-        onnx_job = ConversionJob(**{**job.__dict__, "options": {"opset": 18}})
+        onnx_job = ConversionJob(**{**job.__dict__, "options": {"opset": 18, "fusion": "none"}})
         result = onnx_conv.convert(onnx_job)
         # the manifest's options are this job's options: the runtime reads its providers from there
         job.options["providers"] = providers + ["CPUExecutionProvider"]

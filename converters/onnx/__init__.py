@@ -2,6 +2,9 @@
 
 Precisions: fp32; fp16 (weights and compute in fp16, fp32 inputs/outputs kept); int8 (static QDQ
 quantization with ONNX Runtime's quantizer and the shared calibration data).
+
+fp32 graphs get ONNX Runtime's fused attention and GELU ops (``fusion.py``; option ``fusion``), checked against
+the unfused graph before they replace it.
 """
 from __future__ import annotations
 
@@ -27,7 +30,10 @@ class OnnxConverter(Converter):
     options = {"opset": Option(18, (17, 18, 19, 20, 21, 23), "ONNX opset of the exported model"),
                "reduce_range": Option("auto", ("auto", True, False),
                                       "int8: 7-bit weights (auto: where the converting CPU lacks VNNI)"),
-               "keep_float": KEEP_FLOAT}
+               "keep_float": KEEP_FLOAT,
+               "fusion": Option("onnxruntime", ("onnxruntime", "none"),
+                                "fp32: fuse attention and GELU into ONNX Runtime's contrib ops (the file then "
+                                "needs ONNX Runtime); none keeps standard ONNX ops only")}
     forms = {"rnn": "native", "layernorm2d": "channels-first"}
     sources = ("program", "module")   # the module: a fallback when no program was captured
 
@@ -45,6 +51,8 @@ class OnnxConverter(Converter):
         elif job.precision == "int8":
             quantize_int8(path, job, details)
             model = onnx.load(str(path))
+        elif job.options.get("fusion", "onnxruntime") == "onnxruntime":
+            model = fuse_checked(path, model, job, details)
         ops: dict[str, int] = {}
         for node in model.graph.node:
             ops[node.op_type] = ops.get(node.op_type, 0) + 1
@@ -65,11 +73,17 @@ def export_to(path, job: ConversionJob, details: dict[str, Any]) -> None:
     try:
         if job.program is None:   # no capture route worked: the TorchScript exporter traces the module itself
             raise ValueError("no torch.export program: " + "; ".join(job.capture.get("failed", [])))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            prog = torch.onnx.export(job.program, (), input_names=in_names, output_names=out_names,
-                                     dynamo=True, opset_version=opset, verbose=False, optimize=True)
-        prog.save(str(path), external_data=False)
+        try:
+            _dynamo_export(job.program, path, in_names, out_names, opset)
+        except Exception as e:
+            if "Cannot view a tensor" not in str(e):
+                raise
+            # The exporter re-traces the program through its decompositions, whose output strides can differ
+            # from the ones torch.export recorded (a transformers BEiT: SDPA's decomposition, then permute and
+            # a view that was valid on SDPA's own strides). A contiguous copy in front of such views keeps them valid
+            # the strides. The program is copied: the pipeline caches it for other targets.
+            _dynamo_export(contiguous_before_views(job.program), path, in_names, out_names, opset)
+            details["contiguous_before_views"] = "the exporter's decompositions changed strides under aten.view"
         details["exporter"] = "dynamo"
         return
     except Exception as e:  # the exporter raises many types; keep the reason and fall back
@@ -94,6 +108,84 @@ def export_to(path, job: ConversionJob, details: dict[str, Any]) -> None:
                               f"keep only the branch the example input took (data-dependent control flow: "
                               f"{branches[0][:160]}); make the branch a tensor operation (torch.where) or fixed")
     details["exporter"] = "torchscript (fallback: the dynamo exporter failed)"
+
+
+def fuse_checked(path, model, job: ConversionJob, details: dict[str, Any]):
+    """Fuse ``model`` for ONNX Runtime (``fusion.py``) and keep the result only if ONNX Runtime runs it to the
+    unfused graph's outputs on the job's example inputs; ``details["fusion"]`` records the fused ops, or why the
+    unfused graph was kept. Returns the model now at ``path``."""
+    import copy
+
+    import numpy as np
+    import onnx
+
+    from edge.converters.onnx.fusion import fuse_for_onnxruntime
+    try:
+        fused, record = fuse_for_onnxruntime(copy.deepcopy(model))
+    except Exception as e:   # a pattern or shape this code did not foresee: the unfused graph is still right
+        details["fusion"] = {"kept_unfused": f"fusion failed: {type(e).__name__}: {str(e)[:200]}"}
+        return model
+    if not record["ops"]:
+        details["fusion"] = {"ops": {}}
+        return model
+    trial = path.with_name(".fused.onnx")
+    onnx.save(fused, str(trial))
+    try:
+        feeds = [np.ascontiguousarray(t.detach().cpu().numpy()) for t in job.example_inputs]
+        want, got = (_run_cpu(p, feeds) for p in (path, trial))
+        worst = max(float(np.max(np.abs(g - w) / (1e-3 * (1.0 + np.abs(w))))) if w.size else 0.0
+                    for w, g in zip(want, got))
+        if worst > 1.0:   # more than 1e-3 relative anywhere: not the same computation
+            raise ValueError(f"its outputs differ from the unfused graph's by {worst:.1f}x the 1e-3 relative bound")
+    except Exception as e:
+        trial.unlink()
+        details["fusion"] = {"kept_unfused": f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}",
+                             "would_fuse": record["ops"]}
+        return model
+    trial.replace(path)
+    details["fusion"] = {**record, "checked": "ONNX Runtime CPU outputs equal the unfused graph's (1e-3 relative)"}
+    return fused
+
+
+def _run_cpu(path, feeds: list) -> list:
+    import numpy as np
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    return [np.asarray(o, np.float64) for o in sess.run(None, dict(zip(names, feeds)))]
+
+
+def _dynamo_export(program, path, in_names: list[str], out_names: list[str], opset: int) -> None:
+    import torch
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        onnx_program = torch.onnx.export(program, (), input_names=in_names, output_names=out_names, dynamo=True,
+                                         opset_version=opset, verbose=False, optimize=True)
+    onnx_program.save(str(path), external_data=False)
+
+
+def contiguous_before_views(program):
+    """A copy of ``program`` where every ``aten.view`` of a permuted tensor reads a contiguous clone of it: the
+    same values whatever strides a re-trace gives the permute's input (ONNX has no strides: the clone is an
+    Identity there)."""
+    import copy
+
+    import torch
+    program = copy.deepcopy(program)
+    graph = program.graph_module.graph
+    layouts = (torch.ops.aten.permute.default, torch.ops.aten.transpose.int)
+    for node in list(graph.nodes):
+        src = node.args[0] if node.op == "call_function" and node.target == torch.ops.aten.view.default else None
+        if isinstance(src, torch.fx.Node) and src.op == "call_function" and src.target in layouts:
+            with graph.inserting_before(node):
+                clone = graph.call_function(torch.ops.aten.clone.default, (src,),
+                                            {"memory_format": torch.contiguous_format})
+            clone.meta = {**src.meta, "val": src.meta["val"].contiguous()} if "val" in src.meta else dict(src.meta)
+            node.replace_input_with(src, clone)
+    program.graph_module.recompile()
+    return program
 
 
 def quantize_int8(path, job: ConversionJob, details: dict[str, Any]) -> None:
