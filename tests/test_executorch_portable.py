@@ -83,6 +83,20 @@ class Powers(nn.Module):
         return y.pow(2.0) + y ** 0.5 + y.pow(-1) + y ** 3 + (y.pow(2).sum(-1, keepdim=True) + 1e-6) ** -0.5
 
 
+class Statistics(nn.Module):
+    """A channel norm written with ``var``, a softmax stabilised with ``amax``, a ``std`` over the map."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+
+    def forward(self, x):
+        x = self.conv(x)
+        y = (x - x.mean(1, keepdim=True)) / torch.sqrt(x.var(1, keepdim=True, unbiased=False) + 1e-5)
+        z = (y - y.amax(-1, keepdim=True)).exp()
+        return z / z.sum(-1, keepdim=True) + y.std(dim=(2, 3), keepdim=True)
+
+
 # ------------------------------------------------------------------------------------------ each form, in eager
 
 
@@ -95,6 +109,17 @@ def test_sum_and_vector_norm_forms_keep_the_numbers():
     assert close(G._vector_norm(x, 2), torch.linalg.vector_norm(x))
     assert G._sum(x.long(), [1]) is NotImplemented and G._sum(x, [1], dtype=torch.float64) is NotImplemented
     assert G._vector_norm(x, 3, [1]) is NotImplemented and G._vector_norm(x, float("inf"), [1]) is NotImplemented
+
+
+def test_var_std_and_amax_forms():
+    x = torch.randn(2, 5, 6, 7) * 3 + 1
+    for dims, keep, c in (([1, 2], True, None), ([-1], False, 0), (None, False, 1), ([0, 3], True, 2)):
+        assert close(G._var(x, dims, correction=c, keepdim=keep), torch.var(x, dims, correction=c, keepdim=keep))
+        assert close(G._std(x, dims, correction=c, keepdim=keep), torch.std(x, dims, correction=c, keepdim=keep))
+    assert close(G._var_dim(x, [1], False, True), x.var(1, unbiased=False, keepdim=True))
+    assert G._var(x[:, :1], [1]) is NotImplemented   # one value, correction 1: ATen's nan stays ATen's
+    for dims, keep in (([1, 2], True), ([-1], False), ([], False), ([0, 3], True)):
+        assert torch.equal(G._amax(x, dims, keep), torch.amax(x, dims, keep))
 
 
 def test_pow_forms_are_atens_own():
@@ -151,6 +176,7 @@ CASES = {   # name: (model, input shape, the rewrites the manifest records)
     "linear-attention": (LinearAttention, (1, 8, 4, 16), {"sum.dim_IntList", "expand (into a broadcasting op)"}),
     "elu": (EluNet, (1, 1, 32), {"elu", "selu", "celu"}),
     "powers": (Powers, (2, 6), {"pow.Tensor_Scalar", "sum.dim_IntList"}),
+    "statistics": (Statistics, (1, 3, 6, 8), {"var.dim", "std.dim", "amax", "sum.dim_IntList"}),
 }
 
 

@@ -23,7 +23,7 @@ like every artifact, the lowered program is then verified against PyTorch.
     - ``sum`` over dims as a linear layer with a row of ones; ``linalg_vector_norm`` of order 2 / 1 as the square
       root of that sum of squares / that sum of absolute values (ConvNeXtV2's GRN); ``pow`` by the exponents ATen
       computes without ``std::pow`` (0.5, -0.5, 2.0, 3, -1, -2) in ATen's own forms (XNNPACK takes only an
-      integer 2); ``elu`` / ``selu`` / ``celu`` as relu, clamp, exp (ExecuTorch's XNNPACK partitioner has no ELU).
+      integer 2); ``var`` / ``std`` as means of squared deviations; ``amax`` as a 4-D ``max.dim`` (a max pooling); ``elu`` / ``selu`` / ``celu`` as relu, clamp, exp (ExecuTorch's XNNPACK partitioner has no ELU).
     - ``split`` as step-1 slices (LeViT's q/k/v);
     - ``roll`` as slices and a concatenation; a strided slice ``x[s::k]`` over a whole dim as a reshape and a
       step-1 slice (Swin's shifted windows and patch merging).
@@ -120,15 +120,33 @@ def _reduced(x: torch.Tensor, dim: Any) -> list[int] | None:
     return sorted({d % x.dim() for d in dims})
 
 
-def _reduce(x: torch.Tensor, dims: list[int], keepdim: bool, weight: float) -> torch.Tensor:
-    """``weight`` times the sum of ``x`` over ``dims`` as a linear layer with one output row of ``weight``: the
-    reduced dims moved last (a delegated transpose), the rest flattened into rows."""
+def _rows(x: torch.Tensor, dims: list[int]) -> torch.Tensor:
+    """``x`` as a [rows, k] matrix whose rows hold the ``dims`` to reduce (moved last by a delegated transpose)."""
     kept = [d for d in range(x.dim()) if d not in dims]
-    k = math.prod(x.shape[d] for d in dims)
     moved = x.permute(*kept, *dims) if dims != list(range(x.dim() - len(dims), x.dim())) else x
-    y = F.linear(moved.reshape(-1, k), torch.full((1, k), weight, dtype=x.dtype, device=x.device))
-    shape = [1 if d in dims else x.shape[d] for d in range(x.dim())] if keepdim else [x.shape[d] for d in kept]
-    return y.reshape(shape)
+    return moved.reshape(-1, math.prod(x.shape[d] for d in dims))
+
+
+def _reduced_shape(x: torch.Tensor, dims: list[int], keepdim: bool) -> list[int]:
+    return [1 if d in dims else x.shape[d] for d in range(x.dim()) if keepdim or d not in dims]
+
+
+def _reduce(x: torch.Tensor, dims: list[int], keepdim: bool, weight: float) -> torch.Tensor:
+    """``weight`` times the sum of ``x`` over ``dims`` as a linear layer with one output row of ``weight``."""
+    rows = _rows(x, dims)
+    y = F.linear(rows, torch.full((1, rows.shape[1]), weight, dtype=x.dtype, device=x.device))
+    return y.reshape(_reduced_shape(x, dims, keepdim))
+
+
+def _amax(x, dim=(), keepdim=False):
+    """``amax`` over dims as ``max.dim`` over the last dim of a [1, rows, 1, k] map (XNNPACK delegates ``max.dim``
+    of a 4-D tensor as a max pooling, and has no amax): the same maximum of the same values."""
+    dims = _reduced(x, dim)
+    if not dims:
+        return NotImplemented
+    rows = _rows(x, dims)
+    y = torch.max(rows.reshape(1, rows.shape[0], 1, rows.shape[1]), 3, keepdim=True)[0]
+    return y.reshape(_reduced_shape(x, dims, keepdim))
 
 
 def _mean(x, dim=None, keepdim=False, dtype=None):
@@ -155,6 +173,31 @@ def _vector_norm(x, ord=2, dim=None, keepdim=False, dtype=None):
     if not dims:
         return NotImplemented
     return _reduce(x * x, dims, keepdim, 1.0).sqrt() if ord == 2 else _reduce(x.abs(), dims, keepdim, 1.0)
+
+
+def _var(x, dim=None, *, correction=None, keepdim=False):
+    """``var`` over dims as the mean of squared deviations from the mean, both linear layers (custom norms written
+    with ``x.var(...)``; XNNPACK has no var). ATen accumulates differently (Welford): equal up to fp32 rounding."""
+    dims = _reduced(x, dim)
+    n = math.prod(x.shape[d] for d in dims) if dims else 0
+    c = 1 if correction is None else correction
+    if not dims or n - c <= 0:   # no deviation to divide by: ATen's inf/nan stays ATen's
+        return NotImplemented
+    d = x - _reduce(x, dims, True, 1.0 / n)
+    return _reduce(d * d, dims, keepdim, 1.0 / (n - c))
+
+
+def _std(x, dim=None, *, correction=None, keepdim=False):
+    out = _var(x, dim, correction=correction, keepdim=keepdim)
+    return out if out is NotImplemented else out.sqrt()
+
+
+def _var_dim(x, dim=None, unbiased=True, keepdim=False):   # x.var(dim, unbiased, keepdim) as captured
+    return _var(x, dim, correction=int(unbiased), keepdim=keepdim)
+
+
+def _std_dim(x, dim=None, unbiased=True, keepdim=False):
+    return _std(x, dim, correction=int(unbiased), keepdim=keepdim)
 
 
 # The exponents ATen's CPU pow kernel computes without std::pow (PowKernel.cpp), in its own forms: the same numbers.
@@ -343,7 +386,9 @@ def xnnpack_decompositions(*, with_constants: bool = True) -> dict:
     if with_constants:
         table.update({aten.layer_norm.default: _layer_norm, aten.group_norm.default: _group_norm,
                       aten.mean.dim: _mean, aten.adaptive_avg_pool1d.default: _adaptive_avg_pool1d,
-                      aten.sum.dim_IntList: _sum, aten.linalg_vector_norm.default: _vector_norm})
+                      aten.sum.dim_IntList: _sum, aten.linalg_vector_norm.default: _vector_norm,
+                      aten.var.correction: _var, aten.std.correction: _std, aten.var.dim: _var_dim,
+                      aten.std.dim: _std_dim, aten.amax.default: _amax})
     return table
 
 
