@@ -23,7 +23,8 @@ like every artifact, the lowered program is then verified against PyTorch.
     - ``sum`` over dims as a linear layer with a row of ones; ``linalg_vector_norm`` of order 2 / 1 as the square
       root of that sum of squares / that sum of absolute values (ConvNeXtV2's GRN); ``pow`` by the exponents ATen
       computes without ``std::pow`` (0.5, -0.5, 2.0, 3, -1, -2) in ATen's own forms (XNNPACK takes only an
-      integer 2); ``var`` / ``std`` as means of squared deviations; ``amax`` as a 4-D ``max.dim`` (a max pooling); ``elu`` / ``selu`` / ``celu`` as relu, clamp, exp (ExecuTorch's XNNPACK partitioner has no ELU).
+      integer 2); ``var`` / ``std`` as means of squared deviations; ``amax`` as a 4-D ``max.dim`` (a max
+      pooling); ``elu`` / ``selu`` / ``celu`` as relu, clamp, exp (ExecuTorch's XNNPACK partitioner has no ELU).
     - ``split`` as step-1 slices (LeViT's q/k/v);
     - ``roll`` as slices and a concatenation; a strided slice ``x[s::k]`` over a whole dim as a reshape and a
       step-1 slice (Swin's shifted windows and patch merging).
@@ -140,7 +141,8 @@ def _reduce(x: torch.Tensor, dims: list[int], keepdim: bool, weight: float) -> t
 
 def _amax(x, dim=(), keepdim=False):
     """``amax`` over dims as ``max.dim`` over the last dim of a [1, rows, 1, k] map (XNNPACK delegates ``max.dim``
-    of a 4-D tensor as a max pooling, and has no amax): the same maximum of the same values."""
+    of a 4-D tensor as a max pooling, and has no amax): the same maximum of the same values (NaN inputs aside:
+    a max pooling need not propagate them)."""
     dims = _reduced(x, dim)
     if not dims:
         return NotImplemented
@@ -380,7 +382,8 @@ def xnnpack_decompositions(*, with_constants: bool = True) -> dict:
     """
     table = {aten.scaled_dot_product_attention.default: _sdpa, aten.roll.default: _roll,
              aten.slice.Tensor: _strided_slice, aten.avg_pool2d.default: _whole_input_pool,
-             aten.split_with_sizes.default: _split, aten.split.Tensor: _split, aten.im2col.default: _im2col, aten.col2im.default: _col2im, aten.pad.default: _reflect_pad,
+             aten.split_with_sizes.default: _split, aten.split.Tensor: _split, aten.im2col.default: _im2col,
+             aten.col2im.default: _col2im, aten.pad.default: _reflect_pad,
              aten.pow.Tensor_Scalar: functools.partial(_pow, constants=with_constants), aten.elu.default: _elu,
              aten.selu.default: _selu, aten.celu.default: _celu}
     if with_constants:
