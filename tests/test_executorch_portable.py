@@ -1,8 +1,8 @@
 """Ops ExecuTorch's XNNPACK partitioner has no form for, rewritten by edge's program forms (edge/passes/graph.py):
-sums over dims, vector norms (a GRN), ATen's special pow exponents, ELU/SELU/CELU, an ``expand`` read by a
-broadcasting op. Each form is checked in eager against the op, then through ExecuTorch on a tiny model written by
-structure (no portable op, one delegate call, parity verified by edge.convert); the delegation summary names why
-an op that stays on a portable kernel was not taken.
+sums over dims, vector norms (a GRN), var/std/amax, ATen's special pow exponents, ELU/SELU/CELU, nearest
+upsampling by powers of two, an ``expand`` read by a broadcasting op. Each form is checked in eager against the
+op, then through ExecuTorch on a tiny model written by structure (no portable op, one delegate call, parity
+verified by edge.convert); the delegation summary names why an op that stays on a portable kernel was not taken.
 """
 from __future__ import annotations
 
@@ -97,6 +97,18 @@ class Statistics(nn.Module):
         return z / z.sum(-1, keepdim=True) + y.std(dim=(2, 3), keepdim=True)
 
 
+class Decoder(nn.Module):
+    """An FPN-style top-down path: nearest upsampling by 2 (``scale_factor``) and by 2 x 4 (``size``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lateral, self.smooth = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.lateral(x)
+        return self.smooth(F.interpolate(y, scale_factor=2, mode="nearest")) + F.interpolate(y[..., ::2], size=(8, 16))
+
+
 # ------------------------------------------------------------------------------------------ each form, in eager
 
 
@@ -120,6 +132,15 @@ def test_var_std_and_amax_forms():
     assert G._var(x[:, :1], [1]) is NotImplemented   # one value, correction 1: ATen's nan stays ATen's
     for dims, keep in (([1, 2], True), ([-1], False), ([], False), ([0, 3], True)):
         assert torch.equal(G._amax(x, dims, keep), torch.amax(x, dims, keep))
+
+
+def test_nearest_upsample_form_repeats_the_same_pixels():
+    x = torch.randn(2, 3, 5, 6)
+    for size, scales in (((10, 12), None), ((20, 12), None), (None, [2.0, 2.0]), (None, [4.0, 1.0])):
+        want = F.interpolate(x, size=size, scale_factor=None if scales is None else tuple(scales), mode="nearest")
+        assert torch.equal(G._nearest_upsample(x, size, scales), want), (size, scales)
+    for size, scales in (((15, 18), None), ((7, 6), None), (None, [3.0, 3.0]), (None, [1.5, 2.0])):
+        assert G._nearest_upsample(x, size, scales) is NotImplemented   # not a power-of-two repeat
 
 
 def test_pow_forms_are_atens_own():
@@ -177,6 +198,7 @@ CASES = {   # name: (model, input shape, the rewrites the manifest records)
     "elu": (EluNet, (1, 1, 32), {"elu", "selu", "celu"}),
     "powers": (Powers, (2, 6), {"pow.Tensor_Scalar", "sum.dim_IntList"}),
     "statistics": (Statistics, (1, 3, 6, 8), {"var.dim", "std.dim", "amax", "sum.dim_IntList"}),
+    "nearest-upsample": (Decoder, (1, 3, 4, 8), {"upsample_nearest2d.vec"}),
 }
 
 

@@ -24,7 +24,8 @@ like every artifact, the lowered program is then verified against PyTorch.
       root of that sum of squares / that sum of absolute values (ConvNeXtV2's GRN); ``pow`` by the exponents ATen
       computes without ``std::pow`` (0.5, -0.5, 2.0, 3, -1, -2) in ATen's own forms (XNNPACK takes only an
       integer 2); ``var`` / ``std`` as means of squared deviations; ``amax`` as a 4-D ``max.dim`` (a max
-      pooling); ``elu`` / ``selu`` / ``celu`` as relu, clamp, exp (ExecuTorch's XNNPACK partitioner has no ELU).
+      pooling); ``elu`` / ``selu`` / ``celu`` as relu, clamp, exp (ExecuTorch's XNNPACK partitioner has no ELU);
+      ``upsample_nearest2d`` by powers of two as a broadcasting product with ones (XNNPACK has no nearest resize).
     - ``split`` as step-1 slices (LeViT's q/k/v);
     - ``roll`` as slices and a concatenation; a strided slice ``x[s::k]`` over a whole dim as a reshape and a
       step-1 slice (Swin's shifted windows and patch merging).
@@ -307,6 +308,26 @@ def _whole_input_pool(x, kernel_size, stride=(), padding=0, ceil_mode=False, cou
     return x.mean([-2, -1], keepdim=True)
 
 
+def _nearest_upsample(x, output_size, scale_factors):
+    """``upsample_nearest2d`` by power-of-two factors (FPN and U-Net decoders; XNNPACK has no nearest resize) as a
+    broadcasting product with ones: each pixel repeated ``f`` times. ATen's source index there is ``d >> 1`` or
+    ``floor(d * 2**-k)`` (exact in float), i.e. ``d // f``: the same pixels."""
+    if x.dim() != 4 or not _static(x.shape) or not x.is_floating_point():
+        return NotImplemented
+    n, c, h, w = x.shape
+    if output_size is not None:
+        out = list(output_size)
+    elif scale_factors is not None and all(float(s).is_integer() for s in scale_factors):
+        out = [int(h * scale_factors[0]), int(w * scale_factors[1])]
+    else:
+        return NotImplemented
+    fh, fw = out[0] // h, out[1] // w
+    if out != [h * fh, w * fw] or any(f < 1 or f & (f - 1) for f in (fh, fw)):
+        return NotImplemented
+    ones = torch.ones((1, 1, 1, fh, 1, fw), dtype=x.dtype, device=x.device)
+    return (x.reshape(n, c, h, 1, w, 1) * ones).reshape(n, c, h * fh, w * fw)
+
+
 def _pairs(v) -> list[int]:
     return [v, v] if isinstance(v, int) else list(v) * (2 // len(v))
 
@@ -391,7 +412,8 @@ def xnnpack_decompositions(*, with_constants: bool = True) -> dict:
                       aten.mean.dim: _mean, aten.adaptive_avg_pool1d.default: _adaptive_avg_pool1d,
                       aten.sum.dim_IntList: _sum, aten.linalg_vector_norm.default: _vector_norm,
                       aten.var.correction: _var, aten.std.correction: _std, aten.var.dim: _var_dim,
-                      aten.std.dim: _std_dim, aten.amax.default: _amax})
+                      aten.std.dim: _std_dim, aten.amax.default: _amax,
+                      aten.upsample_nearest2d.vec: _nearest_upsample})
     return table
 
 
