@@ -1,5 +1,5 @@
 """Ops ExecuTorch's XNNPACK partitioner has no form for, rewritten by edge's program forms (edge/passes/graph.py):
-sums over dims, vector norms (a GRN), var/std/amax, ATen's special pow exponents, ELU/SELU/CELU, nearest
+sums over dims, vector norms (a GRN), var/std/amax, ATen's special pow exponents, ELU/SELU/CELU/softplus/mish, nearest
 upsampling by powers of two, an ``expand`` read by a broadcasting op. Each form is checked in eager against the
 op, then through ExecuTorch on a tiny model written by structure (no portable op, one delegate call, parity
 verified by edge.convert); the delegation summary names why an op that stays on a portable kernel was not taken.
@@ -60,15 +60,16 @@ class LinearAttention(nn.Module):
         return self.out(F.relu(v) * context.expand_as(v))
 
 
-class EluNet(nn.Module):
-    """EnCodec's activations and their relatives on 1-D convolutions."""
+class Activations(nn.Module):
+    """EnCodec's ELU and its relatives, softplus and mish, on 1-D convolutions."""
 
     def __init__(self):
         super().__init__()
         self.c1, self.c2 = nn.Conv1d(1, 4, 3, padding=1), nn.Conv1d(4, 4, 3, padding=1)
 
     def forward(self, x):
-        return F.selu(self.c2(F.elu(self.c1(x), alpha=0.7))) + F.celu(x, 0.5)
+        y = self.c2(F.elu(self.c1(x), alpha=0.7))
+        return F.selu(y) + F.celu(x, 0.5) + F.softplus(y, beta=2.0) + F.mish(y)
 
 
 class Powers(nn.Module):
@@ -160,6 +161,15 @@ def test_elu_forms_keep_the_numbers():
     assert close(G._selu(x), F.selu(x), atol=1e-6) and close(G._celu(x, 0.5), F.celu(x, 0.5), atol=1e-6)
 
 
+def test_softplus_and_mish_forms_keep_the_numbers():
+    x = torch.cat([torch.randn(4000) * 10, torch.tensor([-100.0, -20.0, 0.0, 19.99, 20.0, 20.01, 100.0, 1e4])])
+    for beta in (1.0, 2.0):
+        assert close(G._softplus(x, beta), F.softplus(x, beta), atol=2e-6)
+    assert torch.equal(G._softplus(x)[x > 20], F.softplus(x)[x > 20])   # ATen's threshold: x itself
+    assert close(G._mish(x), F.mish(x), atol=2e-6)
+    assert G._softplus(x, 1.0, 5.0) is NotImplemented   # a low threshold is a different function above it
+
+
 class _Expands(nn.Module):
     def forward(self, x, v):
         c = x.sum(-1, keepdim=True)
@@ -195,7 +205,7 @@ def test_program_forms_record_each_rewrite():
 CASES = {   # name: (model, input shape, the rewrites the manifest records)
     "grn": (GRNNet, (1, 3, 8, 8), {"linalg_vector_norm"}),
     "linear-attention": (LinearAttention, (1, 8, 4, 16), {"sum.dim_IntList", "expand (into a broadcasting op)"}),
-    "elu": (EluNet, (1, 1, 32), {"elu", "selu", "celu"}),
+    "activations": (Activations, (1, 1, 32), {"elu", "selu", "celu", "softplus", "mish"}),
     "powers": (Powers, (2, 6), {"pow.Tensor_Scalar", "sum.dim_IntList"}),
     "statistics": (Statistics, (1, 3, 6, 8), {"var.dim", "std.dim", "amax", "sum.dim_IntList"}),
     "nearest-upsample": (Decoder, (1, 3, 4, 8), {"upsample_nearest2d.vec"}),

@@ -25,6 +25,7 @@ like every artifact, the lowered program is then verified against PyTorch.
       computes without ``std::pow`` (0.5, -0.5, 2.0, 3, -1, -2) in ATen's own forms (XNNPACK takes only an
       integer 2); ``var`` / ``std`` as means of squared deviations; ``amax`` as a 4-D ``max.dim`` (a max
       pooling); ``elu`` / ``selu`` / ``celu`` as relu, clamp, exp (ExecuTorch's XNNPACK partitioner has no ELU);
+      ``softplus`` / ``mish`` as relu, abs, exp, log (tanh);
       ``upsample_nearest2d`` by powers of two as a broadcasting product with ones (XNNPACK has no nearest resize).
     - ``split`` as step-1 slices (LeViT's q/k/v);
     - ``roll`` as slices and a concatenation; a strided slice ``x[s::k]`` over a whole dim as a reshape and a
@@ -308,6 +309,23 @@ def _whole_input_pool(x, kernel_size, stride=(), padding=0, ceil_mode=False, cou
     return x.mean([-2, -1], keepdim=True)
 
 
+def _softplus(x, beta=1.0, threshold=20.0):
+    """Softplus as ``relu(z) + log(1 + exp(-|z|))`` (``z = beta * x``), ops XNNPACK delegates; ExecuTorch's
+    decomposition leaves ``log1p``/``where`` on portable kernels. Above ATen's threshold (when it is at least 20)
+    the log term is under half an fp32 ulp of ``z``, so the result is ``z`` as ATen returns; below, ``log(1 + e)``
+    where ATen takes ``log1p(e)``: equal up to fp32 rounding of the result (about 1e-7 absolute)."""
+    if not x.is_floating_point() or threshold < 20:
+        return NotImplemented
+    z = x if beta == 1 else x * beta
+    y = torch.relu(z) + torch.log(torch.exp(-torch.abs(z)) + 1.0)
+    return y if beta == 1 else y / beta
+
+
+def _mish(x):
+    """Mish, ``x * tanh(softplus(x))`` (CSP/YOLO-style CNNs), with the softplus form above."""
+    return NotImplemented if not x.is_floating_point() else x * torch.tanh(_softplus(x))
+
+
 def _nearest_upsample(x, output_size, scale_factors):
     """``upsample_nearest2d`` by power-of-two factors (FPN and U-Net decoders; XNNPACK has no nearest resize) as a
     broadcasting product with ones: each pixel repeated ``f`` times. ATen's source index there is ``d >> 1`` or
@@ -406,7 +424,8 @@ def xnnpack_decompositions(*, with_constants: bool = True) -> dict:
              aten.split_with_sizes.default: _split, aten.split.Tensor: _split, aten.im2col.default: _im2col,
              aten.col2im.default: _col2im, aten.pad.default: _reflect_pad,
              aten.pow.Tensor_Scalar: functools.partial(_pow, constants=with_constants), aten.elu.default: _elu,
-             aten.selu.default: _selu, aten.celu.default: _celu}
+             aten.selu.default: _selu, aten.celu.default: _celu, aten.softplus.default: _softplus,
+             aten.mish.default: _mish}
     if with_constants:
         table.update({aten.layer_norm.default: _layer_norm, aten.group_norm.default: _group_norm,
                       aten.mean.dim: _mean, aten.adaptive_avg_pool1d.default: _adaptive_avg_pool1d,
