@@ -59,9 +59,10 @@ class ExecuTorchConverter(Converter):
                 want_etrecord = False   # ExecuTorch 1.5.1's ETRecord serializer has no torch.scan: not worth building
                 details["etrecord"] = ("not written: ExecuTorch's ETRecord serializer cannot write torch.scan (the "
                                        "GRU/LSTM loop); the ETDump profile names delegate calls, not source ops")
-            edge_mgr = lower(program, etrecord=want_etrecord, details=details)
+            refused: dict[str, str] = {}   # node -> why XNNPACK's config did not take it
+            edge_mgr = lower(program, etrecord=want_etrecord, details=details, refused=refused)
             details["delegation"] = delegation_summary(edge_mgr.exported_program().graph_module,
-                                                       passes_on=passes_on)
+                                                       passes_on=passes_on, refused=refused)
             et_program = edge_mgr.to_executorch()
         # wall time, and this process's CPU time (the wall figure grows when other jobs share the cores)
         details["lowering_seconds"] = round(time.perf_counter() - t1, 2)

@@ -244,3 +244,44 @@ def softmax_reads_nchw() -> Iterator[bool]:
         return
     with _patched(layout_pass, "memory_sensitive_ops_nchw", {*nchw, softmax}):
         yield True
+
+
+@contextlib.contextmanager
+def partition_rejections() -> Iterator[dict[str, str]]:
+    """While lowering, collect why XNNPACK's partitioner configs refused nodes (yields node name -> reason).
+
+    The configs report each refusal (``mean.dim only supports keepdim=True``, ``only support power == 2``) through
+    ExecuTorch's ``WhyNoPartition`` at debug level; here their logger hands the reasons to edge for the delegation
+    summary instead of printing them (the later check of a node wins: the last partitioning is the one lowered).
+    """
+    import logging
+    try:
+        from executorch.exir.backend.utils import WhyNoPartition
+    except ImportError:
+        yield {}
+        return
+    reasons: dict[str, str] = {}
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            why = record.msg
+            if isinstance(why, WhyNoPartition) and why.node is not None:
+                reasons[why.node.name] = str(why.reason)
+
+    logger = logging.getLogger("executorch.backends.xnnpack.partition.config")
+    handler, level, propagate = Collect(logging.DEBUG), logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False   # the debug records stay here: edge's output is edge's lines
+    try:
+        yield reasons
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
+def xnnpack_op_names() -> set[str]:
+    """The ops (``mean.dim``, ``mul.Tensor``...) ExecuTorch's XNNPACK partitioner has a config for."""
+    from executorch.backends.xnnpack.partition.config import ALL_PARTITIONER_CONFIGS
+    return {cfg.target_name for cfg in ALL_PARTITIONER_CONFIGS if getattr(cfg, "target_name", None)}

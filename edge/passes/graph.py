@@ -20,9 +20,18 @@ like every artifact, the lowered program is then verified against PyTorch.
       pooling without ``keepdim`` as the pooling with it and a reshape; ``adaptive_avg_pool1d(x, 1)`` as that mean.
     - ``unfold``/``fold`` into non-overlapping patches as reshapes and transposes (MobileViTV2); a small
       reflect pad of the last dim as slices and a concatenation (EnCodec).
+    - ``sum`` over dims as a linear layer with a row of ones; ``linalg_vector_norm`` of order 2 / 1 as the square
+      root of that sum of squares / that sum of absolute values (ConvNeXtV2's GRN); ``pow`` by the exponents ATen
+      computes without ``std::pow`` (0.5, -0.5, 2.0, 3, -1, -2) in ATen's own forms (XNNPACK takes only an
+      integer 2); ``var`` / ``std`` as means of squared deviations; ``amax`` as a 4-D ``max.dim`` (a max
+      pooling); ``elu`` / ``selu`` / ``celu`` as relu, clamp, exp (ExecuTorch's XNNPACK partitioner has no ELU);
+      ``softplus`` / ``mish`` as relu, abs, exp, log (tanh);
+      ``upsample_nearest2d`` by powers of two as a broadcasting product with ones (XNNPACK has no nearest resize).
     - ``split`` as step-1 slices (LeViT's q/k/v);
     - ``roll`` as slices and a concatenation; a strided slice ``x[s::k]`` over a whole dim as a reshape and a
       step-1 slice (Swin's shifted windows and patch merging).
+``broadcast_expands``  an ``expand`` read only by broadcasting elementwise ops (``ctx.expand_as(v) * v``,
+    MobileViTV2's linear attention) is dropped: XNNPACK's binary ops broadcast, it has no expand.
 ``fold_constants``  constant propagation: subgraphs that depend on no input (a relative-position index a
     forward rebuilds from ``arange``/``meshgrid`` in every layer, the bias gathered from its table, the
     ``1/C`` columns above) become constants of the program.
@@ -32,6 +41,7 @@ Example:
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -104,20 +114,135 @@ def _xnnpack_reduces(x: torch.Tensor, dims: list[int]) -> bool:
     return x.dim() == 4 and sorted(d % 4 for d in dims) == [2, 3]
 
 
-def _mean(x, dim=None, keepdim=False, dtype=None):
-    if dim is None or dtype is not None or not x.is_floating_point() or not _static(x.shape):
+def _reduced(x: torch.Tensor, dim: Any) -> list[int] | None:
+    """The dims a reduction over ``dim`` covers (None or ``[]``: all of them), sorted; None when the reduction
+    has no form here (not a static float tensor)."""
+    if not x.is_floating_point() or not _static(x.shape) or x.dim() == 0:
+        return None
+    dims = [dim] if isinstance(dim, int) else list(dim or range(x.dim()))
+    return sorted({d % x.dim() for d in dims})
+
+
+def _rows(x: torch.Tensor, dims: list[int]) -> torch.Tensor:
+    """``x`` as a [rows, k] matrix whose rows hold the ``dims`` to reduce (moved last by a delegated transpose)."""
+    kept = [d for d in range(x.dim()) if d not in dims]
+    moved = x.permute(*kept, *dims) if dims != list(range(x.dim() - len(dims), x.dim())) else x
+    return moved.reshape(-1, math.prod(x.shape[d] for d in dims))
+
+
+def _reduced_shape(x: torch.Tensor, dims: list[int], keepdim: bool) -> list[int]:
+    return [1 if d in dims else x.shape[d] for d in range(x.dim()) if keepdim or d not in dims]
+
+
+def _reduce(x: torch.Tensor, dims: list[int], keepdim: bool, weight: float) -> torch.Tensor:
+    """``weight`` times the sum of ``x`` over ``dims`` as a linear layer with one output row of ``weight``."""
+    rows = _rows(x, dims)
+    y = F.linear(rows, torch.full((1, rows.shape[1]), weight, dtype=x.dtype, device=x.device))
+    return y.reshape(_reduced_shape(x, dims, keepdim))
+
+
+def _amax(x, dim=(), keepdim=False):
+    """``amax`` over dims as ``max.dim`` over the last dim of a [1, rows, 1, k] map (XNNPACK delegates ``max.dim``
+    of a 4-D tensor as a max pooling, and has no amax): the same maximum of the same values (NaN inputs aside:
+    a max pooling need not propagate them)."""
+    dims = _reduced(x, dim)
+    if not dims:
         return NotImplemented
-    dims = sorted({d % x.dim() for d in ([dim] if isinstance(dim, int) else dim)})
+    rows = _rows(x, dims)
+    y = torch.max(rows.reshape(1, rows.shape[0], 1, rows.shape[1]), 3, keepdim=True)[0]
+    return y.reshape(_reduced_shape(x, dims, keepdim))
+
+
+def _mean(x, dim=None, keepdim=False, dtype=None):
+    dims = _reduced(x, dim) if dim is not None and dtype is None else None
     if not dims or (_xnnpack_reduces(x, dims) and keepdim):
         return NotImplemented
     if _xnnpack_reduces(x, dims):   # XNNPACK's global average pooling keeps the dims: squeeze by a reshape
         return x.mean(dims, keepdim=True).reshape(x.shape[:2])
-    kept = [d for d in range(x.dim()) if d not in dims]
-    k = math.prod(x.shape[d] for d in dims)
-    moved = x.permute(*kept, *dims) if dims != list(range(x.dim() - len(dims), x.dim())) else x
-    y = F.linear(moved.reshape(-1, k), _average(k, x))
-    shape = [1 if d in dims else x.shape[d] for d in range(x.dim())] if keepdim else [x.shape[d] for d in kept]
-    return y.reshape(shape)
+    return _reduce(x, dims, keepdim, 1.0 / math.prod(x.shape[d] for d in dims))
+
+
+def _sum(x, dim=None, keepdim=False, dtype=None):
+    """``sum`` over dims (XNNPACK has no sum: MobileViTV2's context vector, hand-written norms and poolings) as
+    a linear layer with a row of ones: the same additions in another order."""
+    dims = _reduced(x, dim) if dtype is None else None
+    return NotImplemented if not dims else _reduce(x, dims, keepdim, 1.0)
+
+
+def _vector_norm(x, ord=2, dim=None, keepdim=False, dtype=None):
+    """``linalg_vector_norm`` of order 2 as ``sqrt(sum(x * x))`` and of order 1 as ``sum(abs(x))``
+    (ConvNeXtV2's GRN: ``torch.norm(x, p=2, dim=(1, 2))``; ExecuTorch's decomposition leaves a float ``pow`` and
+    a ``sum`` on portable kernels)."""
+    dims = _reduced(x, dim) if dtype is None and ord in (1, 2) else None
+    if not dims:
+        return NotImplemented
+    return _reduce(x * x, dims, keepdim, 1.0).sqrt() if ord == 2 else _reduce(x.abs(), dims, keepdim, 1.0)
+
+
+def _var(x, dim=None, *, correction=None, keepdim=False):
+    """``var`` over dims as the mean of squared deviations from the mean, both linear layers (custom norms written
+    with ``x.var(...)``; XNNPACK has no var). ATen accumulates differently (Welford): equal up to fp32 rounding."""
+    dims = _reduced(x, dim)
+    n = math.prod(x.shape[d] for d in dims) if dims else 0
+    c = 1 if correction is None else correction
+    if not dims or n - c <= 0:   # no deviation to divide by: ATen's inf/nan stays ATen's
+        return NotImplemented
+    d = x - _reduce(x, dims, True, 1.0 / n)
+    return _reduce(d * d, dims, keepdim, 1.0 / (n - c))
+
+
+def _std(x, dim=None, *, correction=None, keepdim=False):
+    out = _var(x, dim, correction=correction, keepdim=keepdim)
+    return out if out is NotImplemented else out.sqrt()
+
+
+def _var_dim(x, dim=None, unbiased=True, keepdim=False):   # x.var(dim, unbiased, keepdim) as captured
+    return _var(x, dim, correction=int(unbiased), keepdim=keepdim)
+
+
+def _std_dim(x, dim=None, unbiased=True, keepdim=False):
+    return _std(x, dim, correction=int(unbiased), keepdim=keepdim)
+
+
+# The exponents ATen's CPU pow kernel computes without std::pow (PowKernel.cpp), in its own forms: the same numbers.
+_POWERS = {0.5: torch.sqrt, -0.5: torch.rsqrt, 2.0: lambda x: x * x, 3.0: lambda x: x * x * x,
+           -1.0: lambda x: torch.full((1,) * x.dim(), 1.0, dtype=x.dtype, device=x.device) / x,
+           -2.0: lambda x: torch.full((1,) * x.dim(), 1.0, dtype=x.dtype, device=x.device) / (x * x)}
+
+
+def _pow(x, exponent, *, constants: bool = True):
+    """``x ** e`` (XNNPACK delegates only an integer 2) for the exponents ATen special-cases: 0.5 and -0.5 as
+    sqrt and rsqrt, 2 and 3 as products, -1 and -2 as divisions of a constant 1 (not where constants are not
+    folded: ``constants=False``). A GRN's or a hand-written norm's ``x.pow(2.0)``, ``s ** 0.5``."""
+    if isinstance(exponent, bool) or not isinstance(exponent, (int, float)) or not x.is_floating_point():
+        return NotImplemented
+    form = _POWERS.get(float(exponent))
+    if form is None or (exponent == 2 and isinstance(exponent, int)) or (exponent < 0 and not constants):
+        return NotImplemented
+    return form(x)
+
+
+def _selu(x):
+    """SELU as ATen computes it: ELU with its two constants."""
+    return _elu(x, 1.6732632423543772848170429916717, 1.0507009873554804934193349852946)
+
+
+def _celu(x, alpha=1.0):
+    """CELU as ATen computes it: ELU with ``input_scale = 1 / alpha``."""
+    return _elu(x, alpha, 1.0, 1.0 / alpha)
+
+
+def _elu(x, alpha=1.0, scale=1.0, input_scale=1.0):
+    """ELU (and SELU/CELU, which call it) as ``relu(x) * scale + (exp(min(x, 0) * input_scale) - 1) * alpha * scale``
+    with ops XNNPACK delegates (ExecuTorch 1.5's XNNPACK partitioner has no ELU config: EnCodec's convolutions).
+    Above 0 this is exactly ``x * scale`` (``exp(0) - 1 == 0``); below, ``exp(v) - 1`` where ATen takes ``expm1(v)``:
+    equal up to fp32 rounding of the result (about 1e-7 absolute)."""
+    if not x.is_floating_point():
+        return NotImplemented
+    pos = torch.relu(x) if scale == 1 else torch.relu(x) * scale
+    neg = torch.clamp(x, max=0.0)
+    neg = torch.exp(neg if input_scale == 1 else neg * input_scale) - 1.0
+    return pos + (neg if alpha * scale == 1 else neg * (alpha * scale))
 
 
 def _roll(x, shifts, dims=()):
@@ -182,6 +307,43 @@ def _whole_input_pool(x, kernel_size, stride=(), padding=0, ceil_mode=False, cou
     if k[0] < x.shape[-2] or k[1] < x.shape[-1] or (not ceil_mode and k != list(x.shape[-2:])):
         return NotImplemented
     return x.mean([-2, -1], keepdim=True)
+
+
+def _softplus(x, beta=1.0, threshold=20.0):
+    """Softplus as ``relu(z) + log(1 + exp(-|z|))`` (``z = beta * x``), ops XNNPACK delegates; ExecuTorch's
+    decomposition leaves ``log1p``/``where`` on portable kernels. Above ATen's threshold (when it is at least 20)
+    the log term is under half an fp32 ulp of ``z``, so the result is ``z`` as ATen returns; below, ``log(1 + e)``
+    where ATen takes ``log1p(e)``: equal up to fp32 rounding of the result (about 1e-7 absolute)."""
+    if not x.is_floating_point() or threshold < 20:
+        return NotImplemented
+    z = x if beta == 1 else x * beta
+    y = torch.relu(z) + torch.log(torch.exp(-torch.abs(z)) + 1.0)
+    return y if beta == 1 else y / beta
+
+
+def _mish(x):
+    """Mish, ``x * tanh(softplus(x))`` (CSP/YOLO-style CNNs), with the softplus form above."""
+    return NotImplemented if not x.is_floating_point() else x * torch.tanh(_softplus(x))
+
+
+def _nearest_upsample(x, output_size, scale_factors):
+    """``upsample_nearest2d`` by power-of-two factors (FPN and U-Net decoders; XNNPACK has no nearest resize) as a
+    broadcasting product with ones: each pixel repeated ``f`` times. ATen's source index there is ``d >> 1`` or
+    ``floor(d * 2**-k)`` (exact in float), i.e. ``d // f``: the same pixels."""
+    if x.dim() != 4 or not _static(x.shape) or not x.is_floating_point():
+        return NotImplemented
+    n, c, h, w = x.shape
+    if output_size is not None:
+        out = list(output_size)
+    elif scale_factors is not None and all(float(s).is_integer() for s in scale_factors):
+        out = [int(h * scale_factors[0]), int(w * scale_factors[1])]
+    else:
+        return NotImplemented
+    fh, fw = out[0] // h, out[1] // w
+    if out != [h * fh, w * fw] or any(f < 1 or f & (f - 1) for f in (fh, fw)):
+        return NotImplemented
+    ones = torch.ones((1, 1, 1, fh, 1, fw), dtype=x.dtype, device=x.device)
+    return (x.reshape(n, c, h, 1, w, 1) * ones).reshape(n, c, h * fh, w * fw)
 
 
 def _pairs(v) -> list[int]:
@@ -259,10 +421,18 @@ def xnnpack_decompositions(*, with_constants: bool = True) -> dict:
     """
     table = {aten.scaled_dot_product_attention.default: _sdpa, aten.roll.default: _roll,
              aten.slice.Tensor: _strided_slice, aten.avg_pool2d.default: _whole_input_pool,
-             aten.split_with_sizes.default: _split, aten.split.Tensor: _split, aten.im2col.default: _im2col, aten.col2im.default: _col2im, aten.pad.default: _reflect_pad}
+             aten.split_with_sizes.default: _split, aten.split.Tensor: _split, aten.im2col.default: _im2col,
+             aten.col2im.default: _col2im, aten.pad.default: _reflect_pad,
+             aten.pow.Tensor_Scalar: functools.partial(_pow, constants=with_constants), aten.elu.default: _elu,
+             aten.selu.default: _selu, aten.celu.default: _celu, aten.softplus.default: _softplus,
+             aten.mish.default: _mish}
     if with_constants:
         table.update({aten.layer_norm.default: _layer_norm, aten.group_norm.default: _group_norm,
-                      aten.mean.dim: _mean, aten.adaptive_avg_pool1d.default: _adaptive_avg_pool1d})
+                      aten.mean.dim: _mean, aten.adaptive_avg_pool1d.default: _adaptive_avg_pool1d,
+                      aten.sum.dim_IntList: _sum, aten.linalg_vector_norm.default: _vector_norm,
+                      aten.var.correction: _var, aten.std.correction: _std, aten.var.dim: _var_dim,
+                      aten.std.dim: _std_dim, aten.amax.default: _amax,
+                      aten.upsample_nearest2d.vec: _nearest_upsample})
     return table
 
 
@@ -296,6 +466,47 @@ def counts(program: Any, ops: dict) -> dict[str, int]:
     return out
 
 
+# elementwise ops that broadcast their tensor operands (numpy rules), as XNNPACK's binary ops do
+_BROADCASTING = {aten.add.Tensor, aten.sub.Tensor, aten.mul.Tensor, aten.div.Tensor, aten.maximum.default,
+                 aten.minimum.default}
+
+
+def _shape(node: Any) -> tuple | None:
+    val = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
+    return tuple(val.shape) if isinstance(val, torch.Tensor) and _static(val.shape) else None
+
+
+def broadcast_expands(program: Any) -> int:
+    """Drop each ``expand`` whose every reader is a broadcasting elementwise op that gives the same output from the
+    unexpanded tensor (in place; returns how many were dropped).
+
+    ``context.expand_as(value) * value`` (MobileViTV2's linear attention) is ``context * value``: XNNPACK's binary
+    ops broadcast, but it has no expand, which would run on a portable kernel and split the graph. The same values
+    reach the same op, so the numbers are unchanged.
+    """
+    graph, dropped = program.graph, 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target is not aten.expand.default or not node.users:
+            continue
+        src = node.args[0]
+        if _shape(src) is None or _shape(node) is None:
+            continue
+
+        def same_output(user) -> bool:   # the user's output shape, with src in place of the expand
+            if user.op != "call_function" or user.target not in _BROADCASTING or _shape(user) is None:
+                return False
+            shapes = [_shape(src) if a is node else (_shape(a) if isinstance(a, torch.fx.Node) else ())
+                      for a in user.args]
+            return None not in shapes and tuple(torch.broadcast_shapes(*shapes)) == _shape(user)
+        if all(same_output(u) for u in node.users):
+            node.replace_all_uses_with(src)
+            graph.erase_node(node)
+            dropped += 1
+    if dropped:
+        program.graph_module.recompile()
+    return dropped
+
+
 def to_xnnpack_forms(program: Any, details: dict[str, Any] | None = None) -> Any:
     """A new program with :func:`xnnpack_decompositions` applied and its constants folded (float programs).
 
@@ -308,6 +519,9 @@ def to_xnnpack_forms(program: Any, details: dict[str, Any] | None = None) -> Any
     after = counts(out, table)
     # calls gone from the program (a form that emits the same op, a mean or a slice, is not counted)
     rec: dict[str, Any] = {"decomposed": {k: v - after.get(k, 0) for k, v in before.items() if v > after.get(k, 0)}}
+    expands = broadcast_expands(out)
+    if expands:
+        rec["decomposed"]["expand (into a broadcasting op)"] = expands
     kept = counts(out, {aten.scaled_dot_product_attention.default})
     if kept:
         rec["kept"] = {k: f"{v} call(s) left to ExecuTorch's decomposition: a boolean mask, is_causal, grouped-query "

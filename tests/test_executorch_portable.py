@@ -1,0 +1,245 @@
+"""Ops ExecuTorch's XNNPACK partitioner has no form for, rewritten by edge's program forms (edge/passes/graph.py):
+sums over dims, vector norms (a GRN), var/std/amax, ATen's special pow exponents, ELU/SELU/CELU/softplus/mish, nearest
+upsampling by powers of two, an ``expand`` read by a broadcasting op. Each form is checked in eager against the
+op, then through ExecuTorch on a tiny model written by structure (no portable op, one delegate call, parity
+verified by edge.convert); the delegation summary names why an op that stays on a portable kernel was not taken.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import edge
+from edge.passes import graph as G
+from tests.conftest import has
+
+aten = torch.ops.aten
+
+
+def close(a, b, atol=1e-5):
+    return a.shape == b.shape and torch.allclose(a, b, atol=atol, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------ tiny models, by structure
+
+
+class GRN(nn.Module):
+    """Global Response Normalization over a channels-last map (ConvNeXtV2's form: ``torch.norm`` over H, W)."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.gamma, self.beta = nn.Parameter(torch.randn(1, 1, 1, c)), nn.Parameter(torch.randn(1, 1, 1, c))
+
+    def forward(self, x):
+        gx = torch.norm(x, p=2, dim=(1, 2), keepdim=True)
+        return self.gamma * (x * (gx / (gx.mean(dim=-1, keepdim=True) + 1e-6))) + self.beta + x
+
+
+class GRNNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.grn, self.fc = nn.Conv2d(3, 8, 3, padding=1), GRN(8), nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.fc(self.grn(self.conv(x).permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
+
+
+class LinearAttention(nn.Module):
+    """Separable linear self-attention (MobileViTV2's form): context scores softmaxed over the patches, a
+    context vector summed over them, expanded back onto the values."""
+
+    def __init__(self, d: int = 8):
+        super().__init__()
+        self.d, self.qkv, self.out = d, nn.Conv2d(d, 1 + 2 * d, 1), nn.Conv2d(d, d, 1)
+
+    def forward(self, x):
+        q, k, v = torch.split(self.qkv(x), [1, self.d, self.d], dim=1)
+        context = (k * F.softmax(q, dim=-1)).sum(dim=-1, keepdim=True)
+        return self.out(F.relu(v) * context.expand_as(v))
+
+
+class Activations(nn.Module):
+    """EnCodec's ELU and its relatives, softplus and mish, on 1-D convolutions."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv1d(1, 4, 3, padding=1), nn.Conv1d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.c2(F.elu(self.c1(x), alpha=0.7))
+        return F.selu(y) + F.celu(x, 0.5) + F.softplus(y, beta=2.0) + F.mish(y)
+
+
+class Powers(nn.Module):
+    """Hand-written norms and powers: float exponents XNNPACK refuses, an RMS-style ``** -0.5``, a sum of squares."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+
+    def forward(self, x):
+        y = self.fc(x).abs() + 0.5
+        return y.pow(2.0) + y ** 0.5 + y.pow(-1) + y ** 3 + (y.pow(2).sum(-1, keepdim=True) + 1e-6) ** -0.5
+
+
+class Statistics(nn.Module):
+    """A channel norm written with ``var``, a softmax stabilised with ``amax``, a ``std`` over the map."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+
+    def forward(self, x):
+        x = self.conv(x)
+        y = (x - x.mean(1, keepdim=True)) / torch.sqrt(x.var(1, keepdim=True, unbiased=False) + 1e-5)
+        z = (y - y.amax(-1, keepdim=True)).exp()
+        return z / z.sum(-1, keepdim=True) + y.std(dim=(2, 3), keepdim=True)
+
+
+class Decoder(nn.Module):
+    """An FPN-style top-down path: nearest upsampling by 2 (``scale_factor``) and by 2 x 4 (``size``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lateral, self.smooth = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.lateral(x)
+        return self.smooth(F.interpolate(y, scale_factor=2, mode="nearest")) + F.interpolate(y[..., ::2], size=(8, 16))
+
+
+# ------------------------------------------------------------------------------------------ each form, in eager
+
+
+def test_sum_and_vector_norm_forms_keep_the_numbers():
+    x = torch.randn(2, 5, 6, 7)
+    for dims, keep in (([1, 2], True), ([-1], True), ([0, 3], False), ([2, 3], False), ([], False)):
+        assert close(G._sum(x, dims, keep), x.sum(dims, keepdim=keep)), (dims, keep)
+    for order in (1, 2):
+        assert close(G._vector_norm(x, order, [1, 2], True), torch.linalg.vector_norm(x, order, [1, 2], True))
+    assert close(G._vector_norm(x, 2), torch.linalg.vector_norm(x))
+    assert G._sum(x.long(), [1]) is NotImplemented and G._sum(x, [1], dtype=torch.float64) is NotImplemented
+    assert G._vector_norm(x, 3, [1]) is NotImplemented and G._vector_norm(x, float("inf"), [1]) is NotImplemented
+
+
+def test_var_std_and_amax_forms():
+    x = torch.randn(2, 5, 6, 7) * 3 + 1
+    for dims, keep, c in (([1, 2], True, None), ([-1], False, 0), (None, False, 1), ([0, 3], True, 2)):
+        assert close(G._var(x, dims, correction=c, keepdim=keep), torch.var(x, dims, correction=c, keepdim=keep))
+        assert close(G._std(x, dims, correction=c, keepdim=keep), torch.std(x, dims, correction=c, keepdim=keep))
+    assert close(G._var_dim(x, [1], False, True), x.var(1, unbiased=False, keepdim=True))
+    assert G._var(x[:, :1], [1]) is NotImplemented   # one value, correction 1: ATen's nan stays ATen's
+    for dims, keep in (([1, 2], True), ([-1], False), ([], False), ([0, 3], True)):
+        assert torch.equal(G._amax(x, dims, keep), torch.amax(x, dims, keep))
+
+
+def test_nearest_upsample_form_repeats_the_same_pixels():
+    x = torch.randn(2, 3, 5, 6)
+    for size, scales in (((10, 12), None), ((20, 12), None), (None, [2.0, 2.0]), (None, [4.0, 1.0])):
+        want = F.interpolate(x, size=size, scale_factor=None if scales is None else tuple(scales), mode="nearest")
+        assert torch.equal(G._nearest_upsample(x, size, scales), want), (size, scales)
+    for size, scales in (((15, 18), None), ((7, 6), None), (None, [3.0, 3.0]), (None, [1.5, 2.0])):
+        assert G._nearest_upsample(x, size, scales) is NotImplemented   # not a power-of-two repeat
+
+
+def test_pow_forms_are_atens_own():
+    y = torch.rand(3, 4, 5) + 0.1
+    for e in (0.5, -0.5, 2.0, 3, 3.0, -1, -2.0):
+        assert torch.equal(G._pow(y, e), y ** e), e   # ATen computes these exponents in the same forms
+    assert G._pow(y, 2) is NotImplemented   # XNNPACK's own square
+    assert G._pow(y, 1.5) is NotImplemented and G._pow(y.long(), 2.0) is NotImplemented
+    assert G._pow(y, -1, constants=False) is NotImplemented   # its 1 would not be folded in a quantized program
+
+
+def test_elu_forms_keep_the_numbers():
+    x = torch.randn(4, 64) * 3
+    for alpha in (1.0, 0.7):
+        assert close(G._elu(x, alpha), F.elu(x, alpha), atol=1e-6)
+    assert torch.equal(G._elu(x)[x > 0], F.elu(x)[x > 0])   # above 0 it is x itself
+    assert close(G._selu(x), F.selu(x), atol=1e-6) and close(G._celu(x, 0.5), F.celu(x, 0.5), atol=1e-6)
+
+
+def test_softplus_and_mish_forms_keep_the_numbers():
+    x = torch.cat([torch.randn(4000) * 10, torch.tensor([-100.0, -20.0, 0.0, 19.99, 20.0, 20.01, 100.0, 1e4])])
+    for beta in (1.0, 2.0):
+        assert close(G._softplus(x, beta), F.softplus(x, beta), atol=2e-6)
+    assert torch.equal(G._softplus(x)[x > 20], F.softplus(x)[x > 20])   # ATen's threshold: x itself
+    assert close(G._mish(x), F.mish(x), atol=2e-6)
+    assert G._softplus(x, 1.0, 5.0) is NotImplemented   # a low threshold is a different function above it
+
+
+class _Expands(nn.Module):
+    def forward(self, x, v):
+        c = x.sum(-1, keepdim=True)
+        return v * c.expand_as(v), torch.cat([c.expand(-1, -1, 3), v[..., :1]], -1), c[:1].expand(2, 4, 5) + v[:1]
+
+
+def test_expands_read_by_broadcasting_ops_are_dropped():
+    x, v = torch.randn(2, 4, 5), torch.randn(2, 4, 5)
+    program = torch.export.export(_Expands(), (x, v)).run_decompositions({})   # expand_as -> expand
+    n = G.broadcast_expands(program)
+    left = [node for node in program.graph.nodes if node.target is aten.expand.default]
+    # the mul broadcasts; cat does not; `+ v[:1]` would give [1, 4, 5] without the expand to batch 2
+    assert n == 1 and len(left) == 2
+    with torch.no_grad():
+        for got, want in zip(program.module()(x, v), _Expands()(x, v)):
+            assert torch.equal(got, want)
+
+
+def test_program_forms_record_each_rewrite():
+    pytest.importorskip("executorch")
+    torch.manual_seed(0)
+    model, x = LinearAttention().eval(), torch.randn(1, 8, 4, 16)
+    details: dict = {}
+    out = G.to_xnnpack_forms(torch.export.export(model, (x,)), details)
+    rec = details["program_rewrites"]["decomposed"]
+    assert rec["sum.dim_IntList"] == 1 and rec["expand (into a broadcasting op)"] == 1
+    with torch.no_grad():
+        assert close(out.module()(x), model(x))
+
+
+# ------------------------------------------------------------------------------------------ through ExecuTorch
+
+CASES = {   # name: (model, input shape, the rewrites the manifest records)
+    "grn": (GRNNet, (1, 3, 8, 8), {"linalg_vector_norm"}),
+    "linear-attention": (LinearAttention, (1, 8, 4, 16), {"sum.dim_IntList", "expand (into a broadcasting op)"}),
+    "activations": (Activations, (1, 1, 32), {"elu", "selu", "celu", "softplus", "mish"}),
+    "powers": (Powers, (2, 6), {"pow.Tensor_Scalar", "sum.dim_IntList"}),
+    "statistics": (Statistics, (1, 3, 6, 8), {"var.dim", "std.dim", "amax", "sum.dim_IntList"}),
+    "nearest-upsample": (Decoder, (1, 3, 4, 8), {"upsample_nearest2d.vec"}),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not has("executorch"), reason="executorch not installed: pip install 'edge[executorch]'")
+@pytest.mark.parametrize("name", list(CASES))
+def test_rewritten_ops_are_fully_delegated(name, tmp_path):
+    make, shape, rewrites = CASES[name]
+    torch.manual_seed(0)
+    art = edge.convert(make().eval(), target="executorch", example_inputs=(torch.randn(*shape),), out=tmp_path / "a")
+    m = art.manifest
+    d = m.details["delegation"]
+    assert m.status == "verified" and m.parity["passed"], m.parity
+    assert d["delegate_calls"] == 1 and not d["portable_ops"], d
+    assert rewrites <= set(m.details["program_rewrites"]["decomposed"]), m.details["program_rewrites"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not has("executorch"), reason="executorch not installed: pip install 'edge[executorch]'")
+def test_delegation_summary_names_why_an_op_stays_portable(tmp_path):
+    class Kept(nn.Module):   # no exact XNNPACK form: a fractional power; no XNNPACK kernel at all: argmax
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            y = self.fc(x)
+            return y.abs().pow(1.5) + y.argmax(-1, keepdim=True).float()
+    with pytest.warns(UserWarning, match="only support int powers"):
+        art = edge.convert(Kept().eval(), target="executorch", example_inputs=(torch.randn(2, 4),), out=tmp_path / "a")
+    d = art.manifest.details["delegation"]
+    assert art.manifest.status == "verified"
+    assert d["portable_reasons"]["pow.Tensor_Scalar"].endswith("refused it: only support int powers, got 1.5")
+    assert "partitioner has no argmax.default" in d["portable_reasons"]["argmax"]
