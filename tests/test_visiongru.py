@@ -177,4 +177,4 @@ def test_conformance_runs_the_digits_checks():
     for name, target in CONFORMANCE_CHECKS:
         assert name in running and target in TARGETS.names(), (name, target)
         assert get_entry(name).test_shapes is None and target != "coreml"   # coreml cells are fp16
-    assert test_conformance.EXTRA_CHECKS == CONFORMANCE_CHECKS
+    assert CONFORMANCE_CHECKS.items() <= test_conformance.EXTRA_CHECKS.items()
