@@ -50,9 +50,9 @@ def tiny():
 # Under `pytest -n N` (xdist's --dist load) every worker that runs a test of a module with a module-scoped fixture
 # builds that fixture itself: the ExecuTorch and OpenVINO vit_tiny_digits conversions of test_executorch.py and
 # test_openvino.py were built twice (93 s and 53 s each in CI on 2 cores). Here the tests of such a module form
-# one unit of work, run by one worker; every other test is scheduled on its own, as under --dist load. (xdist's
-# own xdist_group marks cannot do this: xdist 3.8 renames the test ids through an attribute pytest 9 no longer
-# reads.) An explicitly chosen other mode (--dist loadfile, ...) is kept.
+# one unit of work, run by one worker; every other test is a unit of its own, handed to whichever worker is free.
+# (xdist's own xdist_group marks cannot do this: xdist 3.8 renames the test ids through an attribute pytest 9 no
+# longer reads.) A mode other than load (--dist loadfile, ...) is kept as chosen.
 SHARED_FIXTURE = re.compile(r"""@pytest\.fixture\(\s*scope\s*=\s*["']module["']""")
 
 
