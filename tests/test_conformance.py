@@ -6,7 +6,8 @@ backend is not installed is skipped with the pip extra in the reason; a target t
 (``Session.numeric_variants``: OpenVINO's bf16 hint on a bf16 CPU) are verified as well. To keep CI within its
 time budget, models that take any resolution or length run at their entry's ``test_shapes``, and models tagged
 "large" (>= 20M parameters) or identical in architecture to another zoo model (``same_as``) run only with
-EDGE_FULL_CONFORMANCE=1; the models that run cover the same code paths.
+EDGE_FULL_CONFORMANCE=1; the models that run cover the same code paths. A model's test module may hand checks of
+its default artifact to a cell (``EXTRA_CHECKS``), so that artifact is not converted a second time elsewhere.
 """
 from __future__ import annotations
 
@@ -19,8 +20,11 @@ import edge
 from edge.converters import TARGETS, get_converter
 from edge.runtimes import RUNTIMES
 from edge.zoo import get_entry, list_models
+from test_visiongru import CONFORMANCE_CHECKS
 
 FULL = os.environ.get("EDGE_FULL_CONFORMANCE") == "1"
+# (model, target) -> a model's own checks of its artifact, run here so that artifact is converted once per suite
+EXTRA_CHECKS = {**CONFORMANCE_CHECKS}
 
 
 def _models() -> list:
@@ -61,6 +65,8 @@ def test_target_converts_and_verifies_model(model, target, tmp_path):
         assert m.status == "spec-checked" and m.parity["skipped"] == reason
         return
     assert m.status == "verified" and m.parity["passed"], m.parity
+    if (model, target) in EXTRA_CHECKS:
+        EXTRA_CHECKS[model, target](model, art)
     with edge.load(art.path) as session:
         outs = session.run(*edge.api.default_inputs(art))
         assert len(outs) == len(m.outputs)

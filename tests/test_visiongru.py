@@ -67,35 +67,8 @@ def _convert(name_or_model, target, tmp_path, **kw):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["visiongru_digits", "gru_digits"])
-def test_digits_models_through_onnx(name, tmp_path):
-    art = _convert(name, "onnx", tmp_path)
-    out = next(iter(art.manifest.parity["outputs"].values())) if "outputs" in art.manifest.parity else None
-    hist = art.manifest.details["op_histogram"]
-    if name == "visiongru_digits":
-        assert "CumSum" not in hist   # the chunked scan, not the (silently wrong) logcumsumexp lowering
-    else:
-        assert hist.get("GRU") == 1   # ONNX keeps its native GRU op
-    if out is not None and "accuracy" in out:
-        assert out["accuracy"] >= out["reference_accuracy"] - 0.01
-
-
-@pytest.mark.slow
 def test_gru_classifier_small_through_onnx(tmp_path):
     _convert("gru_classifier", "onnx", tmp_path, input_shapes=[(2, 20, 64)])
-
-
-@pytest.mark.slow
-@needs("openvino", "openvino")
-@pytest.mark.parametrize("name", ["visiongru_digits", "gru_digits"])
-def test_digits_models_through_openvino(name, tmp_path):
-    art = _convert(name, "openvino", tmp_path)
-    hist = art.manifest.details.get("op_histogram", {})
-    if name == "gru_digits":
-        assert any("GRUSequence" in op for op in hist), hist
-    else:
-        assert "CumSum" not in hist
-
 
 
 @pytest.mark.slow
@@ -140,11 +113,68 @@ def test_bidirectional_stacked_rnn_through_executorch(tmp_path, kind):
                for lp in deleg["loops"]), deleg
 
 
-@pytest.mark.slow
-@needs("executorch", "executorch")
-def test_visiongru_digits_through_executorch(tmp_path):
+# The digits models' default fp32 artifacts for ONNX, OpenVINO and ExecuTorch are the ones the conformance suite
+# converts (same model, target, precision and options): tests/test_conformance.py runs these checks on its
+# artifact, so each is converted once per suite run instead of twice.
+def check_digits_onnx(name: str, art) -> None:
+    out = next(iter(art.manifest.parity["outputs"].values())) if "outputs" in art.manifest.parity else None
+    hist = art.manifest.details["op_histogram"]
+    if name == "visiongru_digits":
+        assert "CumSum" not in hist   # the chunked scan, not the (silently wrong) logcumsumexp lowering
+    else:
+        assert hist.get("GRU") == 1   # ONNX keeps its native GRU op
+    if out is not None and "accuracy" in out:
+        assert out["accuracy"] >= out["reference_accuracy"] - 0.01
+
+
+def check_digits_openvino(name: str, art) -> None:
+    hist = art.manifest.details.get("op_histogram", {})
+    if name == "gru_digits":
+        assert any("GRUSequence" in op for op in hist), hist
+    else:
+        assert "CumSum" not in hist
+
+
+def check_visiongru_digits_openvino(name: str, art) -> None:
+    """VisionGRU's token <-> NCHW changes go through 4-D permutes the CPU plugin turns into layouts; a
+    [B, N, C] transpose before the depthwise conv became a Transpose in front of each minGRU MatMul.
+    The only Transposes left in front of a MatMul are the position-major minGRU's own (tokens
+    [B, C, L, dim] -> [B, L, C, dim]), and the stem's LayerNorms run without any."""
+    import openvino as ov
+    check_digits_openvino(name, art)
+    assert art.manifest.status == "verified"
+    assert {p["pass"]: p["variant"] for p in art.manifest.details["optimize_passes"]}["layernorm2d"] == "channels-first"
+    runtime = ov.Core().compile_model(str(art.main_path), "CPU").get_runtime_model()
+    kind = lambda node: node.get_rt_info()["layerType"].astype(str)   # noqa: E731
+    fed = [(op, kind(t.get_node())) for op in runtime.get_ops() if kind(op) == "Transpose"
+           for out in op.outputs() for t in out.get_target_inputs()]
+    assert sum(kind(op) == "FullyConnected" for op in runtime.get_ops()) >= 10
+    for op, user in fed:
+        if user == "FullyConnected":
+            src, dst = list(op.input(0).get_shape()), list(op.output(0).get_shape())
+            assert len(src) == 4 and dst == [src[0], src[2], src[1], src[3]], (src, dst)
+
+
+def check_visiongru_digits_executorch(name: str, art) -> None:
     """One XNNPACK delegate, nothing on portable kernels: no flip (the backward minGRU is a reverse scan),
     no expand (LayerNorm's means on 2-D), no zero fills, the head's mean kept 4-D."""
-    art = _convert("visiongru_digits", "executorch", tmp_path)
     deleg = art.manifest.details["delegation"]
     assert deleg["fully_delegated"] and deleg["delegate_calls"] == 1 and not deleg["portable_ops"], deleg
+
+
+CONFORMANCE_CHECKS = {(name, target): check for name in ("visiongru_digits", "gru_digits")
+                      for target, check in (("onnx", check_digits_onnx), ("openvino", check_digits_openvino))}
+CONFORMANCE_CHECKS["visiongru_digits", "openvino"] = check_visiongru_digits_openvino   # moved from test_openvino.py
+CONFORMANCE_CHECKS["visiongru_digits", "executorch"] = check_visiongru_digits_executorch
+
+
+def test_conformance_runs_the_digits_checks():
+    """The cells that carry these checks run in every suite run (not only with EDGE_FULL_CONFORMANCE=1), on the
+    default fp32 artifact these checks were written for."""
+    import test_conformance
+    from edge.converters import TARGETS
+    running = {p.values[0] for p in test_conformance._models() if not p.marks}
+    for name, target in CONFORMANCE_CHECKS:
+        assert name in running and target in TARGETS.names(), (name, target)
+        assert get_entry(name).test_shapes is None and target != "coreml"   # coreml cells are fp16
+    assert CONFORMANCE_CHECKS.items() <= test_conformance.EXTRA_CHECKS.items()
