@@ -6,7 +6,7 @@ The model: a transformers ``ViTForImageClassification`` with ViT-Ti's shape (hid
 (``benchmarks/optimum_peers.py``, one subprocess per peer); edge converts the same module as ``edge convert``
 does. One process then loads every artifact with its raw runtime (``onnxruntime.InferenceSession``, ExecuTorch's
 ``Runtime``, OpenVINO ``compile_model`` configured as edge's runtime does) and times them all with
-``edge.profile.time_interleaved`` (interleaved rounds, medians):
+``edge.profile.time_interleaved`` (interleaved rounds, medians; one runtime's rows at a time):
 
 =====================  ==========================================================  ===========================
 runtime                Optimum                                                     edge
@@ -248,8 +248,14 @@ def main() -> None:
             ptes["optimum executorch fp32"] = exports["executorch"]["executorch"]
         sessions, checks = check_rows(openers, model, x, held_out, ptes)
         print(f"timing {len(sessions)} artifacts: {args.rounds} interleaved rounds x {args.iters} iterations")
-        stats = time_interleaved(sessions, {k: [x.numpy()] for k in sessions}, rounds=args.rounds,
-                                 warmup=args.warmup, iters=args.iters) if sessions else {}
+        # one runtime at a time (its rows interleaved): another runtime's idle thread pool would otherwise spin
+        # on the 2 cores while these rows run, and the spread of round medians hides the ratios
+        stats = {}
+        for runtime in ("onnx", "executorch", "openvino"):
+            group = {k: s for k, s in sessions.items() if f" {runtime} " in f" {k} "}
+            if group:
+                stats.update(time_interleaved(group, {k: [x.numpy()] for k in group}, rounds=args.rounds,
+                                              warmup=args.warmup, iters=args.iters))
     print_results(args, checks, stats, failed)
     print(f"total {time.perf_counter() - t_start:.0f} s")
     for s in sessions.values():
