@@ -243,6 +243,7 @@ def _projection(g: _Graph, src: _Source) -> tuple[str, np.ndarray, np.ndarray] |
 
 @dataclass
 class _Match:
+    """One attention found at a Softmax: where Q, K and V come from, its bias and scale, and the merged output."""
     q: _Source
     k: _Source
     v: _Source
@@ -250,7 +251,6 @@ class _Match:
     scale: float
     heads: int
     output: str
-    softmax: Any
 
 
 def _product(node) -> str | None:
@@ -319,7 +319,7 @@ def _match(g: _Graph, sm) -> _Match | None:
     out = _merged_output(g, pv.output[0], heads)
     if out is None:
         return None
-    return _Match(q, k, v, bias, scale * qs * ks, heads, out, sm)
+    return _Match(q, k, v, bias, scale * qs * ks, heads, out)
 
 
 def _columns(model, g: _Graph, src: _Source, name: str) -> str:
@@ -380,8 +380,8 @@ def _drop_dead(graph) -> int:
 def fuse_attention(model) -> dict[str, int]:
     """Replace every matched attention with ``Attention`` (packed QKV) or ``MultiHeadAttention``, in place.
 
-    Returns the count of each fused op. Nodes the fused op makes unused are removed; a match is skipped where
-    it would leave its inputs' shapes unknown.
+    Returns the count of each fused op. Nodes the fused op makes unused are removed; an attention whose tensors
+    have no static shape is not matched and stays as it is.
 
     Example:
         >>> counts = fuse_attention(onnx.load("model.onnx"))   # {"Attention": 12}
@@ -437,6 +437,8 @@ def fuse_for_onnxruntime(model) -> tuple[Any, dict[str, Any]]:
         >>> fused, record = fuse_for_onnxruntime(onnx.load("model.onnx"))
         >>> record["ops"]   # {"Attention": 12, "Gelu": 12}
     """
+    import contextlib
+    import io
     import logging
 
     from onnxruntime.transformers.fusion_options import FusionOptions
@@ -449,7 +451,8 @@ def fuse_for_onnxruntime(model) -> tuple[Any, dict[str, Any]]:
     options.enable_skip_layer_norm = options.enable_bias_skip_layer_norm = options.enable_bias_gelu = False
     logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
     fused = BertOnnxModel(model, 0, 0)
-    fused.optimize(options)
+    with contextlib.redirect_stdout(io.StringIO()):   # its symbolic shape inference prints its failures
+        fused.optimize(options)
     fused.topological_sort()
     for op, n in fused.get_fused_operator_statistics().items():
         if n and op in ("BiasGelu", "Gelu"):
