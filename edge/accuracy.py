@@ -6,10 +6,10 @@ error they introduce (``drop_db``), the worst go to the converter's ``keep_float
 quantized and measured again; 1, 1, 2, 4, ... modules are added per round. Over the budget, the debugger runs on
 the samples the metric lost (the float model right, the artifact wrong): the error that matters is theirs, and a
 drop of one sample is invisible in averages over other inputs; parity failing alone, on the verification inputs.
-A transformer's first fallback is a prior instead (:func:`transformer_prior`: its LayerNorms and the blocks' own ops, residual adds among them, in
-float; every Linear stays int8), as NNCF's ``ModelType.TRANSFORMER`` and timm-style int8 recipes do; a container
-module's own ops are named ``module:own`` (``OWN_OPS``), so a residual add never costs its whole block. When no quantized module is left, a
-ConversionError lists every round. The manifest records the metric (named), every round, the modules kept in
+A transformer's first fallback is a prior instead (:func:`transformer_prior`: its LayerNorms and the blocks' own
+ops, residual adds among them, in float; every Linear stays int8), as NNCF's ``ModelType.TRANSFORMER`` and
+timm-style int8 recipes do; a container module's own ops are named ``module:own`` (``OWN_OPS``), so a residual add
+never costs its whole block. When no quantized module is left, a ConversionError lists every round. The manifest records the metric (named), every round, the modules kept in
 float and the latency of the result against the all-int8 round, measured here side by side.
 
 Metric: test-set accuracy on the held-out half of a zoo model's test split (the first half may calibrate);

@@ -80,8 +80,8 @@ def export_to(path, job: ConversionJob, details: dict[str, Any]) -> None:
                 raise
             # The exporter re-traces the program through its decompositions, whose output strides can differ
             # from the ones torch.export recorded (a transformers BEiT: SDPA's decomposition, then permute and
-            # a view that was valid on SDPA's own strides). A contiguous copy in front of such views keeps them valid
-            # the strides. The program is copied: the pipeline caches it for other targets.
+            # a view that was valid on SDPA's own strides). A contiguous copy in front of such views keeps them
+            # valid whatever the strides. The program is copied: the pipeline caches it for other targets.
             _dynamo_export(contiguous_before_views(job.program), path, in_names, out_names, opset)
             details["contiguous_before_views"] = "the exporter's decompositions changed strides under aten.view"
         details["exporter"] = "dynamo"

@@ -201,7 +201,7 @@ def _heads_of(g: _Graph, name: str, perm: tuple[int, ...]) -> _Source | None:
     return None
 
 
-def _merged_output(g: _Graph, name: str, heads: int, limit: int = 4) -> str | None:
+def _merged_output(g: _Graph, name: str, limit: int = 4) -> str | None:
     """Follow the attention output ``name`` ([B, N, S, D]) forward through single-consumer Transpose/Reshape
     nodes to the tensor that is its head merge ``[B, S, N*D]``."""
     shape = g.shapes.get(name)
@@ -316,7 +316,7 @@ def _match(g: _Graph, sm) -> _Match | None:
     v = _heads_of(g, pv.input[1], (0, 2, 1, 3))
     if q is None or k is None or v is None or len(q.columns) != len(k.columns):
         return None
-    out = _merged_output(g, pv.output[0], heads)
+    out = _merged_output(g, pv.output[0])
     if out is None:
         return None
     return _Match(q, k, v, bias, scale * qs * ks, heads, out)
@@ -388,9 +388,12 @@ def fuse_attention(model) -> dict[str, int]:
     """
     import onnx
     from onnx import helper, numpy_helper
+    softmaxes = [n for n in model.graph.node if n.op_type == "Softmax"]
+    if not softmaxes:   # no attention: no shape inference over a graph that may have thousands of nodes
+        return {}
     g = _Graph.of(model)
     counts: dict[str, int] = defaultdict(int)
-    for sm in [n for n in model.graph.node if n.op_type == "Softmax"]:
+    for sm in softmaxes:
         m = _match(g, sm)
         if m is None:
             continue
