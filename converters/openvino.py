@@ -5,8 +5,11 @@ OpenVINO's TorchScript frontend). They differ on recurrent layers: from an Expor
 ``nn.GRU``/``nn.LSTM``/``nn.RNN`` is unrolled (196 steps -> ~200 MatMuls, 7x slower), from the
 module it stays one ``GRUSequence``/``LSTMSequence`` op. ``source="auto"`` therefore converts from
 the module when it still holds a recurrent layer and from the program otherwise (the shared,
-already-checked capture), and falls back to the other path if the first one fails. Which path was
-used, and why, is recorded in ``details["source"]``.
+already-checked capture), and falls back to the other path if the first one fails. A program holding
+``torch.scan`` loops (VisionGRU's ``mingru_form="loop"``) goes through ONNX instead: OpenVINO's PyTorch
+frontend has no rule for ``scan``, its ONNX frontend reads an ONNX ``Scan`` as one ``TensorIterator``
+(a loop the CPU plugin runs, not thousands of unrolled nodes). Which path was used, and why, is recorded
+in ``details["source"]``.
 
 Attention masks. An SDPA mask that broadcasts over the queries ([..., 1, Lk]: a key-padding mask, or a
 boolean mask) is expanded to [..., Lq, Lk] before saving: OpenVINO 2026.4's CPU plugin computes the
@@ -28,8 +31,10 @@ Precisions:
 from __future__ import annotations
 
 import re
+import tempfile
 import warnings
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from edge.converters.base import KEEP_FLOAT, ConversionJob, ConversionResult, Converter, Option, in_kept, kept_float
@@ -51,7 +56,8 @@ class OpenVinoConverter(Converter):
     precisions = ("fp32", "fp16", "int8", "int8-weights", "int4-weights")
     needs_calibration = ("int8",)
     options = {
-        "source": Option("auto", ("auto", "program", "module"), "which graph convert_model gets"),
+        "source": Option("auto", ("auto", "program", "module", "onnx"),
+                         "which graph convert_model gets (onnx: the program exported to ONNX first)"),
         "int4_group_size": Option(64, (32, 64, 128), "int4-weights: weights per quantization group"),
         "int4_ratio": Option(1.0, (1.0, 0.8, 0.6), "int4-weights: share of weight layers put in int4 (rest int8)"),
         "int8_model_type": Option("auto", ("auto", "transformer", "cnn"), "int8: NNCF's model type"),
@@ -78,16 +84,18 @@ class OpenVinoConverter(Converter):
         self.require()
         import openvino as ov
         details: dict[str, Any] = {}
-        model = to_openvino(job, details)
-        if job.precision == "int8":
-            model = quantize_int8(model, job, details)
-        elif job.precision == "int8-weights":
-            model = compress_weights(model, job, details, bits=8)
-        elif job.precision == "int4-weights":
-            model = compress_weights(model, job, details, bits=4)
-        xml = job.out_dir / "model.xml"
-        compress = job.precision == "fp16"
-        ov.save_model(model, str(xml), compress_to_fp16=compress)
+        # the ONNX route's intermediate file lives here until the IR is saved (OpenVINO may map its weights)
+        with tempfile.TemporaryDirectory(prefix="edge-openvino-") as scratch:
+            model = to_openvino(job, details, Path(scratch))
+            if job.precision == "int8":
+                model = quantize_int8(model, job, details)
+            elif job.precision == "int8-weights":
+                model = compress_weights(model, job, details, bits=8)
+            elif job.precision == "int4-weights":
+                model = compress_weights(model, job, details, bits=4)
+            xml = job.out_dir / "model.xml"
+            compress = job.precision == "fp16"
+            ov.save_model(model, str(xml), compress_to_fp16=compress)
         details["weights_saved_as"] = "fp16" if compress else ("fp32 (plus compressed weights)"
                                                                if "weights" in job.precision else "fp32")
         details["op_histogram"] = op_histogram(model)
@@ -123,12 +131,37 @@ def _from_module(job: ConversionJob):
         return ov.convert_model(job.module.eval(), example_input=tuple(job.example_inputs), input=inputs)
 
 
-def to_openvino(job: ConversionJob, details: dict[str, Any]):
-    """The ov.Model of ``job`` from the program or the module (see the module docstring)."""
+def _loops(program: Any) -> int:
+    """How many ``torch.scan`` loops ``program`` holds (OpenVINO's PyTorch frontend converts none)."""
+    if program is None:
+        return 0
+    return sum(1 for n in program.graph_module.graph.nodes
+               if n.op == "call_function" and getattr(n.target, "__name__", "") == "scan")
+
+
+def _from_onnx(job: ConversionJob, scratch: Path, details: dict[str, Any]):
+    """The program exported to ONNX by the ONNX target's exporter, read by OpenVINO's ONNX frontend."""
+    import openvino as ov
+    from edge.converters.onnx import export_to
+    path = scratch / "model.onnx"
+    exported: dict[str, Any] = {}
+    export_to(path, job, exported)
+    details["onnx_exporter"] = exported.get("exporter")
+    return ov.convert_model(str(path))
+
+
+def to_openvino(job: ConversionJob, details: dict[str, Any], scratch: Path):
+    """The ov.Model of ``job`` from the program, the module or the program's ONNX export (see the module
+    docstring); ``scratch`` is a folder for the ONNX route's file."""
     choice = job.options.get("source", "auto")
     recurrent = _has_recurrent(job.module)
+    loops = _loops(job.program)
     if choice == "auto":
-        if job.program is None or recurrent:
+        if loops:
+            order, why = ["onnx", "module"], (f"the program holds {loops} torch.scan loop(s): OpenVINO's PyTorch "
+                                              f"frontend has no rule for scan, its ONNX frontend reads ONNX Scan "
+                                              f"as a TensorIterator")
+        elif job.program is None or recurrent:
             order, why = ["module", "program"], (f"the module holds {', '.join(recurrent)} (kept as one "
                                                  f"*Sequence op from the module, unrolled from the program)"
                                                  if recurrent else "no captured program")
@@ -141,11 +174,13 @@ def to_openvino(job: ConversionJob, details: dict[str, Any]):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                model = _from_program(job) if src == "program" else _from_module(job)
+                model = (_from_program(job) if src == "program" else _from_module(job) if src == "module"
+                         else _from_onnx(job, scratch, details))
         except Exception as e:  # the frontends raise many types: keep each reason, try the next path
             errors.append(f"from the {src}: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}")
             continue
-        details["source"] = {"converted_from": "ExportedProgram" if src == "program" else "module (TorchScript trace)",
+        details["source"] = {"converted_from": {"program": "ExportedProgram", "module": "module (TorchScript trace)",
+                                                "onnx": "ONNX export of the ExportedProgram"}[src],
                              "reason": why if not errors else f"fallback after: {'; '.join(errors)}"}
         for out, spec in zip(model.outputs, job.outputs):
             out.get_tensor().set_names({spec.name})
@@ -161,7 +196,7 @@ def to_openvino(job: ConversionJob, details: dict[str, Any]):
             details["attention_masks"] = MASK_WORKAROUND
         return model
     raise ConversionError("openvino.convert_model failed " + "; ".join(errors) +
-                          "; try the other path with options={'source': 'module'|'program'} or report the op")
+                          "; try another path with options={'source': 'module'|'program'|'onnx'} or report the op")
 
 
 MASK_WORKAROUND = ("every ScaledDotProductAttention mask broadcast over the query dim ([..., 1, Lk]) is expanded to "

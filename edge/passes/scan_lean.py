@@ -177,16 +177,19 @@ class StripedTokenizer(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------ loop form
+# The carry is the first operand of each product (h * a_t, not a_t * h; the same number): OpenVINO 2026.4's
+# CPU plugin computes a TensorIterator body whose first op reads a sliced input first, carry second, wrongly
+# (ONNX Scan converted by its ONNX frontend: 1e1 off on a 5-step h' = a * h + b; h * a + b is exact).
 def _ends_body(carry, xs):
     h, p = carry
     a_t, b_t = xs
     # scan needs a stacked output; a [B, 1, 1] sliver of the gate costs nothing
-    return (a_t * h + b_t, a_t * p), a_t[:, :1, :1].clone()
+    return (h * a_t + b_t, p * a_t), a_t[:, :1, :1].clone()
 
 
 def _steps_body(h, xs):
     a_t, b_t = xs
-    h = a_t * h + b_t
+    h = h * a_t + b_t
     return h, h.clone()   # a scan output must not alias the carry
 
 
