@@ -2,7 +2,8 @@
 
 Both models are converted by edge for each runtime (``--runtimes``): VisionGRU-Ti once per minGRU form
 (``--forms``: ``chunked`` is the ``mingru_scan`` pass alone, ``striped`` adds the memory-lean stripe form
-of edge/passes/scan_lean.py), DeiT-S with ``img_size`` = the resolution so its position embedding fits.
+of edge/passes/scan_lean.py, ``loop`` runs each scan level as a runtime loop: ONNX ``Scan``, on OpenVINO a
+``TensorIterator``), DeiT-S with ``img_size`` = the resolution so its position embedding fits.
 
 * Memory (MiB): each artifact alone in a fresh process, peak RSS over load + ``--mem-iters`` runs minus
   the RSS before loading (the artifact's own cost: weights, compiled kernels, activations). Memory figures
@@ -226,7 +227,7 @@ def run_size(size: int, runtime: str, args, tmp: Path, macs: dict) -> dict[str, 
         kw = {"pass_options": form_options(form, args)} if form else {}
         try:
             art, conv_s = convert(model, x, target, tmp / f"{label}-{size}-{target}", args, **kw)
-        except EdgeError as e:   # e.g. the loop form on OpenVINO (its PyTorch frontend has no scan)
+        except EdgeError as e:   # a form a runtime cannot take is reported, the others still run
             print(f"  {label} on {runtime}: not converted: {str(e).splitlines()[0][:200]}", flush=True)
             continue
         del model
@@ -284,7 +285,7 @@ def main() -> None:
     ap.add_argument("--runtimes", default="openvino", help="comma list: openvino, onnx, executorch")
     ap.add_argument("--target", help="one runtime (the old flag; same as --runtimes)")
     ap.add_argument("--sizes", default="224,512,1024")
-    ap.add_argument("--forms", default="chunked,striped", help="VisionGRU forms to compare: chunked, striped")
+    ap.add_argument("--forms", default="chunked,striped", help="VisionGRU forms to compare: chunked, striped, loop")
     ap.add_argument("--stripe", type=int, help="tokens per stripe of the striped form (default: scan_lean.STRIPE)")
     ap.add_argument("--iters", type=int, default=5, help="timed runs per model per round")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
