@@ -41,6 +41,9 @@ PROBE_ATOL = 1e-5
 #   folds), not one matmul whose output is split. OpenVINO ran the split on a reference kernel and its int8
 #   attention then needed extra transposes: vit_tiny int8, one run, 5 rounds: 5.63 -> 5.16 ms (f32 hint),
 #   4.67 -> 4.40 ms (bf16 hint); fp32 11.37 -> 11.14 ms. ONNX Runtime fp32 13.84 -> 13.74 ms.
+#   Separate q/k/v projections (transformers' ViTSelfAttention and its kin) are that form already, and OpenVINO
+#   gets them as they are: packing them into one qkv matmul gained nothing (transformers ViT-Ti, 224 px, AMD EPYC
+#   Zen 3, 2 threads, 5 interleaved rounds: fp32 37.19 -> 37.25 ms, int8 36.80 -> 36.40 ms, within noise).
 # - layernorm2d="channels-first": a channel LayerNorm of an NCHW tensor as means over dim 1 (no transposes):
 #   VisionGRU-Ti's conv stem at 1024 px, one run, 3 rounds: OpenVINO 72 -> 43 ms (its Transpose of the
 #   36 x 512 x 512 map alone took 27 ms), ONNX Runtime 85 -> 76 ms.
