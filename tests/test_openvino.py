@@ -320,7 +320,7 @@ def test_bad_options():
     from edge.converters import get_converter
     conv = get_converter("openvino")
     with pytest.raises(UsageError, match="source"):
-        conv.resolve_options({"source": "onnx"})
+        conv.resolve_options({"source": "tflite"})
     with pytest.raises(UsageError, match="regex"):
         conv.resolve_options({"ignored_scope": "(unclosed"})
     assert conv.resolve_options({"ignored_scope": ".*head.*"})["ignored_scope"] == [".*head.*"]
