@@ -10,7 +10,9 @@ Three sessions per family and target are timed together: ``edge ms`` is edge's a
 wrapper (``edge.load(...).run``: input checks, numpy in and out), ``art ms`` is edge's artifact run by the same raw
 call as the raw toolchain's artifact (``raw ms``). ``raw/art`` compares the two artifacts (> 1: edge's is faster);
 ``wrap us`` is what the wrapper adds per call (``benchmarks/runtime_overhead.py`` measures it alone), which
-only shows on the small variants' sub-millisecond models.
+only shows on the small variants' sub-millisecond models. It is negative on OpenVINO: the raw call is
+``infer()``, which runs on the calling thread, and edge's wrapper uses ``start_async`` + ``wait`` (faster; see
+runtimes/openvino.py).
 
     python benchmarks/real_models.py                              # status and delegation, small variants
     python benchmarks/real_models.py --families vit,swin --time   # plus latency edge / raw
