@@ -96,10 +96,10 @@ class OpenVinoConverter(Converter):
             xml = job.out_dir / "model.xml"
             compress = job.precision == "fp16"
             ov.save_model(model, str(xml), compress_to_fp16=compress)
+            details["op_histogram"] = op_histogram(model)
+            details["constants"] = constant_types(model)
         details["weights_saved_as"] = "fp16" if compress else ("fp32 (plus compressed weights)"
                                                                if "weights" in job.precision else "fp32")
-        details["op_histogram"] = op_histogram(model)
-        details["constants"] = constant_types(model)
         return ConversionResult(files=["model.xml", "model.bin"], details=details)
 
 
@@ -135,8 +135,8 @@ def _loops(program: Any) -> int:
     """How many ``torch.scan`` loops ``program`` holds (OpenVINO's PyTorch frontend converts none)."""
     if program is None:
         return 0
-    return sum(1 for n in program.graph_module.graph.nodes
-               if n.op == "call_function" and getattr(n.target, "__name__", "") == "scan")
+    import torch
+    return sum(1 for n in program.graph_module.graph.nodes if n.target is torch.ops.higher_order.scan)
 
 
 def _from_onnx(job: ConversionJob, scratch: Path, details: dict[str, Any]):
