@@ -88,8 +88,11 @@ class CoreMLConverter(Converter):
         out_types = [ct.TensorType(name=t.name, dtype=np.float32) for t in job.outputs]
         fp32 = job.precision == "fp32"
 
-        def convert(table: dict | None) -> Any:
+        def convert(table: dict | None, fold: bool = False) -> Any:
             ep = program.run_decompositions(table)
+            if fold:
+                from edge.passes.graph import fold_constants
+                details["constants_folded"] = fold_constants(ep)
             details["sdpa_default_scale_dropped"] = drop_default_sdpa_scale(ep)
             details["aliases_removed"] = drop_aliases(ep)
             return ct.convert(ep, convert_to="mlprogram", inputs=in_types, outputs=out_types,
@@ -99,15 +102,28 @@ class CoreMLConverter(Converter):
                               skip_model_load=True)
         try:
             try:
-                mlmodel = convert(_extra_decompositions())
+                with _silenced("coremltools"):   # its error log of a failure the next try recovers from
+                    mlmodel = convert(_extra_decompositions())
                 details["converted_from"] = "ExportedProgram.run_decompositions(new_ones/new_zeros/new_full/new_empty)"
             except Exception as first:
                 # an op coremltools has no converter for (Dinov2's bicubic resize, BEiT's select_scatter on
                 # int64): the default core-ATen decomposition table writes it with ops it has. Fused attention
                 # is kept in the first try, so the full table is only the fallback.
-                mlmodel = convert(_core_decompositions())
-                details["converted_from"] = (f"ExportedProgram.run_decompositions(core ATen table but SDPA; the narrow "
-                                             f"table failed: {type(first).__name__}: {_first_line(first)[:200]})")
+                try:
+                    with _silenced("coremltools"):
+                        mlmodel = convert(_core_decompositions())
+                    details["converted_from"] = (f"ExportedProgram.run_decompositions(core ATen table but SDPA; the "
+                                                 f"narrow table failed: {type(first).__name__}: "
+                                                 f"{_first_line(first)[:200]})")
+                except Exception as second:
+                    # an op no table decomposes, computed from weights alone (Dinov2-with-registers' antialiased
+                    # bicubic resize of its position table): PyTorch computes it once, as a constant
+                    if not _has_executorch():
+                        raise
+                    mlmodel = convert(_core_decompositions(), fold=True)
+                    details["converted_from"] = (f"ExportedProgram.run_decompositions(core ATen table but SDPA) with "
+                                                 f"its weight-only subgraphs folded to constants; without folding: "
+                                                 f"{type(second).__name__}: {_first_line(second)[:200]}")
         except Exception as e:
             msg = _first_line(e)
             hint = ""
@@ -157,19 +173,43 @@ class CoreMLConverter(Converter):
 
 
 def _extra_decompositions() -> dict:
-    """ATen ops coremltools has no converter for, decomposed to ones it has (``new_ones`` -> ``full``...)."""
+    """ATen ops coremltools has no converter for, decomposed to ones it has (``new_ones`` -> ``full``...,
+    ``adaptive_avg_pool1d(x, 1)`` -> ``mean``)."""
     import torch
     from torch._decomp import get_decompositions
     aten = torch.ops.aten
-    return get_decompositions([aten.new_ones, aten.new_zeros, aten.new_full, aten.new_empty])
+    from edge.passes.graph import _adaptive_avg_pool1d
+    table = get_decompositions([aten.new_ones, aten.new_zeros, aten.new_full, aten.new_empty])
+    # a global 1-D average pooling (Hiera's pooler) as the mean it is: coremltools has no adaptive_avg_pool1d,
+    # and the core table writes it with as_strided, which it has no converter for either
+    table[aten.adaptive_avg_pool1d.default] = _adaptive_avg_pool1d
+    return table
+
+
+@contextlib.contextmanager
+def _silenced(logger: str):
+    import logging
+    log = logging.getLogger(logger)
+    disabled, log.disabled = log.disabled, True
+    try:
+        yield
+    finally:
+        log.disabled = disabled
+
+
+def _has_executorch() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("executorch") is not None
 
 
 def _core_decompositions() -> Any:
     """torch.export's core ATen table, SDPA kept (coremltools emits the fused iOS18 attention op from it)."""
     import torch
     from torch.export import default_decompositions
+    from edge.passes.graph import _adaptive_avg_pool1d
     table = default_decompositions()
     table.pop(torch.ops.aten.scaled_dot_product_attention.default, None)
+    table[torch.ops.aten.adaptive_avg_pool1d.default] = _adaptive_avg_pool1d   # not as_strided: see above
     return table
 
 

@@ -60,8 +60,28 @@ class LinearAttention(nn.Module):
         return self.out(F.relu(v) * context.expand_as(v))
 
 
+class AdditiveAttention(nn.Module):
+    """Efficient additive attention (SwiftFormer's form): a global query summed over the tokens, repeated back
+    onto every token (a ``repeat`` that is an expand); a sum started from the integer 0 and a head averaged by an
+    integer (FocalNet's and SwiftFormer's integer scalars)."""
+
+    def __init__(self, d: int = 8):
+        super().__init__()
+        self.q, self.k, self.w, self.out = nn.Linear(d, d), nn.Linear(d, d), nn.Parameter(torch.randn(d, 1)), nn.Linear(d, d)
+
+    def forward(self, x):
+        q, k = F.normalize(self.q(x), dim=-1), F.normalize(self.k(x), dim=-1)
+        g = torch.sum((q @ self.w).softmax(dim=1) * q, dim=1)
+        g = g.unsqueeze(1).repeat(1, k.shape[1], 1)
+        acc = 0
+        for _ in range(2):
+            acc = acc + g * k
+        return (self.out(acc) + q) / 2
+
+
 class Activations(nn.Module):
-    """EnCodec's ELU and its relatives, softplus and mish, on 1-D convolutions."""
+    """EnCodec's ELU and its relatives, softplus, mish and hardsigmoid (MobileNetV3-style squeeze-excitation), on
+    1-D convolutions."""
 
     def __init__(self):
         super().__init__()
@@ -69,7 +89,7 @@ class Activations(nn.Module):
 
     def forward(self, x):
         y = self.c2(F.elu(self.c1(x), alpha=0.7))
-        return F.selu(y) + F.celu(x, 0.5) + F.softplus(y, beta=2.0) + F.mish(y)
+        return F.selu(y) + F.celu(x, 0.5) + F.softplus(y, beta=2.0) + F.mish(y) * F.hardsigmoid(4 * y)
 
 
 class Powers(nn.Module):
@@ -161,6 +181,12 @@ def test_elu_forms_keep_the_numbers():
     assert close(G._selu(x), F.selu(x), atol=1e-6) and close(G._celu(x, 0.5), F.celu(x, 0.5), atol=1e-6)
 
 
+def test_hardsigmoid_form_keeps_the_numbers():
+    x = torch.cat([torch.randn(4000) * 4, torch.tensor([-3.0, -2.9999, 0.0, 2.9999, 3.0, 3.0001])])
+    assert close(G._hardsigmoid(x), F.hardsigmoid(x), atol=1e-7)
+    assert G._hardsigmoid(torch.arange(4)) is NotImplemented
+
+
 def test_softplus_and_mish_forms_keep_the_numbers():
     x = torch.cat([torch.randn(4000) * 10, torch.tensor([-100.0, -20.0, 0.0, 19.99, 20.0, 20.01, 100.0, 1e4])])
     for beta in (1.0, 2.0):
@@ -188,6 +214,39 @@ def test_expands_read_by_broadcasting_ops_are_dropped():
             assert torch.equal(got, want)
 
 
+def test_repeats_that_are_expands_are_dropped():
+    class Repeats(nn.Module):
+        def forward(self, x, v):
+            g = x.sum(1, keepdim=True)   # [2, 1, 5]
+            return (v * g.repeat(1, 4, 1), v * x[:, :2].repeat(1, 2, 1), g.repeat(3, 1, 1, 1) + v,
+                    x[:, :1].repeat(1, 4, 1) - v)
+    x, v = torch.randn(2, 4, 5), torch.randn(2, 4, 5)
+    program = torch.export.export(Repeats(), (x, v)).run_decompositions({})
+    n = G.broadcast_expands(program)
+    left = [node for node in program.graph.nodes if node.target is aten.repeat.default]
+    # repeating a size-2 dim is not an expand; a new leading dim is one, but the add would not broadcast to it
+    assert n == 2 and sorted(list(node.args[1]) for node in left) == [[1, 2, 1], [3, 1, 1, 1]]
+    with torch.no_grad():
+        for got, want in zip(program.module()(x, v), Repeats()(x, v)):
+            assert torch.equal(got, want)
+
+
+def test_integer_scalars_of_float_tensors_become_floats():
+    class Scalars(nn.Module):
+        def forward(self, x, i):
+            return (0 + x) / 2 * 3 - 1, i + 1, x * 2 ** 25
+    x, i = torch.randn(3, 5), torch.arange(5)
+    program = torch.export.export(Scalars(), (x, i)).run_decompositions({})
+    n = G.float_scalars(program)
+    scalars = [a for node in program.graph.nodes if node.op == "call_function" for a in node.args[1:2]
+               if isinstance(a, (int, float))]
+    # 4 on x; the int64 tensor keeps its integer 1; 2**25 is not exact in fp32 and is left alone
+    assert n == 4 and sorted(map(type, scalars), key=str) == [float] * 4 + [int] * 2
+    with torch.no_grad():
+        for got, want in zip(program.module()(x, i), Scalars()(x, i)):
+            assert got.dtype == want.dtype and torch.equal(got, want)
+
+
 def test_program_forms_record_each_rewrite():
     pytest.importorskip("executorch")
     torch.manual_seed(0)
@@ -195,7 +254,7 @@ def test_program_forms_record_each_rewrite():
     details: dict = {}
     out = G.to_xnnpack_forms(torch.export.export(model, (x,)), details)
     rec = details["program_rewrites"]["decomposed"]
-    assert rec["sum.dim_IntList"] == 1 and rec["expand (into a broadcasting op)"] == 1
+    assert rec["sum.dim_IntList"] == 1 and rec["expand/repeat (into a broadcasting op)"] == 1
     with torch.no_grad():
         assert close(out.module()(x), model(x))
 
@@ -204,8 +263,9 @@ def test_program_forms_record_each_rewrite():
 
 CASES = {   # name: (model, input shape, the rewrites the manifest records)
     "grn": (GRNNet, (1, 3, 8, 8), {"linalg_vector_norm"}),
-    "linear-attention": (LinearAttention, (1, 8, 4, 16), {"sum.dim_IntList", "expand (into a broadcasting op)"}),
-    "activations": (Activations, (1, 1, 32), {"elu", "selu", "celu", "softplus", "mish"}),
+    "linear-attention": (LinearAttention, (1, 8, 4, 16), {"sum.dim_IntList", "expand/repeat (into a broadcasting op)"}),
+    "additive-attention": (AdditiveAttention, (1, 6, 8), {"expand/repeat (into a broadcasting op)"}),
+    "activations": (Activations, (1, 1, 32), {"elu", "selu", "celu", "softplus", "mish", "hardsigmoid"}),
     "powers": (Powers, (2, 6), {"pow.Tensor_Scalar", "sum.dim_IntList"}),
     "statistics": (Statistics, (1, 3, 6, 8), {"var.dim", "std.dim", "amax", "sum.dim_IntList"}),
     "nearest-upsample": (Decoder, (1, 3, 4, 8), {"upsample_nearest2d.vec"}),

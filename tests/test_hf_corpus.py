@@ -14,6 +14,7 @@ import pytest
 
 import edge
 from edge.converters import get_converter
+from edge.errors import ConversionError
 from tests.conftest import has
 
 pytestmark = pytest.mark.skipif(not has("transformers"), reason="transformers not installed: pip install 'edge[dev]'")
@@ -22,12 +23,17 @@ FULL = os.environ.get("EDGE_FULL_CONFORMANCE") == "1"
 # family -> why it is in the default run, per target
 DEFAULT = {
     "executorch": {"beit": "SDPA with a float mask; relative-position index rebuilt in forward (constant folding)",
-                   "swin": "roll, strided slices, window masks, adaptive_avg_pool1d"},
+                   "swin": "roll, strided slices, window masks, adaptive_avg_pool1d",
+                   "hiera": "max over a non-last dim of a 4-D map (ExecuTorch's serializer fails on it)"},
     "onnx": {"encodec": "torch.export fails: 0-d int64 buffers as constants",
              "beit": "a view after SDPA the exporter's decompositions make invalid; relative-position bias fused"},
     "openvino": {"efficientnet": "AvgPool2d(kernel > map, ceil_mode) as the global mean"},
-    "coreml": {"dinov2": "bicubic resize: core ATen decomposition fallback (SDPA kept fused)"},
+    "coreml": {"dinov2": "bicubic resize: core ATen decomposition fallback (SDPA kept fused)",
+               "dinov2_registers": "antialiased bicubic resize of weights alone: folded to a constant",
+               "hiera": "refused with the backend's reason (rank-6 reshapes; Core ML takes rank <= 5)"},
 }
+# (family, target) -> the ConversionError a refusal must give: what no route converts
+REFUSED = {("hiera", "coreml"): "Core ML only supports tensors with rank <= 5"}
 ET_MAX_CALLS = 2
 
 
@@ -49,7 +55,7 @@ def test_corpus_outputs_are_of_order_one():
         model, x = build(name)
         with torch.no_grad():
             assert 1e-2 < float(model(*x).abs().max()) < 1e3, name
-    assert len(FAMILIES) == 18
+    assert len(FAMILIES) == 23
 
 
 @pytest.mark.slow
@@ -61,6 +67,11 @@ def test_family_converts_and_verifies(family, target, tmp_path):
     if missing:
         pytest.skip(f"{missing} not installed: pip install 'edge[{conv.extra}]'")
     model, x = build(family)
+    if (family, target) in REFUSED:
+        with pytest.raises(ConversionError, match=REFUSED[family, target]):
+            edge.convert(model, target=target, example_inputs=x, out=tmp_path / "a")
+        assert not (tmp_path / "a").exists()   # nothing half-written
+        return
     art = edge.convert(model, target=target, example_inputs=x, out=tmp_path / "a")
     m = art.manifest
     assert m.details["capture"]["route"].startswith("torch.export")   # no family is left without a program

@@ -25,13 +25,18 @@ like every artifact, the lowered program is then verified against PyTorch.
       computes without ``std::pow`` (0.5, -0.5, 2.0, 3, -1, -2) in ATen's own forms (XNNPACK takes only an
       integer 2); ``var`` / ``std`` as means of squared deviations; ``amax`` as a 4-D ``max.dim`` (a max
       pooling); ``elu`` / ``selu`` / ``celu`` as relu, clamp, exp (ExecuTorch's XNNPACK partitioner has no ELU);
+      ``hardsigmoid`` as a clamp with float bounds;
       ``softplus`` / ``mish`` as relu, abs, exp, log (tanh);
       ``upsample_nearest2d`` by powers of two as a broadcasting product with ones (XNNPACK has no nearest resize).
-    - ``split`` as step-1 slices (LeViT's q/k/v);
+    - ``split`` as step-1 slices (LeViT's q/k/v); a softmax over another dim than the last between two
+      transposes;
     - ``roll`` as slices and a concatenation; a strided slice ``x[s::k]`` over a whole dim as a reshape and a
       step-1 slice (Swin's shifted windows and patch merging).
-``broadcast_expands``  an ``expand`` read only by broadcasting elementwise ops (``ctx.expand_as(v) * v``,
-    MobileViTV2's linear attention) is dropped: XNNPACK's binary ops broadcast, it has no expand.
+``broadcast_expands``  an ``expand`` (or a ``repeat`` of size-1 dims) read only by broadcasting elementwise ops
+    (``ctx.expand_as(v) * v``, MobileViTV2's linear attention; SwiftFormer's repeated global query) is dropped:
+    XNNPACK's binary ops broadcast, it has no expand or repeat.
+``float_scalars``  the integer scalar of a float add/sub/mul/div as a float (``x + 0``, ``x / 2``): the edge
+    dialect would lift it to an int64 constant and cast it on a portable kernel.
 ``fold_constants``  constant propagation: subgraphs that depend on no input (a relative-position index a
     forward rebuilds from ``arange``/``meshgrid`` in every layer, the bias gathered from its table, the
     ``1/C`` columns above) become constants of the program.
@@ -153,6 +158,25 @@ def _amax(x, dim=(), keepdim=False):
     return y.reshape(_reduced_shape(x, dims, keepdim))
 
 
+def _max_dim(x, dim, keepdim=False):
+    """``max.dim`` whose indices nothing reads (``x.max(dim=1).values``: Hiera's mask-unit pooling) as
+    :func:`_amax`; the indices as an ``argmax`` that is then dropped unread (programs that read them do not get
+    this form: :func:`_indices_read`). ExecuTorch's XNNPACK partitioner takes any 4-D ``max.dim`` but its
+    serializer only the last two dims with ``keepdim``: the lowering then fails."""
+    if x.dim() == 4 and dim % 4 in (2, 3) and keepdim:
+        return NotImplemented
+    values = _amax(x, dim, keepdim) if x.is_floating_point() else NotImplemented
+    if values is NotImplemented:
+        return NotImplemented
+    return values, torch.argmax(x, dim, keepdim)
+
+
+def _indices_read(program: Any) -> bool:
+    """Does any ``max.dim`` of the program have its indices read?"""
+    return any(n.op == "call_function" and n.target is aten.max.dim and
+               any(u.args[1] != 0 and u.users for u in n.users) for n in program.graph.nodes)
+
+
 def _mean(x, dim=None, keepdim=False, dtype=None):
     dims = _reduced(x, dim) if dim is not None and dtype is None else None
     if not dims or (_xnnpack_reduces(x, dims) and keepdim):
@@ -222,6 +246,15 @@ def _pow(x, exponent, *, constants: bool = True):
     return form(x)
 
 
+def _hardsigmoid(x):
+    """``hardsigmoid`` as ``clamp(x + 3, 0, 6) / 6`` with float constants: ExecuTorch's own decomposition writes
+    them as integers, which its edge dialect lifts to int64 tensors and casts on portable kernels (XNNPACK has
+    no hardsigmoid)."""
+    if not x.is_floating_point():
+        return NotImplemented
+    return torch.clamp(x + 3.0, 0.0, 6.0) / 6.0
+
+
 def _selu(x):
     """SELU as ATen computes it: ELU with its two constants."""
     return _elu(x, 1.6732632423543772848170429916717, 1.0507009873554804934193349852946)
@@ -243,6 +276,18 @@ def _elu(x, alpha=1.0, scale=1.0, input_scale=1.0):
     neg = torch.clamp(x, max=0.0)
     neg = torch.exp(neg if input_scale == 1 else neg * input_scale) - 1.0
     return pos + (neg if alpha * scale == 1 else neg * (alpha * scale))
+
+
+def _softmax(x, dim, half_to_float=False):
+    """A softmax over a dim other than the last (an attention pooling over tokens, ``scores.softmax(dim=1)``) as
+    the softmax over the last dim between two transposes: XNNPACK's softmax takes only the last dim."""
+    if half_to_float or not x.is_floating_point() or x.dim() < 2 or dim % x.dim() == x.dim() - 1:
+        return NotImplemented
+    return torch.softmax(x.transpose(dim, -1), -1).transpose(dim, -1)
+
+
+def _softmax_int(x, dim, dtype=None):   # softmax.int, as torch.export keeps it
+    return NotImplemented if dtype is not None else _softmax(x, dim)
 
 
 def _roll(x, shifts, dims=()):
@@ -425,7 +470,8 @@ def xnnpack_decompositions(*, with_constants: bool = True) -> dict:
              aten.col2im.default: _col2im, aten.pad.default: _reflect_pad,
              aten.pow.Tensor_Scalar: functools.partial(_pow, constants=with_constants), aten.elu.default: _elu,
              aten.selu.default: _selu, aten.celu.default: _celu, aten.softplus.default: _softplus,
-             aten.mish.default: _mish}
+             aten.mish.default: _mish, aten.hardsigmoid.default: _hardsigmoid, aten._softmax.default: _softmax,
+             aten.softmax.int: _softmax_int}
     if with_constants:
         table.update({aten.layer_norm.default: _layer_norm, aten.group_norm.default: _group_norm,
                       aten.mean.dim: _mean, aten.adaptive_avg_pool1d.default: _adaptive_avg_pool1d,
@@ -476,17 +522,27 @@ def _shape(node: Any) -> tuple | None:
     return tuple(val.shape) if isinstance(val, torch.Tensor) and _static(val.shape) else None
 
 
+def _repeats_as_expand(node: Any) -> bool:
+    """Is this ``repeat`` an expand: every repeated dim of its input of size 1 (new leading dims aside)?
+    ``q.unsqueeze(1).repeat(1, n, 1)`` (SwiftFormer's additive attention) is ``q.unsqueeze(1).expand(-1, n, -1)``."""
+    src, reps = _shape(node.args[0]), list(node.args[1])
+    if src is None or len(reps) < len(src):
+        return False
+    return all(r == 1 or s == 1 for s, r in zip(src, reps[len(reps) - len(src):]))
+
+
 def broadcast_expands(program: Any) -> int:
-    """Drop each ``expand`` whose every reader is a broadcasting elementwise op that gives the same output from the
-    unexpanded tensor (in place; returns how many were dropped).
+    """Drop each ``expand`` (or ``repeat`` that is one) whose every reader is a broadcasting elementwise op that
+    gives the same output from the unexpanded tensor (in place; returns how many were dropped).
 
     ``context.expand_as(value) * value`` (MobileViTV2's linear attention) is ``context * value``: XNNPACK's binary
-    ops broadcast, but it has no expand, which would run on a portable kernel and split the graph. The same values
-    reach the same op, so the numbers are unchanged.
+    ops broadcast, but it has no expand or repeat, which would run on a portable kernel and split the graph. The
+    same values reach the same op, so the numbers are unchanged.
     """
     graph, dropped = program.graph, 0
     for node in list(graph.nodes):
-        if node.op != "call_function" or node.target is not aten.expand.default or not node.users:
+        if node.op != "call_function" or not node.users or not (
+                node.target is aten.expand.default or (node.target is aten.repeat.default and _repeats_as_expand(node))):
             continue
         src = node.args[0]
         if _shape(src) is None or _shape(node) is None:
@@ -507,6 +563,33 @@ def broadcast_expands(program: Any) -> int:
     return dropped
 
 
+def float_scalars(program: Any) -> int:
+    """Write the integer scalar of a float tensor's add/sub/mul/div as a float (in place; returns how many):
+    ``x + 0`` (FocalNet's ``ctx_all = 0; ctx_all = ctx_all + ...``), ``x / 2`` (SwiftFormer's head average).
+
+    PyTorch computes them alike (the scalar is converted to the tensor's float type), but ExecuTorch's edge
+    dialect lifts an integer scalar into an int64 tensor constant and casts it, and XNNPACK refuses the cast
+    (``_to_dim_order_copy``: invalid dtype), which runs on a portable kernel and splits the graph. Integers
+    beyond 2**24 (not exact in fp32) are left alone.
+    """
+    graph, done = program.graph, 0
+    for node in graph.nodes:
+        if node.op != "call_function" or node.target not in _ARITHMETIC or len(node.args) != 2:
+            continue
+        a, b = node.args
+        val = a.meta.get("val") if isinstance(a, torch.fx.Node) else None
+        if (isinstance(val, torch.Tensor) and val.is_floating_point() and type(b) is int
+                and abs(b) <= 2 ** 24):
+            node.args = (a, float(b))
+            done += 1
+    if done:
+        program.graph_module.recompile()
+    return done
+
+
+_ARITHMETIC = {aten.add.Tensor, aten.sub.Tensor, aten.mul.Tensor, aten.div.Tensor}
+
+
 def to_xnnpack_forms(program: Any, details: dict[str, Any] | None = None) -> Any:
     """A new program with :func:`xnnpack_decompositions` applied and its constants folded (float programs).
 
@@ -514,6 +597,8 @@ def to_xnnpack_forms(program: Any, details: dict[str, Any] | None = None) -> Any
     """
     quant = quantized(program)
     table = xnnpack_decompositions(with_constants=not quant)
+    if not quant and not _indices_read(program):
+        table[aten.max.dim] = _max_dim
     before = counts(program, table)
     out = program.run_decompositions(table)
     after = counts(out, table)
@@ -521,7 +606,10 @@ def to_xnnpack_forms(program: Any, details: dict[str, Any] | None = None) -> Any
     rec: dict[str, Any] = {"decomposed": {k: v - after.get(k, 0) for k, v in before.items() if v > after.get(k, 0)}}
     expands = broadcast_expands(out)
     if expands:
-        rec["decomposed"]["expand (into a broadcasting op)"] = expands
+        rec["decomposed"]["expand/repeat (into a broadcasting op)"] = expands
+    scalars = float_scalars(out)
+    if scalars:
+        rec["float_scalars"] = scalars
     kept = counts(out, {aten.scaled_dot_product_attention.default})
     if kept:
         rec["kept"] = {k: f"{v} call(s) left to ExecuTorch's decomposition: a boolean mask, is_causal, grouped-query "

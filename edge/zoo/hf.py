@@ -170,6 +170,50 @@ def _encodec(large: bool):
     return EncodecModel, cfg, (torch.randn(1, 1, length, generator=torch.Generator().manual_seed(1)),)
 
 
+def _dinov2_registers(large: bool):
+    from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersForImageClassification
+    s = 224 if large else IMG   # both below the configured size: the position table is resized (antialiased)
+    cfg = Dinov2WithRegistersConfig(image_size=518 if large else 64, patch_size=14 if large else 8,
+                                    hidden_size=384 if large else 32, num_hidden_layers=12 if large else 2,
+                                    num_attention_heads=6 if large else 2, intermediate_size=1536 if large else 64,
+                                    num_labels=CLASSES)
+    return Dinov2WithRegistersForImageClassification, cfg, _img(s)
+
+
+def _focalnet(large: bool):
+    from transformers import FocalNetConfig, FocalNetForImageClassification
+    s = 224 if large else IMG
+    cfg = FocalNetConfig(image_size=s, patch_size=4, embed_dim=96 if large else 16,
+                         depths=[2, 2, 6, 2] if large else [1, 1], focal_levels=[2, 2, 2, 2] if large else [2, 2],
+                         num_labels=CLASSES)
+    return FocalNetForImageClassification, cfg, _img(s)
+
+
+def _swiftformer(large: bool):
+    from transformers import SwiftFormerConfig, SwiftFormerForImageClassification
+    s = 224 if large else IMG
+    cfg = SwiftFormerConfig(image_size=s, depths=[3, 3, 6, 4] if large else [1, 1, 1, 1],
+                            embed_dims=[48, 56, 112, 220] if large else [16, 16, 32, 32], num_labels=CLASSES)
+    return SwiftFormerForImageClassification, cfg, _img(s)
+
+
+def _pplcnet(large: bool):
+    from transformers import PPLCNetConfig, PPLCNetForImageClassification
+    cfg = PPLCNetConfig(scale=1.0 if large else 0.25, num_labels=CLASSES)
+    return PPLCNetForImageClassification, cfg, _img(224 if large else IMG)
+
+
+def _hiera(large: bool):
+    from transformers import HieraConfig, HieraForImageClassification
+    if large:   # Hiera-Tiny
+        cfg = HieraConfig(depths=[1, 2, 7, 2], num_labels=CLASSES)
+        return HieraForImageClassification, cfg, _img(224)
+    cfg = HieraConfig(image_size=[64, 64], patch_size=[7, 7], patch_stride=[4, 4], patch_padding=[3, 3], embed_dim=16,
+                      num_heads=[1, 2], depths=[1, 1], query_stride=[2, 2], masked_unit_size=[4, 4], mlp_ratio=2.0,
+                      num_query_pool=1, num_labels=CLASSES)
+    return HieraForImageClassification, cfg, _img(64)
+
+
 # name -> builder(large) -> (model class, config, example inputs)
 FAMILIES: dict[str, Callable[[bool], tuple]] = {
     "vit": _vit, "deit": _deit, "swin": _swin, "convnext": _convnext,
@@ -177,11 +221,15 @@ FAMILIES: dict[str, Callable[[bool], tuple]] = {
     "mobilevitv2": lambda large: _mobilevit(large, v2=True), "dinov2": _dinov2, "beit": _beit,
     "efficientnet": _efficientnet, "resnet": _resnet, "regnet": _regnet, "poolformer": _poolformer,
     "levit": _levit, "cvt": _cvt, "mobilenetv2": _mobilenetv2, "segformer": _segformer, "encodec": _encodec,
+    # added after the first 18, from a sweep of transformers' other image classifiers: each needed a fix
+    "dinov2_registers": _dinov2_registers, "focalnet": _focalnet, "swiftformer": _swiftformer, "pplcnet": _pplcnet,
+    "hiera": _hiera,
 }
 
 
 class Logits(nn.Module):
-    """``model(x).logits`` (EnCodec: the encoder's output) as one tensor: what edge converts."""
+    """``model(x).logits`` (EnCodec: the encoder's output; PP-LCNet: its head's ``last_hidden_state``) as one tensor:
+    what edge converts."""
 
     def __init__(self, model: nn.Module, encoder_only: bool = False):
         super().__init__()
@@ -189,7 +237,9 @@ class Logits(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.model(x)
-        return out if self.encoder_only else out.logits
+        if self.encoder_only:
+            return out
+        return out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state   # PP-LCNet
 
 
 def non_degenerate(model: nn.Module, inputs: tuple, *, seed: int = 0, batches: int = 3) -> None:
