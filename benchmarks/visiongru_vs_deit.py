@@ -201,10 +201,10 @@ def form_options(form: str, args) -> dict:
 
 
 def session_options(runtime: str, args) -> dict:
-    """Runtime options both models get (``--ort-lean``: ORT without its arena and memory pattern; ``--ov-lean``:
-    OpenVINO without its JIT-fused element-wise subgraphs)."""
+    """Runtime options both models get (``--ort-lean``: ORT without its arena, memory pattern and weight
+    pre-packing; ``--ov-lean``: OpenVINO without its JIT-fused element-wise subgraphs)."""
     if args.ort_lean and RUNTIME_TARGETS[runtime] == "onnx":
-        return {"mem_arena": 0, "mem_pattern": 0}
+        return {"mem_arena": 0, "mem_pattern": 0, "prepacking": 0}
     if args.ov_lean and RUNTIME_TARGETS[runtime] == "openvino":
         return {"snippets": 0}
     return {}
@@ -294,8 +294,8 @@ def main() -> None:
     ap.add_argument("--verify", action="store_true", help="also run the parity check (slow at 1024 px)")
     ap.add_argument("--memory", action="store_true", help="also print the per-stage memory tables")
     ap.add_argument("--smoke", action="store_true", help="shallow models at 64 px, one round: proves the script runs")
-    ap.add_argument("--ort-lean", action="store_true", help="ONNX Runtime sessions without the CPU memory arena and "
-                    "memory pattern (mem_arena=0, mem_pattern=0), for both models")
+    ap.add_argument("--ort-lean", action="store_true", help="ONNX Runtime sessions without the CPU memory arena, "
+                    "memory pattern and weight pre-packing (mem_arena=0, mem_pattern=0, prepacking=0), for both models")
     ap.add_argument("--ov-lean", action="store_true", help="OpenVINO sessions without the CPU plugin's snippets "
                     "(snippets=0: SNIPPETS_MODE=DISABLE), for both models")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)

@@ -15,10 +15,11 @@ from edge.runtimes.base import Session, op_table
 class OnnxRuntimeSession(Session):
     """Options: ``providers`` (default CPU), ``threads`` (intra-op threads, default ORT's choice),
     ``mem_arena`` / ``mem_pattern`` (0 turns off ORT's CPU memory arena / pre-planned memory pattern:
-    less peak memory, see benchmarks/visiongru_vs_deit.py)."""
+    less peak memory, see benchmarks/visiongru_vs_deit.py), ``prepacking`` (0: ORT keeps each weight once
+    instead of beside its pre-packed GEMM copy: less memory after load, GEMMs pack per call)."""
 
     name = "onnxruntime"
-    OPTIONS = {"threads": int, "providers": list, "mem_arena": int, "mem_pattern": int}
+    OPTIONS = {"threads": int, "providers": list, "mem_arena": int, "mem_pattern": int, "prepacking": int}
     extra = "onnx"
     requires = ("onnxruntime",)
 
@@ -33,6 +34,8 @@ class OnnxRuntimeSession(Session):
             so.enable_cpu_mem_arena = False
         if self.options.get("mem_pattern") == 0:
             so.enable_mem_pattern = False
+        if self.options.get("prepacking") == 0:
+            so.add_session_config_entry("session.disable_prepacking", "1")
         if profile_prefix:
             so.enable_profiling = True
             so.profile_file_prefix = profile_prefix

@@ -439,6 +439,16 @@ def test_load_options(built):
     assert edge.load(built, threads="1").options["threads"] == 1
 
 
+def test_onnxruntime_lean_memory_options_agree_with_the_default_session(built):
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    lean = edge.load(built, mem_arena=0, mem_pattern=0, prepacking=0)
+    so = lean.sess.get_session_options()
+    assert not so.enable_cpu_mem_arena and not so.enable_mem_pattern
+    assert so.get_session_config_entry("session.disable_prepacking") == "1"
+    # unpacked weights take another GEMM kernel: equal up to fp32 rounding, not bit for bit
+    assert np.allclose(lean.run(x)[0], edge.load(built).run(x)[0], rtol=1e-5, atol=1e-6)
+
+
 def test_sdk_bad_targets_and_options(user):
     with pytest.raises(UsageError, match="no target given"):
         edge.convert_all(f"{user}/models.py:build", input_shapes=[(1, 3, 8, 8)], targets=[], out=user / "o")
