@@ -79,6 +79,27 @@ class AdditiveAttention(nn.Module):
         return (self.out(acc) + q) / 2
 
 
+class Pyramid(nn.Module):
+    """A pyramid-pooling head (PSPNet / UperNet: bins 1, 2, 3, 6 on a 4x4 map, overlapping and upsampling windows)
+    and VGG's 7x7 adaptive pooling of a 14x14 map."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.bins = nn.Conv2d(3, 8, 3, stride=2, padding=1), (1, 2, 3, 6)
+        self.convs = nn.ModuleList(nn.Conv2d(8, 4, 1) for _ in self.bins)
+        self.fc = nn.Linear(24 * 49, 5)
+
+    def forward(self, x):
+        y = self.stem(x)   # [1, 8, 14, 14]
+        m = F.max_pool2d(y, 3, 3, ceil_mode=True)   # [1, 8, 5, 5] -> a 4x4 crop
+        m = m[..., :4, :4]
+        ppm = [F.interpolate(c(F.adaptive_avg_pool2d(m, b)), size=(4, 4), mode="bilinear", align_corners=False)
+               for b, c in zip(self.bins, self.convs)]
+        up = F.interpolate(torch.cat(ppm, 1), size=(14, 14), mode="bilinear", align_corners=False)
+        head = F.adaptive_avg_pool2d(torch.cat([y, up], 1), (7, 7))
+        return self.fc(head.flatten(1))
+
+
 class Activations(nn.Module):
     """EnCodec's ELU and its relatives, softplus, mish and hardsigmoid (MobileNetV3-style squeeze-excitation), on
     1-D convolutions."""
@@ -181,6 +202,18 @@ def test_elu_forms_keep_the_numbers():
     assert close(G._selu(x), F.selu(x), atol=1e-6) and close(G._celu(x, 0.5), F.celu(x, 0.5), atol=1e-6)
 
 
+def test_adaptive_pool_forms_keep_the_numbers():
+    torch.manual_seed(0)
+    for shape, size in [((1, 8, 14, 14), (7, 7)), ((1, 8, 7, 7), (7, 7)), ((2, 8, 2, 2), (3, 3)),
+                        ((1, 4, 2, 2), (6, 6)), ((1, 4, 13, 10), (6, 4)), ((3, 9, 7), (2, 3)), ((1, 4, 8, 8), (None, 2))]:
+        x = torch.randn(*shape)
+        want = F.adaptive_avg_pool2d(x, size)
+        got = G._adaptive_avg_pool2d(x, list(size))
+        exact = all(n % o == 0 for n, o in zip(x.shape[-2:], want.shape[-2:]))
+        assert got.shape == want.shape and (torch.equal(got, want) if exact else close(got, want, atol=1e-6)), shape
+    assert G._adaptive_avg_pool2d(torch.randn(1, 3, 5, 5), [1, 1]) is NotImplemented   # the global mean, as it is
+
+
 def test_hardsigmoid_form_keeps_the_numbers():
     x = torch.cat([torch.randn(4000) * 4, torch.tensor([-3.0, -2.9999, 0.0, 2.9999, 3.0, 3.0001])])
     assert close(G._hardsigmoid(x), F.hardsigmoid(x), atol=1e-7)
@@ -264,6 +297,7 @@ def test_program_forms_record_each_rewrite():
 CASES = {   # name: (model, input shape, the rewrites the manifest records)
     "grn": (GRNNet, (1, 3, 8, 8), {"linalg_vector_norm"}),
     "linear-attention": (LinearAttention, (1, 8, 4, 16), {"sum.dim_IntList", "expand/repeat (into a broadcasting op)"}),
+    "pyramid-pooling": (Pyramid, (1, 3, 28, 28), {"adaptive_avg_pool2d"}),
     "additive-attention": (AdditiveAttention, (1, 6, 8), {"expand/repeat (into a broadcasting op)"}),
     "activations": (Activations, (1, 1, 32), {"elu", "selu", "celu", "softplus", "mish", "hardsigmoid"}),
     "powers": (Powers, (2, 6), {"pow.Tensor_Scalar", "sum.dim_IntList"}),

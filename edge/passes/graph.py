@@ -17,7 +17,8 @@ like every artifact, the lowered program is then verified against PyTorch.
       (``native_layer_norm`` stays on portable kernels; the same form as ``EdgeLayerNorm``).
     - ``mean.dim`` over dims XNNPACK cannot reduce (anything but the last two of a 4-D tensor, kept): the reduced
       dims moved last (a delegated transpose) and averaged by the same linear layer; a global average
-      pooling without ``keepdim`` as the pooling with it and a reshape; ``adaptive_avg_pool1d(x, 1)`` as that mean.
+      pooling without ``keepdim`` as the pooling with it and a reshape; ``adaptive_avg_pool1d(x, 1)`` as that mean;
+      ``adaptive_avg_pool2d`` to other sizes than 1x1 as an ``avg_pool2d`` or averaging linear layers.
     - ``unfold``/``fold`` into non-overlapping patches as reshapes and transposes (MobileViTV2); a small
       reflect pad of the last dim as slices and a concatenation (EnCodec).
     - ``sum`` over dims as a linear layer with a row of ones; ``linalg_vector_norm`` of order 2 / 1 as the square
@@ -341,6 +342,35 @@ def _adaptive_avg_pool1d(x, output_size):
     return x.mean(-1, keepdim=True)
 
 
+def _adaptive_windows(n: int, out: int, like: torch.Tensor) -> torch.Tensor:
+    """The [out, n] averaging matrix of an adaptive pooling of length ``n`` to ``out``: row i averages
+    ``[floor(i * n / out), ceil((i + 1) * n / out))``, PyTorch's windows."""
+    i = torch.arange(out, device=like.device).unsqueeze(1)   # traced ops on aranges: folded into a constant
+    j = torch.arange(n, device=like.device).unsqueeze(0)
+    lo, hi = torch.div(i * n, out, rounding_mode="floor"), torch.div((i + 1) * n + out - 1, out, rounding_mode="floor")
+    inside = (j >= lo) & (j < hi)
+    return inside.to(like.dtype) / (hi - lo).to(like.dtype)
+
+
+def _adaptive_avg_pool2d(x, output_size):
+    """``adaptive_avg_pool2d`` to a size other than 1x1 (VGG's 7x7 head, a pyramid-pooling module's 2/3/6 bins),
+    which ExecuTorch's XNNPACK partitioner has no config for: the map itself when the size is its own; an
+    ``avg_pool2d`` when the size divides the map (the same windows, so the same sums and counts); otherwise an
+    averaging linear layer over each axis (overlapping windows; equal up to fp32 rounding)."""
+    if x.dim() not in (3, 4) or not x.is_floating_point() or not _static(x.shape):
+        return NotImplemented
+    h, w = x.shape[-2:]
+    oh, ow = (output_size[0] or h), (output_size[-1] or w)
+    if (oh, ow) == (1, 1):
+        return NotImplemented   # the global mean: delegated as it is
+    if (oh, ow) == (h, w):
+        return x.clone()
+    if h % oh == 0 and w % ow == 0:
+        return F.avg_pool2d(x, (h // oh, w // ow))
+    y = F.linear(x, _adaptive_windows(w, ow, x))
+    return F.linear(y.transpose(-1, -2), _adaptive_windows(h, oh, x)).transpose(-1, -2)
+
+
 def _whole_input_pool(x, kernel_size, stride=(), padding=0, ceil_mode=False, count_include_pad=True,
                       divisor_override=None):
     """An ``avg_pool2d`` whose one window covers the whole map (transformers' EfficientNet pooler:
@@ -478,7 +508,9 @@ def xnnpack_decompositions(*, with_constants: bool = True) -> dict:
                       aten.sum.dim_IntList: _sum, aten.linalg_vector_norm.default: _vector_norm,
                       aten.var.correction: _var, aten.std.correction: _std, aten.var.dim: _var_dim,
                       aten.std.dim: _std_dim, aten.amax.default: _amax,
-                      aten.upsample_nearest2d.vec: _nearest_upsample})
+                      aten.upsample_nearest2d.vec: _nearest_upsample,
+                      aten.adaptive_avg_pool2d.default: _adaptive_avg_pool2d,
+                      aten._adaptive_avg_pool2d.default: _adaptive_avg_pool2d})
     return table
 
 
