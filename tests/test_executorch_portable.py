@@ -100,6 +100,21 @@ class Pyramid(nn.Module):
         return self.fc(head.flatten(1))
 
 
+class EncoderLayers(nn.Module):
+    """``nn.TransformerEncoderLayer`` (pre-norm, GELU) and a bare ``nn.MultiheadAttention`` (sequence first):
+    their packed ``in_proj_weight`` is sliced into q, k, v rows, which constant folding turns into views."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True, norm_first=True,
+                                                activation="gelu")
+        self.mha = nn.MultiheadAttention(16, 4)
+
+    def forward(self, x):
+        y = self.layer(x).transpose(0, 1)
+        return self.mha(y, y, y, need_weights=False)[0]
+
+
 class Activations(nn.Module):
     """EnCodec's ELU and its relatives, softplus, mish and hardsigmoid (MobileNetV3-style squeeze-excitation), on
     1-D convolutions."""
@@ -280,6 +295,21 @@ def test_integer_scalars_of_float_tensors_become_floats():
             assert got.dtype == want.dtype and torch.equal(got, want)
 
 
+def test_folded_constants_own_their_storage():
+    pytest.importorskip("executorch")
+    torch.manual_seed(0)
+    from edge.passes.attention import XNNPACK, EdgeMultiheadAttention
+    model, x = EncoderLayers().eval(), torch.randn(1, 17, 16)
+    model.layer.self_attn = EdgeMultiheadAttention(model.layer.self_attn, XNNPACK)   # what the attention pass does
+    model.mha = EdgeMultiheadAttention(model.mha, XNNPACK)
+    program = G.to_xnnpack_forms(torch.export.export(model, (x,)))
+    tensors = [t for t in [*program.constants.values(), *program.state_dict.values()] if isinstance(t, torch.Tensor)]
+    assert tensors and all(t.storage_offset() == 0 and t.is_contiguous() and
+                           t.untyped_storage().nbytes() == t.numel() * t.element_size() for t in tensors)
+    with torch.no_grad():
+        assert close(program.module()(x), model(x))
+
+
 def test_program_forms_record_each_rewrite():
     pytest.importorskip("executorch")
     torch.manual_seed(0)
@@ -297,6 +327,7 @@ def test_program_forms_record_each_rewrite():
 CASES = {   # name: (model, input shape, the rewrites the manifest records)
     "grn": (GRNNet, (1, 3, 8, 8), {"linalg_vector_norm"}),
     "linear-attention": (LinearAttention, (1, 8, 4, 16), {"sum.dim_IntList", "expand/repeat (into a broadcasting op)"}),
+    "encoder-layers": (EncoderLayers, (1, 17, 16), set()),
     "pyramid-pooling": (Pyramid, (1, 3, 28, 28), {"adaptive_avg_pool2d"}),
     "additive-attention": (AdditiveAttention, (1, 6, 8), {"expand/repeat (into a broadcasting op)"}),
     "activations": (Activations, (1, 1, 32), {"elu", "selu", "celu", "softplus", "mish", "hardsigmoid"}),

@@ -531,7 +531,22 @@ def fold_constants(program: Any) -> int:
         cp.constant_prop_pass(program)
     finally:
         cp._PRIMITIVE_TYPES = primitives
+    _own_storage(program)
     return before - sum(1 for n in program.graph.nodes if n.op == "call_function")
+
+
+def _own_storage(program: Any) -> None:
+    """Give each constant that is a view of another tensor's storage (a folded ``in_proj_weight[:E]``: the q rows
+    of ``nn.MultiheadAttention``'s packed projection) storage of its own. ExecuTorch serializes a constant from its
+    storage, not its view: q, k and v all read the packed weight's first rows, and the artifact failed its parity
+    check."""
+    for table in (program.constants, program.state_dict):
+        for name, t in list(table.items()):
+            if isinstance(t, torch.Tensor) and (t.storage_offset() or not t.is_contiguous() or
+                                                t.untyped_storage().nbytes() != t.numel() * t.element_size()):
+                owned = t.detach().clone(memory_format=torch.contiguous_format)
+                table[name] = torch.nn.Parameter(owned, requires_grad=False) if isinstance(t, torch.nn.Parameter) \
+                    else owned
 
 
 def counts(program: Any, ops: dict) -> dict[str, int]:
