@@ -78,6 +78,10 @@ def test_index_and_layout_forms():
     for pad in ((3, 2), (0, 4), (1, 0)):
         assert torch.equal(G._reflect_pad(z, pad, "reflect"), F.pad(z, pad, mode="reflect"))
     assert G._reflect_pad(z, (1, 1), "constant") is NotImplemented
+    img = torch.randn(1, 3, 6, 7)   # 2-D reflection (Swin2SR pads its image to the window size), zero pads too
+    for pad in ((0, 3, 0, 2), (2, 1, 3, 0), (0, 0, 0, 0), (1, 1, 5, 5)):
+        assert torch.equal(G._reflect_pad(img, pad, "reflect"), F.pad(img, pad, mode="reflect")), pad
+    assert G._reflect_pad(img, (0, 0, 6, 0), "reflect") is NotImplemented   # not smaller than the dim: ATen's error
 
 
 def test_whole_input_pool_is_the_global_mean():

@@ -20,7 +20,7 @@ like every artifact, the lowered program is then verified against PyTorch.
       pooling without ``keepdim`` as the pooling with it and a reshape; ``adaptive_avg_pool1d(x, 1)`` as that mean;
       ``adaptive_avg_pool2d`` to other sizes than 1x1 as an ``avg_pool2d`` or averaging linear layers.
     - ``unfold``/``fold`` into non-overlapping patches as reshapes and transposes (MobileViTV2); a small
-      reflect pad of the last dim as slices and a concatenation (EnCodec).
+      reflect pad of the last dims as slices and concatenations (EnCodec, Swin2SR).
     - ``sum`` over dims as a linear layer with a row of ones; ``linalg_vector_norm`` of order 2 / 1 as the square
       root of that sum of squares / that sum of absolute values (ConvNeXtV2's GRN); ``pow`` by the exponents ATen
       computes without ``std::pow`` (0.5, -0.5, 2.0, 3, -1, -2) in ATen's own forms (XNNPACK takes only an
@@ -459,17 +459,20 @@ MAX_REFLECT = 16   # a reflect pad is written as this many one-element slices at
 
 
 def _reflect_pad(x, pad, mode="constant", value=None):
-    """``F.pad(mode="reflect")`` of the last dim as one-element slices and a concatenation (EnCodec's convolutions;
-    its decomposition indexes with computed positions on portable kernels)."""
-    if mode != "reflect" or len(pad) != 2 or not _static(x.shape):
+    """``F.pad(mode="reflect")`` of the last dims as one-element slices and concatenations, one dim after the other
+    (reflection is separable): EnCodec's convolutions, Swin2SR's pad of the image to its window size (which is 0
+    when the size fits: the map itself). Its decomposition indexes with computed positions on portable kernels."""
+    if mode != "reflect" or not pad or len(pad) % 2 or len(pad) // 2 > x.dim() or not _static(x.shape):
         return NotImplemented
-    left, right = pad
-    n = x.shape[-1]
-    if max(left, right) > MAX_REFLECT or max(left, right) >= n or min(left, right) < 0:
+    pairs = [(pad[2 * i], pad[2 * i + 1], x.dim() - 1 - i) for i in range(len(pad) // 2)]
+    if any(max(lo, hi) > MAX_REFLECT or max(lo, hi) >= x.shape[d] or min(lo, hi) < 0 for lo, hi, d in pairs):
         return NotImplemented
-    parts = [x.narrow(-1, i, 1) for i in range(left, 0, -1)] + [x]
-    parts += [x.narrow(-1, n - 2 - i, 1) for i in range(right)]
-    return torch.cat(parts, dim=-1) if len(parts) > 1 else x
+    for left, right, d in pairs:
+        n = x.shape[d]
+        parts = [x.narrow(d, i, 1) for i in range(left, 0, -1)] + [x]
+        parts += [x.narrow(d, n - 2 - i, 1) for i in range(right)]
+        x = torch.cat(parts, dim=d) if len(parts) > 1 else x
+    return x
 
 
 def whole_input_pools(program: Any) -> tuple[Any, int]:
