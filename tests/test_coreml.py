@@ -163,3 +163,28 @@ def test_prediction_matches_pytorch_on_macos(vit_coreml):
     assert np.abs(y - ref).max() <= 1e-2 + 5e-2 * np.abs(ref).max()
     rep = edge.benchmark(vit_coreml[0].path, warmup=2, iters=5, native_profile=False)
     assert rep.p50_ms > 0
+
+
+class _QueriesOnWeights(torch.nn.Module):
+    """DETR's first decoder self-attention: zero queries plus learned position embeddings, weights alone (a
+    constant coremltools folds away); then a cross-attention from those queries to the image tokens."""
+
+    def __init__(self):
+        super().__init__()
+        self.queries, self.proj = torch.nn.Parameter(torch.randn(1, 2, 5, 8)), torch.nn.Conv2d(3, 16, 4, 4)
+
+    def forward(self, x):
+        q = torch.zeros_like(self.queries) + self.queries
+        q = torch.nn.functional.scaled_dot_product_attention(q, q, q)
+        kv = self.proj(x).flatten(2).transpose(1, 2).reshape(1, -1, 2, 8).transpose(1, 2)
+        return torch.nn.functional.scaled_dot_product_attention(q, kv, kv).flatten(1)
+
+
+def test_attention_on_weights_alone_is_not_required_in_the_ml_program(tmp_path):
+    from edge.converters.coreml import _sdpa_in_program
+    model, x = _QueriesOnWeights().eval(), torch.randn(1, 3, 16, 16)
+    assert _sdpa_in_program(torch.export.export(model, (x,))) == 1   # the cross-attention reads the input
+    art = edge.convert(model, target="coreml", example_inputs=(x,), out=tmp_path / "a")
+    d = art.manifest.details
+    assert art.manifest.status == ("verified" if MACOS else "spec-checked")
+    assert d["mil_op_histogram"]["scaled_dot_product_attention"] >= 1
