@@ -115,6 +115,20 @@ class EncoderLayers(nn.Module):
         return self.mha(y, y, y, need_weights=False)[0]
 
 
+class Readout(nn.Module):
+    """DPT's "project" readout: the class token expanded onto every patch token and concatenated with it (an
+    expand no broadcasting op absorbs), and a repeated row concatenated too."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(16, 8)
+
+    def forward(self, x):   # [1, 1 + N, 8]
+        cls, tokens = x[:, :1], x[:, 1:]
+        y = self.proj(torch.cat([tokens, cls.expand_as(tokens)], -1))
+        return torch.cat([y, cls.repeat(1, 2, 1)], 1)
+
+
 class Activations(nn.Module):
     """EnCodec's ELU and its relatives, softplus, mish and hardsigmoid (MobileNetV3-style squeeze-excitation), on
     1-D convolutions."""
@@ -279,6 +293,16 @@ def test_repeats_that_are_expands_are_dropped():
             assert torch.equal(got, want)
 
 
+def test_expands_as_products_with_ones_keep_the_numbers():
+    x = torch.tensor([[[1.5, -0.0, float("nan"), float("inf")]]])   # [1, 1, 4]
+    for got, want in ((G._expand_by_ones(x, [2, 3, -1]), x.expand(2, 3, -1)),
+                      (G._repeat_by_ones(x, [2, 1, 3, 1]), x.repeat(2, 1, 3, 1))):
+        assert got.shape == want.shape and torch.equal(got.nan_to_num(), want.nan_to_num())
+        assert torch.equal(torch.signbit(got), torch.signbit(want))   # -0.0 stays -0.0
+    assert G._repeat_by_ones(x, [1, 1, 2]) is NotImplemented   # repeating a dim of size 4 is not an expand
+    assert G._expand_by_ones(torch.arange(3).reshape(1, 3), [2, 3]) is NotImplemented
+
+
 def test_integer_scalars_of_float_tensors_become_floats():
     class Scalars(nn.Module):
         def forward(self, x, i):
@@ -327,6 +351,7 @@ def test_program_forms_record_each_rewrite():
 CASES = {   # name: (model, input shape, the rewrites the manifest records)
     "grn": (GRNNet, (1, 3, 8, 8), {"linalg_vector_norm"}),
     "linear-attention": (LinearAttention, (1, 8, 4, 16), {"sum.dim_IntList", "expand/repeat (into a broadcasting op)"}),
+    "readout": (Readout, (1, 7, 8), {"expand/repeat (a product with ones)"}),
     "encoder-layers": (EncoderLayers, (1, 17, 16), set()),
     "pyramid-pooling": (Pyramid, (1, 3, 28, 28), {"adaptive_avg_pool2d"}),
     "additive-attention": (AdditiveAttention, (1, 6, 8), {"expand/repeat (into a broadcasting op)"}),

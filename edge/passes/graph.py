@@ -613,6 +613,30 @@ def broadcast_expands(program: Any) -> int:
     return dropped
 
 
+def _float_expands(program: Any) -> int:
+    return sum(1 for n in program.graph.nodes if n.op == "call_function"
+               and (n.target is aten.expand.default or (n.target is aten.repeat.default and _repeats_as_expand(n)))
+               and isinstance(n.meta.get("val"), torch.Tensor) and n.meta["val"].is_floating_point())
+
+
+def _expand_by_ones(x, size, *, implicit=False):
+    """An ``expand`` read by a concatenation (DPT's class-token readout ``cls.expand_as(tokens)``) as ``x * ones``:
+    XNNPACK has no expand, its multiply broadcasts, and ``x * 1`` is ``x`` (NaN and -0.0 included)."""
+    if not x.is_floating_point() or not _static(x.shape, size):
+        return NotImplemented
+    shape = [x.shape[i - (len(size) - x.dim())] if s == -1 else s for i, s in enumerate(size)]
+    return x * torch.ones(shape, dtype=x.dtype, device=x.device)
+
+
+def _repeat_by_ones(x, repeats):
+    if not x.is_floating_point() or not _static(x.shape) or len(repeats) < x.dim() or not all(
+            r == 1 or d == 1 for d, r in zip(x.shape, list(repeats)[len(repeats) - x.dim():])):
+        return NotImplemented
+    lead = list(repeats)[:len(repeats) - x.dim()]
+    return x * torch.ones([*lead, *(d * r for d, r in zip(x.shape, list(repeats)[len(repeats) - x.dim():]))],
+                          dtype=x.dtype, device=x.device)
+
+
 def float_scalars(program: Any) -> int:
     """Write the integer scalar of a float tensor's add/sub/mul/div as a float (in place; returns how many):
     ``x + 0`` (FocalNet's ``ctx_all = 0; ctx_all = ctx_all + ...``), ``x / 2`` (SwiftFormer's head average).
@@ -657,6 +681,10 @@ def to_xnnpack_forms(program: Any, details: dict[str, Any] | None = None) -> Any
     expands = broadcast_expands(out)
     if expands:
         rec["decomposed"]["expand/repeat (into a broadcasting op)"] = expands
+    if not quant and _float_expands(out):   # the ones no broadcasting reader absorbs: a product with ones
+        left = _float_expands(out)
+        out = out.run_decompositions({aten.expand.default: _expand_by_ones, aten.repeat.default: _repeat_by_ones})
+        rec["decomposed"]["expand/repeat (a product with ones)"] = left - _float_expands(out)
     scalars = float_scalars(out)
     if scalars:
         rec["float_scalars"] = scalars
