@@ -67,7 +67,8 @@ class AdditiveAttention(nn.Module):
 
     def __init__(self, d: int = 8):
         super().__init__()
-        self.q, self.k, self.w, self.out = nn.Linear(d, d), nn.Linear(d, d), nn.Parameter(torch.randn(d, 1)), nn.Linear(d, d)
+        self.q, self.k, self.out = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+        self.w = nn.Parameter(torch.randn(d, 1))
 
     def forward(self, x):
         q, k = F.normalize(self.q(x), dim=-1), F.normalize(self.k(x), dim=-1)
@@ -234,7 +235,8 @@ def test_elu_forms_keep_the_numbers():
 def test_adaptive_pool_forms_keep_the_numbers():
     torch.manual_seed(0)
     for shape, size in [((1, 8, 14, 14), (7, 7)), ((1, 8, 7, 7), (7, 7)), ((2, 8, 2, 2), (3, 3)),
-                        ((1, 4, 2, 2), (6, 6)), ((1, 4, 13, 10), (6, 4)), ((3, 9, 7), (2, 3)), ((1, 4, 8, 8), (None, 2))]:
+                        ((1, 4, 2, 2), (6, 6)),
+                        ((1, 4, 13, 10), (6, 4)), ((3, 9, 7), (2, 3)), ((1, 4, 8, 8), (None, 2))]:
         x = torch.randn(*shape)
         want = F.adaptive_avg_pool2d(x, size)
         got = G._adaptive_avg_pool2d(x, list(size))
@@ -350,7 +352,8 @@ def test_program_forms_record_each_rewrite():
 
 CASES = {   # name: (model, input shape, the rewrites the manifest records)
     "grn": (GRNNet, (1, 3, 8, 8), {"linalg_vector_norm"}),
-    "linear-attention": (LinearAttention, (1, 8, 4, 16), {"sum.dim_IntList", "expand/repeat (into a broadcasting op)"}),
+    "linear-attention": (LinearAttention, (1, 8, 4, 16),
+                         {"sum.dim_IntList", "expand/repeat (into a broadcasting op)"}),
     "readout": (Readout, (1, 7, 8), {"expand/repeat (a product with ones)"}),
     "encoder-layers": (EncoderLayers, (1, 17, 16), set()),
     "pyramid-pooling": (Pyramid, (1, 3, 28, 28), {"adaptive_avg_pool2d"}),

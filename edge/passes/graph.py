@@ -25,8 +25,8 @@ like every artifact, the lowered program is then verified against PyTorch.
       root of that sum of squares / that sum of absolute values (ConvNeXtV2's GRN); ``pow`` by the exponents ATen
       computes without ``std::pow`` (0.5, -0.5, 2.0, 3, -1, -2) in ATen's own forms (XNNPACK takes only an
       integer 2); ``var`` / ``std`` as means of squared deviations; ``amax`` as a 4-D ``max.dim`` (a max
-      pooling); ``elu`` / ``selu`` / ``celu`` as relu, clamp, exp (ExecuTorch's XNNPACK partitioner has no ELU);
-      ``hardsigmoid`` as a clamp with float bounds;
+      pooling), and so ``max.dim`` whose indices nothing reads (Hiera); ``elu`` / ``selu`` / ``celu`` as relu,
+      clamp, exp (ExecuTorch's XNNPACK partitioner has no ELU); ``hardsigmoid`` as a clamp with float bounds;
       ``softplus`` / ``mish`` as relu, abs, exp, log (tanh);
       ``upsample_nearest2d`` by powers of two as a broadcasting product with ones (XNNPACK has no nearest resize).
     - ``split`` as step-1 slices (LeViT's q/k/v); a softmax over another dim than the last between two
@@ -35,7 +35,8 @@ like every artifact, the lowered program is then verified against PyTorch.
       step-1 slice (Swin's shifted windows and patch merging).
 ``broadcast_expands``  an ``expand`` (or a ``repeat`` of size-1 dims) read only by broadcasting elementwise ops
     (``ctx.expand_as(v) * v``, MobileViTV2's linear attention; SwiftFormer's repeated global query) is dropped:
-    XNNPACK's binary ops broadcast, it has no expand or repeat.
+    XNNPACK's binary ops broadcast, it has no expand or repeat. One no broadcasting op absorbs (a concatenation
+    reads it: DPT's class-token readout) becomes a product with ones.
 ``float_scalars``  the integer scalar of a float add/sub/mul/div as a float (``x + 0``, ``x / 2``): the edge
     dialect would lift it to an int64 constant and cast it on a portable kernel.
 ``fold_constants``  constant propagation: subgraphs that depend on no input (a relative-position index a
@@ -347,7 +348,8 @@ def _adaptive_windows(n: int, out: int, like: torch.Tensor) -> torch.Tensor:
     ``[floor(i * n / out), ceil((i + 1) * n / out))``, PyTorch's windows."""
     i = torch.arange(out, device=like.device).unsqueeze(1)   # traced ops on aranges: folded into a constant
     j = torch.arange(n, device=like.device).unsqueeze(0)
-    lo, hi = torch.div(i * n, out, rounding_mode="floor"), torch.div((i + 1) * n + out - 1, out, rounding_mode="floor")
+    lo = torch.div(i * n, out, rounding_mode="floor")
+    hi = torch.div((i + 1) * n + out - 1, out, rounding_mode="floor")
     inside = (j >= lo) & (j < hi)
     return inside.to(like.dtype) / (hi - lo).to(like.dtype)
 
@@ -591,8 +593,9 @@ def broadcast_expands(program: Any) -> int:
     """
     graph, dropped = program.graph, 0
     for node in list(graph.nodes):
-        if node.op != "call_function" or not node.users or not (
-                node.target is aten.expand.default or (node.target is aten.repeat.default and _repeats_as_expand(node))):
+        is_expand = node.target is aten.expand.default or (node.target is aten.repeat.default
+                                                           and _repeats_as_expand(node))
+        if node.op != "call_function" or not node.users or not is_expand:
             continue
         src = node.args[0]
         if _shape(src) is None or _shape(node) is None:
