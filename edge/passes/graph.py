@@ -547,9 +547,10 @@ def _own_storage(program: Any) -> None:
     check."""
     for table in (program.constants, program.state_dict):
         for name, t in list(table.items()):
-            if isinstance(t, torch.Tensor) and (t.storage_offset() or not t.is_contiguous() or
+            if isinstance(t, torch.Tensor) and (t.storage_offset() or
                                                 t.untyped_storage().nbytes() != t.numel() * t.element_size()):
-                owned = t.detach().clone(memory_format=torch.contiguous_format)
+                # the same strides: a folded constant a later view reads as laid out (DETR's permuted queries)
+                owned = t.detach().clone(memory_format=torch.preserve_format)
                 table[name] = torch.nn.Parameter(owned, requires_grad=False) if isinstance(t, torch.nn.Parameter) \
                     else owned
 
