@@ -575,13 +575,23 @@ def _shape(node: Any) -> tuple | None:
     return tuple(val.shape) if isinstance(val, torch.Tensor) and _static(val.shape) else None
 
 
-def _repeats_as_expand(node: Any) -> bool:
-    """Is this ``repeat`` an expand: every repeated dim of its input of size 1 (new leading dims aside)?
-    ``q.unsqueeze(1).repeat(1, n, 1)`` (SwiftFormer's additive attention) is ``q.unsqueeze(1).expand(-1, n, -1)``."""
-    src, reps = _shape(node.args[0]), list(node.args[1])
-    if src is None or len(reps) < len(src):
-        return False
-    return all(r == 1 or s == 1 for s, r in zip(src, reps[len(reps) - len(src):]))
+def _repeated_shape(shape: Any, repeats: Any) -> list[int] | None:
+    """The shape ``repeat(repeats)`` gives a tensor of ``shape`` when that repeat is an expand (every repeated dim
+    of size 1, new leading dims aside), else None. ``q.unsqueeze(1).repeat(1, n, 1)`` (SwiftFormer's additive
+    attention) is ``q.unsqueeze(1).expand(-1, n, -1)``."""
+    reps = list(repeats)
+    if shape is None or len(reps) < len(shape):
+        return None
+    lead, tail = reps[:len(reps) - len(shape)], reps[len(reps) - len(shape):]
+    if not all(r == 1 or d == 1 for d, r in zip(shape, tail)):
+        return None
+    return [*lead, *(d * r for d, r in zip(shape, tail))]
+
+
+def _is_expand(node: Any) -> bool:
+    """An ``expand``, or a ``repeat`` that is one."""
+    return node.op == "call_function" and (node.target is aten.expand.default or (
+        node.target is aten.repeat.default and _repeated_shape(_shape(node.args[0]), node.args[1]) is not None))
 
 
 def broadcast_expands(program: Any) -> int:
@@ -594,9 +604,7 @@ def broadcast_expands(program: Any) -> int:
     """
     graph, dropped = program.graph, 0
     for node in list(graph.nodes):
-        is_expand = node.target is aten.expand.default or (node.target is aten.repeat.default
-                                                           and _repeats_as_expand(node))
-        if node.op != "call_function" or not node.users or not is_expand:
+        if not _is_expand(node) or not node.users:
             continue
         src = node.args[0]
         if _shape(src) is None or _shape(node) is None:
@@ -618,8 +626,7 @@ def broadcast_expands(program: Any) -> int:
 
 
 def _float_expands(program: Any) -> int:
-    return sum(1 for n in program.graph.nodes if n.op == "call_function"
-               and (n.target is aten.expand.default or (n.target is aten.repeat.default and _repeats_as_expand(n)))
+    return sum(1 for n in program.graph.nodes if _is_expand(n)
                and isinstance(n.meta.get("val"), torch.Tensor) and n.meta["val"].is_floating_point())
 
 
@@ -633,12 +640,8 @@ def _expand_by_ones(x, size, *, implicit=False):
 
 
 def _repeat_by_ones(x, repeats):
-    if not x.is_floating_point() or not _static(x.shape) or len(repeats) < x.dim() or not all(
-            r == 1 or d == 1 for d, r in zip(x.shape, list(repeats)[len(repeats) - x.dim():])):
-        return NotImplemented
-    lead = list(repeats)[:len(repeats) - x.dim()]
-    return x * torch.ones([*lead, *(d * r for d, r in zip(x.shape, list(repeats)[len(repeats) - x.dim():]))],
-                          dtype=x.dtype, device=x.device)
+    shape = _repeated_shape(x.shape, repeats) if x.is_floating_point() and _static(x.shape) else None
+    return NotImplemented if shape is None else x * torch.ones(shape, dtype=x.dtype, device=x.device)
 
 
 def float_scalars(program: Any) -> int:
@@ -685,8 +688,8 @@ def to_xnnpack_forms(program: Any, details: dict[str, Any] | None = None) -> Any
     expands = broadcast_expands(out)
     if expands:
         rec["decomposed"]["expand/repeat (into a broadcasting op)"] = expands
-    if not quant and _float_expands(out):   # the ones no broadcasting reader absorbs: a product with ones
-        left = _float_expands(out)
+    left = 0 if quant else _float_expands(out)
+    if left:   # the ones no broadcasting reader absorbs: a product with ones
         out = out.run_decompositions({aten.expand.default: _expand_by_ones, aten.repeat.default: _repeat_by_ones})
         rec["decomposed"]["expand/repeat (a product with ones)"] = left - _float_expands(out)
     scalars = float_scalars(out)
