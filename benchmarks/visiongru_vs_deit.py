@@ -3,7 +3,7 @@
 Both models are converted by edge for each runtime (``--runtimes``): VisionGRU-Ti once per minGRU form
 (``--forms``: ``chunked`` is the ``mingru_scan`` pass alone, ``striped`` adds the memory-lean stripe form
 of edge/passes/scan_lean.py, ``loop`` runs each scan level as a runtime loop: ONNX ``Scan``, on OpenVINO a
-``TensorIterator``), DeiT-S with ``img_size`` = the resolution so its position embedding fits.
+``TensorIterator``; ``stripe_loop`` runs the long blocks' stripes in such a loop too), DeiT-S with ``img_size`` = the resolution so its position embedding fits.
 
 * Memory (MiB): each artifact alone in a fresh process, peak RSS over load + ``--mem-iters`` runs minus
   the RSS before loading (the artifact's own cost: weights, compiled kernels, activations). Memory figures
@@ -45,7 +45,8 @@ from edge.profile import reset_peak_rss, rss_mb, time_interleaved
 from edge.zoo import create_model
 
 RUNTIME_TARGETS = {"openvino": "openvino", "onnx": "onnx", "onnxruntime": "onnx", "executorch": "executorch"}
-FORM_OPTIONS = {"chunked": {}, "striped": {"mingru_form": "striped"}, "loop": {"mingru_form": "loop"}}
+FORM_OPTIONS = {"chunked": {}, "striped": {"mingru_form": "striped"}, "loop": {"mingru_form": "loop"},
+                "stripe_loop": {"mingru_form": "stripe_loop"}}
 
 
 # --smoke builds these shallower variants (same widths): the point is that every path of the script runs
@@ -193,9 +194,9 @@ def convert(model: nn.Module, x: torch.Tensor, target: str, out: Path, args, **k
 
 
 def form_options(form: str, args) -> dict:
-    """The pass options of a VisionGRU form (``--stripe``: tokens per stripe of the striped form)."""
+    """The pass options of a VisionGRU form (``--stripe``: tokens per stripe of the striped forms)."""
     opts = dict(FORM_OPTIONS[form])
-    if form == "striped" and args.stripe:
+    if form in ("striped", "stripe_loop") and args.stripe:
         opts["mingru_stripe"] = args.stripe
     return opts
 
@@ -285,8 +286,8 @@ def main() -> None:
     ap.add_argument("--runtimes", default="openvino", help="comma list: openvino, onnx, executorch")
     ap.add_argument("--target", help="one runtime (the old flag; same as --runtimes)")
     ap.add_argument("--sizes", default="224,512,1024")
-    ap.add_argument("--forms", default="chunked,striped", help="VisionGRU forms to compare: chunked, striped, loop")
-    ap.add_argument("--stripe", type=int, help="tokens per stripe of the striped form (default: scan_lean.STRIPE)")
+    ap.add_argument("--forms", default="chunked,striped", help="VisionGRU forms to compare: " + ", ".join(FORM_OPTIONS))
+    ap.add_argument("--stripe", type=int, help="tokens per stripe of the striped forms (default: scan_lean.STRIPE)")
     ap.add_argument("--iters", type=int, default=5, help="timed runs per model per round")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     ap.add_argument("--warmup", type=int, default=2)

@@ -9,10 +9,10 @@ from conftest import needs
 from edge.errors import UnknownNameError, UsageError
 from edge.passes.recurrent import ChunkedMinGRU
 from edge.passes.recurrent import sequential_mingru_scan
-from edge.passes.scan_lean import (LoopMinGRU, StripedBlock2DGRU, StripedMinGRU, StripedTokenizer, loop_linear_scan,
-                                   stripes)
+from edge.passes.scan_lean import (LoopMinGRU, LoopStripedBlock2DGRU, StripedBlock2DGRU, StripedMinGRU,
+                                   StripedTokenizer, loop_linear_scan, stripes)
 from edge.zoo import create_model
-from edge.zoo.visiongru import MinGRU, Tokenizer
+from edge.zoo.visiongru import Block2DGRU, MinGRU, Tokenizer
 
 # (chunk, keep_products, position_major): the chunked scan's form per target (onnx, executorch, openvino)
 TARGET_FORMS = [(16, False, False), (4, True, False), (16, False, True)]
@@ -66,6 +66,46 @@ def test_loop_scan_equals_the_recurrence(n):
             _close(loop_linear_scan(a, b, h, 4, reverse), sequential_mingru_scan(a, b, h, reverse))
 
 
+class _OneBlock(torch.nn.Module):
+    def __init__(self, block: torch.nn.Module, hw: tuple[int, int]):
+        super().__init__()
+        self.block, self.hw = block, hw
+
+    def forward(self, x):
+        return self.block(x, self.hw)
+
+
+def _loop_levels(n: int, chunk: int) -> int:
+    """torch.scan loops of one loop-form scan of n tokens (two per level above the chunk)."""
+    return 0 if n <= chunk else 2 + _loop_levels(n // chunk, chunk)
+
+
+@pytest.mark.slow
+def test_stripe_loop_block_equals_the_block():
+    """The stripe_loop form of a 2DGRU block (6 x 7 = 42 tokens), eager, for stripes that divide the length
+    (7, 21), that leave a tail (5: 8 stripes + 2), one stripe (42) and a stripe longer than the sequence.
+    Captured (torch.export) with a tail and with one stripe: the program holds the two stripe loops
+    (torch.scan), or with one stripe each scan's levels as loops, and computes the original block's numbers."""
+    torch.manual_seed(0)
+    hw, block = (6, 7), Block2DGRU(8).eval()
+    x = torch.randn(2, 42, 8)
+    with torch.no_grad():
+        want = block(x, hw)
+        chunked = Block2DGRU(8)
+        chunked.load_state_dict(block.state_dict())
+        chunked.min_gru_1 = ChunkedMinGRU(block.min_gru_1, chunk=4)
+        chunked.min_gru_2 = ChunkedMinGRU(block.min_gru_2, chunk=4, reverse=True)
+        for stripe in (5, 7, 21, 42, 100):
+            lean = _OneBlock(LoopStripedBlock2DGRU(chunked, stripe), hw).eval()
+            _close(lean(x), want, 1e-4)
+            if stripe not in (5, 42):
+                continue
+            ep = torch.export.export(lean, (x,))
+            loops = sum(n.target is torch.ops.higher_order.scan for n in ep.graph.nodes)
+            assert loops == (2 if stripe == 5 else 2 * _loop_levels(42, 4)), (stripe, loops)
+            _close(ep.module()(x), want, 1e-4)
+
+
 @pytest.mark.parametrize("hw", [(32, 32), (37, 23), (8, 9), (5, 5)])
 def test_striped_stem_equals_the_stem(hw):
     torch.manual_seed(0)
@@ -91,6 +131,9 @@ def test_striped_visiongru_equals_the_original_on_every_target_form():
             assert rec["rewrites"] == 5 and rec["form"] == "striped" and rec["stripe"] == 100, rec
             assert sum(isinstance(m, StripedBlock2DGRU) for m in lean.modules()) == 4
             _close(lean(x), ref, 1e-4)
+        lean = edge.optimize(model, target="openvino", mingru_form="stripe_loop", mingru_stripe=100)
+        assert sum(isinstance(m, LoopStripedBlock2DGRU) for m in lean.modules()) == 4
+        _close(lean(x), ref, 1e-4)
         loop = edge.optimize(model, target="onnx", mingru_form="loop")
         assert sum(isinstance(m, LoopMinGRU) for m in loop.modules()) == 8
         _close(loop(x), ref, 1e-4)
@@ -184,3 +227,31 @@ def test_visiongru_digits_striped_converts_on_every_target(target, tmp_path):
         assert deleg["fully_delegated"] and not deleg["portable_ops"], deleg
     model, _ = create_model("visiongru_digits")
     assert _digits_accuracy(edge.optimize(model, target=target, **opts)) == _digits_accuracy(model)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["onnx", "openvino",
+                                    pytest.param("executorch", marks=needs("executorch", "executorch"))])
+def test_visiongru_digits_stripe_loop_form(target, tmp_path):
+    """The stripe_loop form, stage 1 (8 x 8 tokens) in stripes of 24: two whole stripes run in each block's two
+    loops (ONNX Scan; OpenVINO TensorIterator), the 16 tokens left over unrolled. Each artifact is run by its
+    runtime and checked against PyTorch by convert, and the form's accuracy equals the original's. ExecuTorch
+    refuses the form, naming the one it takes."""
+    opts = {"mingru_form": "stripe_loop", "mingru_stripe": 24}
+    if target == "executorch":
+        with pytest.raises(UsageError, match="mingru_form='striped'"):
+            edge.convert("visiongru_digits", target=target, out=tmp_path / target, pass_options=opts)
+        assert not (tmp_path / target).exists()
+        return
+    art = edge.convert("visiongru_digits", target=target, out=tmp_path / target, pass_options=opts)
+    assert art.manifest.parity["passed"], art.manifest.parity
+    out = art.manifest.parity["outputs"]["output"]
+    assert out["accuracy"] == out["reference_accuracy"], out
+    rec = {r["pass"]: r for r in art.manifest.details["optimize_passes"]}["visiongru_stripes"]
+    assert rec["form"] == "stripe_loop" and rec["stripe"] == 24, rec
+    if target == "onnx":
+        import onnx
+        loops = [n.op_type for n in onnx.load(str(art.main_path), load_external_data=False).graph.node].count("Scan")
+    else:
+        loops = open(art.main_path).read().count('type="TensorIterator"')
+    assert loops == 2, loops

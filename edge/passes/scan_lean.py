@@ -37,11 +37,12 @@ from edge.passes.recurrent import CHUNK, ChunkedMinGRU, _entering, chunked_linea
 # Tokens per stripe. The live intermediates of a stripe are a few [stripe, 2 * dim] tensors (stage 1 of
 # VisionGRU-Ti: 2.4 MB each at 4096 tokens); every stripe adds one copy of the scan's nodes to the graph.
 STRIPE = 4096
-FORMS = ("chunked", "striped", "loop")
+FORMS = ("chunked", "striped", "loop", "stripe_loop")
 # A converter may declare ``forms = {"mingru_form": "striped"}``; the pass option of the same name overrides it.
 declare_form("mingru_form", "chunked", FORMS, "striped: VisionGRU's stem and long 2DGRU blocks in stripes of "
              "tokens, the scan state carried between stripes (exact, less peak memory at high resolution); "
-             "loop: each level of the chunked minGRU scan as one torch.scan loop (ONNX Scan; far fewer nodes)")
+             "loop: each level of the chunked minGRU scan as one torch.scan loop (ONNX Scan; far fewer nodes); "
+             "stripe_loop: the long blocks' stripes as torch.scan loops, the other scans as in loop")
 
 
 def stripes(n: int, stripe: int) -> list[tuple[int, int]]:
@@ -110,10 +111,15 @@ class StripedBlock2DGRU(nn.Module):
     def _mlp(self, z: torch.Tensor) -> torch.Tensor:
         return z + self.projection2(self.activation(self.projection1(self.norm2(z))))
 
-    def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    def _mixed(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        """y = DWConv(LN(x)) [B, N, C], the input of both scans (whole: the reverse scan reads every token)."""
         B, N, C = x.shape
         y = self.norm(x).reshape(B, hw[0], hw[1], C).permute(0, 3, 1, 2)
-        y = self.dw_conv(y).permute(0, 2, 3, 1).reshape(B, N, C)
+        return self.dw_conv(y).permute(0, 2, 3, 1).reshape(B, N, C)
+
+    def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        N = x.shape[1]
+        y = self._mixed(x, hw)
         fwd = self.min_gru_1(y)
         outs: list[torch.Tensor | None] = [None] * len(stripes(N, self.stripe))
         h = None
@@ -225,14 +231,101 @@ def loop_linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None =
     return torch.cat([tail, h] if reverse else [h, tail], dim=1)
 
 
+def loop_forward(m: ChunkedMinGRU, x: torch.Tensor, h0: torch.Tensor | None = None, return_state: bool = False):
+    """``m``'s forward with its scan as :func:`loop_linear_scan` (token order, no position-major)."""
+    a, b = m._gates(x)
+    h = loop_linear_scan(a, b, h0, m.chunk, m.reverse)
+    out = m.to_out(h)
+    return (out, h[:, 0] if m.reverse else h[:, -1]) if return_state else out
+
+
 class LoopMinGRU(ChunkedMinGRU):
-    """A :class:`ChunkedMinGRU` whose scan is :func:`loop_linear_scan` (token order, no position-major)."""
+    """A :class:`ChunkedMinGRU` whose scan is :func:`loop_linear_scan` (:func:`loop_forward`)."""
 
     def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None, return_state: bool = False):
-        a, b = self._gates(x)
-        h = loop_linear_scan(a, b, h0, self.chunk, self.reverse)
-        out = self.to_out(h)
-        return (out, h[:, 0] if self.reverse else h[:, -1]) if return_state else out
+        return loop_forward(self, x, h0, return_state)
+
+
+def _stacked(t: torch.Tensor, k: int) -> torch.Tensor:
+    """[B, k * S, C] -> stripe-major [k, B, S, C]: a loop's iteration i reads stripe i."""
+    B, N, C = t.shape
+    return t.reshape(B, k, N // k, C).transpose(0, 1)
+
+
+def _unstacked(t: torch.Tensor) -> torch.Tensor:
+    """[k, B, S, C] (a loop's stacked outputs) -> [B, k * S, C] in token order."""
+    k, B, S, C = t.shape
+    return t.transpose(0, 1).reshape(B, k * S, C)
+
+
+def _loop(body, init: torch.Tensor, xs, reverse: bool = False):
+    """``torch.scan(body, init, xs, reverse)`` when captured (the program holds one loop op); eager PyTorch
+    runs the same body over dim 0 in Python (eager scan compiles its body, and recompiles it with symbolic
+    strides that no longer match the carry's when the shapes change between calls)."""
+    if torch.compiler.is_compiling():
+        from torch._higher_order_ops.scan import scan   # torch's loop op: only this form needs it
+        return scan(body, init, xs, reverse=reverse)
+    xs = xs if isinstance(xs, tuple) else (xs,)
+    carry, ys = init, [None] * xs[0].shape[0]
+    for i in (range(len(ys) - 1, -1, -1) if reverse else range(len(ys))):
+        carry, ys[i] = body(carry, xs[0][i] if len(xs) == 1 else tuple(t[i] for t in xs))
+    return carry, torch.stack(ys)
+
+
+def _carried(h: torch.Tensor) -> torch.Tensor:
+    """A loop's state [B, inner] as the flat [B * inner] it is carried as: a 1-D carry has one stride (a
+    [1, inner] state's first stride is arbitrary, and the loop op refuses a carry whose strides differ from
+    its initial value's)."""
+    return h.reshape(-1)
+
+
+class LoopStripedBlock2DGRU(StripedBlock2DGRU):
+    """A :class:`StripedBlock2DGRU` whose stripes run inside two ``torch.scan`` loops (ONNX ``Scan``, OpenVINO
+    ``TensorIterator``): the forward minGRU over the stripes with its state as the carry, then the reverse
+    minGRU, residual sum and MLP from the last stripe to the first.
+
+    The same numbers as the unrolled stripes, but the graph holds one stripe's nodes instead of one copy per
+    stripe, and a runtime keeps one stripe's intermediates alive, not one set per stripe of an unrolled
+    graph that its memory planner may overlap. The ``N % stripe`` tokens left over run unrolled after the
+    forward loop and before the reverse loop (scan order). A sequence of at most one whole stripe runs the
+    unrolled form (one stripe: nothing to loop over).
+    """
+
+    def _zero(self, y: torch.Tensor, layer: StripedMinGRU) -> torch.Tensor:
+        """The state entering the first stripe: zeros, flat (a * 0 + b == b exactly: the gates are finite)."""
+        return y.new_zeros(y.shape[0] * layer.inner.to_hidden.out_features)
+
+    def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        B, N, C = x.shape
+        k, S = N // self.stripe, self.stripe
+        if k < 2:       # one stripe, nothing to loop over: each scan level as a loop, as in the loop form
+            y = self._mixed(x, hw)
+            return self._mlp(x + loop_forward(self.min_gru_1.inner, y) + loop_forward(self.min_gru_2.inner, y))
+        M, g1, g2 = k * S, self.min_gru_1, self.min_gru_2
+        y = self._mixed(x, hw)
+
+        def forward_stripe(h, y_s):
+            out, h = g1.stripe_forward(y_s, h.view(B, -1))
+            return _carried(h), out
+
+        h, outs = _loop(forward_stripe, self._zero(y, g1), _stacked(y[:, :M], k))
+        fwd = _unstacked(outs)
+        if M < N:
+            fwd = torch.cat([fwd, g1.stripe_forward(y[:, M:], h.view(B, -1))[0]], dim=1)
+        tail, h = None, self._zero(y, g2)
+        if M < N:          # the reverse scan starts with the tokens past the last whole stripe
+            b_t, h = g2.stripe_forward(y[:, M:], None)
+            h = _carried(h)
+            tail = self._mlp(x[:, M:] + fwd[:, M:] + b_t)
+
+        def reverse_stripe(h, xs):
+            y_s, x_s, f_s = xs
+            b_s, h = g2.stripe_forward(y_s, h.view(B, -1))
+            return _carried(h), self._mlp(x_s + f_s + b_s)
+
+        _, outs = _loop(reverse_stripe, h, tuple(_stacked(t[:, :M], k) for t in (y, x, fwd)), reverse=True)
+        out = _unstacked(outs)
+        return out if tail is None else torch.cat([out, tail], dim=1)
 
 
 def _as_loop(m: ChunkedMinGRU) -> LoopMinGRU:
@@ -240,6 +333,17 @@ def _as_loop(m: ChunkedMinGRU) -> LoopMinGRU:
     new.__dict__.update(m.__dict__)     # same submodules and settings, another forward
     new.position_major = False
     return new
+
+
+def _loop_scans(module: nn.Module) -> int:
+    """Every chunked minGRU scan under ``module`` as a :class:`LoopMinGRU`; returns how many."""
+    n = 0
+    for m in list(module.modules()):
+        for name, child in list(m.named_children()):
+            if type(child) is ChunkedMinGRU and not isinstance(m, StripedMinGRU):
+                setattr(m, name, _as_loop(child))
+                n += 1
+    return n
 
 
 def form_of(options: dict, forms: dict | None = None) -> str:
@@ -261,27 +365,22 @@ def striped_pass(module: nn.Module, ctx: OptimizeContext) -> tuple[int, dict]:
     known only from its input, so every Block2DGRU is wrapped and a short one runs as a single stripe."""
     form = form_of(ctx.options, ctx.forms)
     if form == "loop":
-        n = 0
-        for name, m in list(module.named_modules()):
-            for cname, child in list(m.named_children()):
-                if type(child) is ChunkedMinGRU:
-                    setattr(m, cname, _as_loop(child))
-                    n += 1
-        return n, {"form": "loop"}
-    if form != "striped":
+        return _loop_scans(module), {"form": "loop"}
+    if form not in ("striped", "stripe_loop"):
         return 0, {"form": "chunked"}
     from edge.zoo.visiongru import Block2DGRU, Tokenizer
     stripe = ctx.options.get("mingru_stripe")
     stripe = STRIPE if stripe is None else int(stripe)
     if stripe < 1:
         raise UsageError(f"mingru_stripe must be >= 1 token, got {stripe}")
+    block_form = LoopStripedBlock2DGRU if form == "stripe_loop" else StripedBlock2DGRU
     n = 0
 
     def swap(parent: nn.Module) -> None:
         nonlocal n
         for name, child in list(parent.named_children()):
             if isinstance(child, Block2DGRU) and isinstance(child.min_gru_1, ChunkedMinGRU):
-                setattr(parent, name, StripedBlock2DGRU(child, stripe))
+                setattr(parent, name, block_form(child, stripe))
                 n += 1
             elif isinstance(child, Tokenizer):
                 setattr(parent, name, StripedTokenizer(child, stripe))
@@ -290,4 +389,6 @@ def striped_pass(module: nn.Module, ctx: OptimizeContext) -> tuple[int, dict]:
                 swap(child)
 
     swap(module)
-    return n, {"form": "striped", "stripe": stripe}
+    if form == "stripe_loop":   # other minGRUs loop over chunks (a stripe's scan stays unrolled: OpenVINO
+        n += _loop_scans(module)  # takes no TensorIterator inside another)
+    return n, {"form": form, "stripe": stripe}
