@@ -95,6 +95,12 @@ class CoreMLConverter(Converter):
                 details["constants_folded"] = fold_constants(ep)
             details["sdpa_default_scale_dropped"] = drop_default_sdpa_scale(ep)
             details["aliases_removed"] = drop_aliases(ep)
+            from edge.passes.rank import lower_rank
+            # Core ML takes rank <= 5 (Hiera's 6-D unroll/reroll); checked bit-identical on the example, since
+            # the package cannot be run here
+            lowered = lower_rank(ep, tuple(job.example_inputs))
+            if lowered:
+                details["rank_lowered"] = f"{lowered} tensor(s) of rank > 5 rewritten with rank <= 5 ops"
             return ct.convert(ep, convert_to="mlprogram", inputs=in_types, outputs=out_types,
                               minimum_deployment_target=getattr(ct.target, TARGETS[target][0]),
                               compute_precision=ct.precision.FLOAT32 if fp32 else ct.precision.FLOAT16,
@@ -314,12 +320,20 @@ def drop_default_sdpa_scale(program: Any) -> int:
 
 
 def drop_aliases(program: Any) -> int:
-    """Replace ``aten.alias`` (an identity view coremltools has no converter for) by its input; returns how many."""
+    """Replace ``aten.alias`` (an identity view coremltools has no converter for) by its input; returns how many.
+
+    An alias the program returns (Swin2SR's output) becomes a ``clone`` of the same name instead: coremltools
+    looks the outputs up by the names in the graph signature, and a removed node's name is not found there
+    ("Torch var alias not found in context"); ``clone`` is one of its no-ops.
+    """
     import torch
     targets = {torch.ops.aten.alias.default, getattr(torch.ops.aten, "alias_copy").default}
     graph, n = program.graph_module.graph, 0
     for node in list(graph.nodes):
-        if node.op == "call_function" and node.target in targets:
+        if node.op == "call_function" and node.target in targets and any(u.op == "output" for u in node.users):
+            node.target = torch.ops.aten.clone.default
+            n += 1
+        elif node.op == "call_function" and node.target in targets:
             node.replace_all_uses_with(node.args[0])
             graph.erase_node(node)
             n += 1
