@@ -104,6 +104,17 @@ def test_hiera_forms_and_selections_are_bit_identical(batch):
     assert _lowered_is_bit_identical(HieraLike(), torch.randn(batch, 16, 16, 16)) >= 6
 
 
+def test_a_dynamic_batch_is_inferred_by_the_reshapes():
+    x = torch.randn(2, 16, 16, 16)
+    ep = torch.export.export(HieraLike(), (x,), dynamic_shapes=({0: torch.export.Dim("batch", max=64)},))
+    ep = ep.run_decompositions({})
+    assert lower_rank(ep, (x,)) >= 6 and max_rank(ep) <= 5
+    for batch in (3, 1):   # other batches than the example's
+        x = torch.randn(batch, 16, 16, 16)
+        for want, got in zip(HieraLike()(x), ep.module()(x)):
+            assert torch.equal(want, got)
+
+
 class Rank5(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.view(2, 4, 4, 2, 8).permute(0, 2, 1, 3, 4).reshape(2, 32, 8).amax(dim=1)
@@ -165,10 +176,13 @@ def test_an_alias_the_program_returns_keeps_its_name():
 
 @pytest.mark.slow
 @needs("coremltools", "coreml")
-@pytest.mark.parametrize("model,shape", [(HieraCore(), (2, 16, 16, 16)), (SlicedOutput(), (1, 3, 8, 8))],
-                         ids=["rank6", "alias-output"])
-def test_coreml_converts_them(model, shape, tmp_path):
-    art = edge.convert(model.eval(), target="coreml", example_inputs=(torch.randn(shape),), out=tmp_path / "a")
+@pytest.mark.parametrize("model,shape,dynamic", [(HieraCore(), (2, 16, 16, 16), False),
+                                                 (HieraCore(), (2, 16, 16, 16), True),
+                                                 (SlicedOutput(), (1, 3, 8, 8), False)],
+                         ids=["rank6", "rank6-dynamic-batch", "alias-output"])
+def test_coreml_converts_them(model, shape, dynamic, tmp_path):
+    art = edge.convert(model.eval(), target="coreml", example_inputs=(torch.randn(shape),), out=tmp_path / "a",
+                       dynamic_batch=dynamic)
     assert art.manifest.status in ("spec-checked", "verified")
     if isinstance(model, HieraCore):
         assert "rank_lowered" in art.manifest.details

@@ -36,6 +36,7 @@ from torch.utils._pytree import tree_map
 
 aten = torch.ops.aten
 MAX_RANK = 5
+DYNAMIC = -1   # a dynamic size, in a shape: the one a reshape infers
 
 # ops whose output has the input's elements in the same row-major order
 _VIEWS = {aten.view.default, aten._unsafe_view.default, aten.reshape.default, aten.view_copy.default,
@@ -55,11 +56,26 @@ def _val(node: Any) -> Any:
 
 
 def _shape(node: Any) -> tuple[int, ...] | None:
-    """The static shape of a tensor-valued node, else None."""
+    """The shape of a tensor-valued node, its one dynamic dim (a dynamic batch) as ``DYNAMIC``; None for other
+    nodes and for shapes with more than one dynamic dim (a reshape can infer one size only)."""
     val = _val(node)
-    if isinstance(val, torch.Tensor) and all(isinstance(d, int) for d in val.shape):
-        return tuple(val.shape)
-    return None
+    if not isinstance(val, torch.Tensor):
+        return None
+    shape = tuple(d if isinstance(d, int) else DYNAMIC for d in val.shape)
+    return shape if shape.count(DYNAMIC) <= 1 else None
+
+
+def _same_shape(a: Any, b: Any) -> bool:
+    """Do two nodes have the same shape, symbol for symbol (a dynamic batch)?"""
+    va, vb = _val(a), _val(b)
+    return isinstance(va, torch.Tensor) and isinstance(vb, torch.Tensor) and \
+        [str(d) for d in va.shape] == [str(d) for d in vb.shape]
+
+
+def _prod(sizes: Any) -> int:
+    """The product of sizes; ``DYNAMIC`` where one of them is (the size a reshape infers)."""
+    sizes = list(sizes)
+    return DYNAMIC if DYNAMIC in sizes else math.prod(sizes)
 
 
 def _rank(node: Any) -> int:
@@ -96,7 +112,7 @@ def merged_permute(shape: tuple[int, ...], perm: list[int]) -> tuple[list[int], 
     sizes = [shape[d] for d in keep]
     order = sorted(range(len(runs)), key=lambda r: runs[r][0])    # runs in input order
     position = {r: i for i, r in enumerate(order)}
-    return [math.prod(sizes[d] for d in runs[r]) for r in order], [position[r] for r in range(len(runs))]
+    return [_prod(sizes[d] for d in runs[r]) for r in order], [position[r] for r in range(len(runs))]
 
 
 def permute_moves(shape: list[int], perm: list[int]) -> list[tuple[list[int], list[int]]]:
@@ -113,7 +129,7 @@ def permute_moves(shape: list[int], perm: list[int]) -> list[tuple[list[int], li
         if p == t:
             continue
         sizes = [shape[g] for g in cur]
-        steps.append(([math.prod(sizes[:t]), math.prod(sizes[t:p]), sizes[p], math.prod(sizes[p + 1:])],
+        steps.append(([_prod(sizes[:t]), _prod(sizes[t:p]), sizes[p], _prod(sizes[p + 1:])],
                       [0, 2, 1, 3]))
         cur = cur[:t] + [want] + cur[t:p] + cur[p + 1:]
     return steps
@@ -129,7 +145,7 @@ def _reduce_runs(shape: tuple[int, ...], dims: set[int]) -> tuple[list[int], lis
             continue
         r = d in dims
         if r is last:
-            merged[-1] *= size
+            merged[-1] = _prod([merged[-1], size])
         else:
             merged.append(size)
             if r:
@@ -173,7 +189,9 @@ class _Lowering:
         if n.target is aten.permute.default:
             return True
         if n.target in _ONE_DIM:
-            return isinstance(_one_dim(n), int)
+            d = _one_dim(n)   # unbind gives one output per index: not over a dynamic dim
+            shape = _shape(src)
+            return isinstance(d, int) and not (n.target is aten.unbind.int and shape[_dim(d, len(shape))] == DYNAMIC)
         if n.target in _REDUCE_MANY:
             shape = _shape(src)
             dims = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", ())
@@ -188,8 +206,7 @@ class _Lowering:
         if out is None or not self._high(n):
             return False
         tensors = [a for a in (*n.args, *n.kwargs.values()) if isinstance(_val(a), torch.Tensor)]
-        return all(_shape(a) == out and self._high(a) or (_shape(a) is not None and math.prod(_shape(a)) == 1)
-                   for a in tensors)
+        return all(_same_shape(a, n) and self._high(a) or _prod(_shape(a) or [0]) == 1 for a in tensors)
 
     # -- the rewrite
     def _call(self, target: Any, *args: Any, **kwargs: Any) -> Any:
@@ -219,8 +236,15 @@ class _Lowering:
                 continue   # with its tuple op
             with self.graph.inserting_before(n):
                 self._rewrite(n)
+        inputs = set()
         for n in reversed(self.nodes):
             if not n.users:
+                inputs.update(n.all_input_nodes)
+                self.graph.erase_node(n)
+        while inputs:   # the sizes the erased views read (sym_size of a dynamic batch), now read by nothing
+            n = inputs.pop()
+            if n.op == "call_function" and not n.users and isinstance(_val(n), torch.SymInt):
+                inputs.update(n.all_input_nodes)
                 self.graph.erase_node(n)
 
     def _rewrite(self, n: Any) -> None:
@@ -240,7 +264,7 @@ class _Lowering:
         if n.target in _ONE_DIM:
             shape = _shape(src)
             d = _dim(_one_dim(n), len(shape))
-            x3 = self._reshape(x, [math.prod(shape[:d]), shape[d], math.prod(shape[d + 1:])])
+            x3 = self._reshape(x, [_prod(shape[:d]), shape[d], _prod(shape[d + 1:])])
             rest = [a for a in n.args[2:]]
             kwargs = {k: v for k, v in n.kwargs.items() if k != "dim"}
             if n.target in (aten.max.dim, aten.min.dim, aten.argmax.default, aten.argmin.default):
@@ -262,13 +286,13 @@ class _Lowering:
 
     def _rewrite_elementwise(self, n: Any) -> None:
         common = next(_shape(self.rep[a]) for a in (*n.args, *n.kwargs.values()) if self._high(a)
-                      and _shape(a) == _shape(n))
+                      and _same_shape(a, n))
 
         def arg(a: Any) -> Any:
             if not isinstance(_val(a), torch.Tensor):
                 return a
             x = self.rep.get(a, a)
-            return self._reshape(x, common if _shape(a) == _shape(n) else [1] * len(common))
+            return self._reshape(x, common if _same_shape(a, n) else [1] * len(common))
         kwargs = {k: arg(v) for k, v in n.kwargs.items() if k != "memory_format"}
         self._out(n, self._call(n.target, *[arg(a) for a in n.args], **kwargs))
 
