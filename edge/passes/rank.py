@@ -206,7 +206,8 @@ class _Lowering:
         if out is None or not self._high(n):
             return False
         tensors = [a for a in (*n.args, *n.kwargs.values()) if isinstance(_val(a), torch.Tensor)]
-        return all(_same_shape(a, n) and self._high(a) or _prod(_shape(a) or [0]) == 1 for a in tensors)
+        same = [self._high(a) and _same_shape(a, n) for a in tensors]   # no broadcasting, but of one element
+        return any(same) and all(s or _prod(_shape(a) or [0]) == 1 for s, a in zip(same, tensors))
 
     # -- the rewrite
     def _call(self, target: Any, *args: Any, **kwargs: Any) -> Any:
@@ -329,8 +330,8 @@ def lower_rank(program: Any, example_inputs: tuple | None = None, max_rank: int 
 
     Example:
         >>> ep = torch.export.export(model, (x,))
-        >>> lower_rank(ep, (x,))       # Hiera: its unroll/reroll, q/k/v split and query pooling
-        12
+        >>> lower_rank(ep, (x,))       # a small Hiera: its unroll/reroll, q/k/v split and query pooling
+        8
     """
     graph = program.graph_module.graph
     high = [n for n in graph.nodes if _rank(n) > max_rank]
