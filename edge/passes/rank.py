@@ -154,6 +154,34 @@ def _reduce_runs(shape: tuple[int, ...], dims: set[int]) -> tuple[list[int], lis
     return merged, reduced
 
 
+def broadcast_merge(out: tuple[int, ...], operands: list[tuple[int, ...]], expand: bool = False
+                    ) -> tuple[list[int], list[list[int]]] | None:
+    """``out`` and the ``operands`` it is broadcast from, with size-1 dims of ``out`` dropped and neighbouring dims
+    merged where every operand is broadcast along both or along neither; None for an ``expand`` along a dynamic
+    dim (it cannot say that size).
+
+    Example:
+        >>> broadcast_merge((2, 3, 4, 1, 5, 6), [(2, 3, 1, 1, 5, 6), (4, 1, 1, 1)])
+        ([6, 4, 30], [[6, 1, 30], [1, 4, 1]])
+    """
+    k = len(out)
+    padded = [(1,) * (k - len(s)) + tuple(s) for s in operands]
+    runs: list[tuple[tuple[bool, ...], list[int]]] = []
+    for j in range(k):
+        if out[j] == 1:
+            continue
+        pattern = tuple(p[j] == 1 for p in padded)   # broadcast along j
+        if expand and out[j] == DYNAMIC and any(pattern):
+            return None
+        if runs and runs[-1][0] == pattern:
+            runs[-1][1].append(j)
+        else:
+            runs.append((pattern, [j]))
+    merged = [_prod(out[j] for j in dims) for _, dims in runs]
+    return merged, [[1 if pattern[i] else _prod(p[j] for j in dims) for pattern, dims in runs]
+                    for i, p in enumerate(padded)]
+
+
 class _Lowering:
     """One connected group of rank > 5 tensors, checked and then rewritten."""
 
@@ -184,6 +212,8 @@ class _Lowering:
         src = n.args[0] if n.args else None
         if n.target in _VIEWS:
             return _shape(n) is not None and _shape(src) is not None
+        if n.target is aten.cat.default:
+            return self._concatenated(n)
         if not self._high(src) or _shape(src) is None:
             return self._elementwise(n)
         if n.target is aten.permute.default:
@@ -200,14 +230,29 @@ class _Lowering:
         return self._elementwise(n)
 
     def _elementwise(self, n: Any) -> bool:
-        if not (torch.Tag.pointwise in getattr(n.target, "tags", ()) or n.target in _ELEMENTWISE_EXTRA):
+        """An elementwise op (broadcasting, or an ``expand``) whose merged dims are few enough."""
+        if not (torch.Tag.pointwise in getattr(n.target, "tags", ()) or n.target in _ELEMENTWISE_EXTRA
+                or n.target is aten.expand.default) or not self._high(n):
             return False
-        out = _shape(n)
-        if out is None or not self._high(n):
-            return False
-        tensors = [a for a in (*n.args, *n.kwargs.values()) if isinstance(_val(a), torch.Tensor)]
-        same = [self._high(a) and _same_shape(a, n) for a in tensors]   # no broadcasting, but of one element
-        return any(same) and all(s or _prod(_shape(a) or [0]) == 1 for s, a in zip(same, tensors))
+        return self._broadcast(n) is not None
+
+    def _broadcast(self, n: Any) -> tuple[list, list[int], list[list[int]]] | None:
+        """(tensor operands, merged output shape, merged operand shapes) of an elementwise op or expand."""
+        tensors = [a for a in (n.args[:1] if n.target is aten.expand.default else (*n.args, *n.kwargs.values()))
+                   if isinstance(_val(a), torch.Tensor)]
+        shapes = [_shape(a) for a in (*tensors, n)]
+        if None in shapes:
+            return None
+        merged = broadcast_merge(shapes[-1], shapes[:-1], expand=n.target is aten.expand.default)
+        if merged is None or len(merged[0]) > self.max_rank:
+            return None
+        return tensors, *merged
+
+    def _concatenated(self, n: Any) -> bool:
+        """A concatenation of rank > 5 tensors over one dim."""
+        tensors, dim = n.args[0], n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
+        return self._high(n) and isinstance(dim, int) and all(self._high(a) and _shape(a) for a in tensors) and \
+            sum(_shape(a)[_dim(dim, len(_shape(n)))] == DYNAMIC for a in tensors) == 0
 
     # -- the rewrite
     def _call(self, target: Any, *args: Any, **kwargs: Any) -> Any:
@@ -249,6 +294,8 @@ class _Lowering:
                 self.graph.erase_node(n)
 
     def _rewrite(self, n: Any) -> None:
+        if n.target is aten.cat.default:
+            return self._rewrite_cat(n)
         src = n.args[0]
         x = self.rep.get(src, src)
         if n.target in _VIEWS:
@@ -286,16 +333,22 @@ class _Lowering:
         return None
 
     def _rewrite_elementwise(self, n: Any) -> None:
-        common = next(_shape(self.rep[a]) for a in (*n.args, *n.kwargs.values()) if self._high(a)
-                      and _same_shape(a, n))
+        tensors, out, shapes = self._broadcast(n)
+        reshaped = {a: self._reshape(self.rep.get(a, a), s) for a, s in zip(tensors, shapes)}
+        if n.target is aten.expand.default:
+            return self._out(n, self._call(n.target, reshaped[n.args[0]], out))
 
         def arg(a: Any) -> Any:
-            if not isinstance(_val(a), torch.Tensor):
-                return a
-            x = self.rep.get(a, a)
-            return self._reshape(x, common if _same_shape(a, n) else [1] * len(common))
+            return reshaped.get(a, a) if isinstance(a, torch.fx.Node) else a
         kwargs = {k: arg(v) for k, v in n.kwargs.items() if k != "memory_format"}
-        self._out(n, self._call(n.target, *[arg(a) for a in n.args], **kwargs))
+        return self._out(n, self._call(n.target, *[arg(a) for a in n.args], **kwargs))
+
+    def _rewrite_cat(self, n: Any) -> None:
+        shape = _shape(n)
+        d = _dim(n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0), len(shape))
+        parts = [self._reshape(self.rep[a], [_prod(shape[:d]), _shape(a)[d], _prod(shape[d + 1:])])
+                 for a in n.args[0]]
+        self._out(n, self._call(aten.cat.default, parts, 1))
 
 
 def _groups(high: list) -> list[set]:
