@@ -13,14 +13,15 @@ and every op of the chain is rewritten on representatives:
   others, each a rank-4 ``permute`` of merged dims;
 - ``select`` / ``slice`` / ``unbind`` / ``max.dim`` / ``min.dim`` / ``argmax`` / ``argmin`` over one dim ``d``: the
   same op over dim 1 of the ``[prod(dims before d), size of d, prod(dims after d)]`` reshape; ``amax`` / ``amin``
-  over runs of merged dims;
-- elementwise ops (``torch.Tag.pointwise``, ``_to_copy``) of same-shape operands (or one-element ones) on the
-  representatives, reshaped alike.
+  over runs of merged dims; ``cat`` over one dim likewise;
+- elementwise ops (``torch.Tag.pointwise``, ``_to_copy``), broadcasting ones included, and ``expand``: size-1 dims
+  of the output dropped, and neighbouring dims merged where each operand is broadcast along both or neither.
 
-These ops move data or pick among values (no arithmetic changes order), so the rewritten program computes
-bit-identical numbers. A connected group of rank > 5 tensors is rewritten only when every op that makes or reads
-one is among the above; otherwise it is left as it was (and the backend gives its own reason). A program without
-rank > 5 tensors is not touched.
+These ops move data, pick among values or compute each element alone (no reduction changes order), so the
+rewritten program computes bit-identical numbers. A connected group of rank > 5 tensors is rewritten only when
+every op that makes or reads one is among the above and its merged dims number 5 at most; otherwise it is left as
+it was (and the backend gives its own reason). A program without rank > 5 tensors is not touched. One dynamic dim
+per tensor (a dynamic batch) is the size each reshape infers (``-1``).
 
 Example:
     >>> lowered = lower_rank(program)    # in place; the number of rank > 5 tensors rewritten away
