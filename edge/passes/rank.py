@@ -66,13 +66,6 @@ def _shape(node: Any) -> tuple[int, ...] | None:
     return shape if shape.count(DYNAMIC) <= 1 else None
 
 
-def _same_shape(a: Any, b: Any) -> bool:
-    """Do two nodes have the same shape, symbol for symbol (a dynamic batch)?"""
-    va, vb = _val(a), _val(b)
-    return isinstance(va, torch.Tensor) and isinstance(vb, torch.Tensor) and \
-        [str(d) for d in va.shape] == [str(d) for d in vb.shape]
-
-
 def _prod(sizes: Any) -> int:
     """The product of sizes; ``DYNAMIC`` where one of them is (the size a reshape infers)."""
     sizes = list(sizes)
