@@ -171,6 +171,14 @@ def test_graphs_it_cannot_or_need_not_rewrite_are_unchanged(model):
     assert ep.graph_module.code == code
 
 
+def test_nothing_is_rewritten_unchecked():
+    x = torch.randn(1, 16, 16, 16)
+    ep = _exported(HieraLike(), x)
+    code = ep.graph_module.code
+    assert lower_rank(ep, (torch.randn(1, 3),)) == 0   # inputs the program cannot run on: no check, no rewrite
+    assert ep.graph_module.code == code
+
+
 def test_only_the_group_it_can_rewrite_is_rewritten():
     x = torch.randn(2, 16, 16)
     ep = _exported(Rank6Softmax(), x)
