@@ -245,7 +245,9 @@ def run_size(size: int, runtime: str, args, tmp: Path, macs: dict) -> dict[str, 
             s.close()
     for k, v in made.items():
         v["ms"] = statistics.median(stats[k]["round_medians"])
-        shutil.rmtree(v.pop("art").path, ignore_errors=True)
+        art = v.pop("art")
+        if not args.keep:
+            shutil.rmtree(art.path, ignore_errors=True)
     return made
 
 
@@ -299,6 +301,7 @@ def main() -> None:
                     "memory pattern and weight pre-packing (mem_arena=0, mem_pattern=0, prepacking=0), for both models")
     ap.add_argument("--ov-lean", action="store_true", help="OpenVINO sessions without the CPU plugin's snippets "
                     "(snippets=0: SNIPPETS_MODE=DISABLE), for both models")
+    ap.add_argument("--keep", metavar="DIR", help="keep the converted artifacts in a new folder under DIR")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -323,7 +326,7 @@ def main() -> None:
     peak = matmul_gmacs_per_s()
     print(f"ORT options: {session_options('onnx', args) or 'defaults'}; CPU {cpu}, {os.cpu_count()} cores; fp32 matmul {peak:.1f} GMAC/s (torch, 1024^3, "
           f"{torch.get_num_threads()} threads); batch 1, warmup {args.warmup}, {args.rounds} rounds x {args.iters} iters")
-    tmp = Path(tempfile.mkdtemp(prefix="vgru_deit_"))
+    tmp = Path(tempfile.mkdtemp(prefix="vgru_deit_", dir=args.keep))
     macs: dict[str, float] = {}
     try:
         for size in (int(s) for s in args.sizes.split(",")):
@@ -347,7 +350,10 @@ def main() -> None:
                           f"{rate:7.1f} {rate / peak:6.0%} | {mem['load']:5.0f} {mem['resident']:5.0f} {mem['run']:5.0f} "
                           f"{mem['nodes'] or 0:6d} | {v['convert_s']:9.0f} {v['status']}", flush=True)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if args.keep:
+            print(f"artifacts kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from edge.converters.executorch.bundle import BPTE, bundle
 from edge.converters.executorch.lowering import delegation_summary, lower
 from edge.converters.executorch.partition import scan_bodies
 from edge.converters.executorch.quantize import RECIPES
-from edge.errors import ConversionError, EdgeWarning, UsageError
+from edge.errors import ConversionError, EdgeWarning
 
 PTE, ETRECORD = "model.pte", "etrecord.bin"
 
@@ -35,10 +35,6 @@ class ExecuTorchConverter(Converter):
 
     def convert(self, job: ConversionJob) -> ConversionResult:
         self.require()
-        if any(r.get("form") == "stripe_loop" for r in job.passes or ()):
-            raise UsageError("ExecuTorch cannot take VisionGRU's stripe_loop form (XNNPACK does not partition a "
-                             "stripe's loop body); use mingru_form='striped': the same stripes unrolled, whose "
-                             "memory ExecuTorch plans ahead of time")
         details: dict[str, Any] = {"backend": "XnnpackBackend", "partitioner": "XnnpackPartitioner"}
         t = time.perf_counter()   # the first import costs ~5 s per process: not part of lowering this model
         import executorch.backends.xnnpack.partition.xnnpack_partitioner  # noqa: F401

@@ -467,7 +467,9 @@ def chunked_linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | Non
     if not r:
         return h
     rest = slice(0, r) if reverse else slice(M, N)
-    tail = chunked_linear_scan(a[:, rest], b[:, rest], h[:, 0] if reverse else h[:, M - 1], chunk, reverse,
+    # the state entering the tail as a slice and a view, not a select: XNNPACK takes those in a loop body too
+    last = (h[:, :1] if reverse else h[:, M - 1:M]).view(B, D)
+    tail = chunked_linear_scan(a[:, rest], b[:, rest], last, chunk, reverse,
                                keep_products)
     return torch.cat([tail, h] if reverse else [h, tail], dim=1)
 
@@ -537,7 +539,10 @@ class ChunkedMinGRU(nn.Module):
         else:
             h = chunked_linear_scan(a, b, h0, self.chunk, self.reverse, self.keep_products)
         out = self.to_out(h)
-        return (out, h[:, 0] if self.reverse else h[:, -1]) if return_state else out
+        if not return_state:
+            return out
+        # the state as a slice and a view, not a select: XNNPACK takes those inside a loop body too
+        return out, (h[:, :1] if self.reverse else h[:, N - 1:]).view(B, -1)
 
     def step(self, x_t: torch.Tensor, h: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One token: ``x_t`` [B, dim], ``h`` [B, inner] (None at the start) -> (output [B, dim], new state)."""
