@@ -79,6 +79,11 @@ class CoreMLConverter(Converter):
     def _convert(self, ct: Any, job: ConversionJob, target: str) -> tuple[Any, dict[str, Any]]:
         import numpy as np
         program = job.require_program(self.name)
+        import torch
+        if any(n.target is torch.ops.higher_order.scan for n in program.graph.nodes):
+            raise UsageError("Core ML has no loop for torch.scan, which the pass option mingru_form='loop' or "
+                             "'stripe_loop' makes; convert with mingru_form='striped' (the same stripes unrolled) "
+                             "or without the option")
         details = {"coreml_target": target, "compute_units": job.options.get("compute_units", "all")}
         image = bool(job.options.get("image_input"))
         if image:

@@ -256,3 +256,13 @@ def test_visiongru_digits_stripe_loop_form(target, tmp_path):
     else:
         loops = open(art.main_path).read().count('type="TensorIterator"')
     assert loops == 2, loops
+
+
+@needs("coremltools", "coreml")
+def test_coreml_refuses_loop_forms_naming_the_one_it_takes(tmp_path):
+    """Core ML has no loop op: a program with torch.scan loops is refused with the form to use instead, and
+    nothing is written."""
+    x = (torch.randn(1, 16, 8), torch.randn(1, 16, 8), torch.rand(1, 8))
+    with pytest.raises(UsageError, match="mingru_form='striped'"):
+        edge.convert(_LoopScan(False, True), example_inputs=x, target="coreml", out=tmp_path / "cm", optimize=False)
+    assert not (tmp_path / "cm").exists()

@@ -33,6 +33,7 @@ form. The graph holds one stripe's nodes, and the runtime keeps one stripe's int
 the loop form). ONNX ``Scan``, OpenVINO ``TensorIterator`` (through ONNX; OpenVINO takes no loop inside
 another, so a stripe's own scan stays unrolled), ExecuTorch's loop with one XNNPACK delegate per stripe
 (its reverse loops flip their inputs and outputs on portable kernels; ``striped`` stays fully delegated).
+Core ML has no loop: its converter refuses ``loop`` and ``stripe_loop`` and names ``striped``.
 """
 from __future__ import annotations
 
