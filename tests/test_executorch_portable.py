@@ -350,6 +350,46 @@ def test_program_forms_record_each_rewrite():
 
 # ------------------------------------------------------------------------------------------ through ExecuTorch
 
+class PaddedAttention(nn.Module):
+    """DETR's key-padding mask: boolean, built from ones of the input's shape (no pixel mask given);
+    ``pad`` masks the last key of every query (a constant mask that masks something)."""
+
+    def __init__(self, d: int = 16, pad: bool = False):
+        super().__init__()
+        self.qkv, self.out, self.pad = nn.Linear(d, 3 * d), nn.Linear(d, d), pad
+
+    def forward(self, x):
+        B, S, d = x.shape
+        q, k, v = self.qkv(x).view(B, S, 3, 2, d // 2).permute(2, 0, 3, 1, 4)
+        keep = torch.ones(B, S, dtype=torch.bool)
+        if self.pad:
+            keep[:, -1] = False
+        mask = keep[:, None, None, :].expand(B, 2, S, S)
+        return self.out(F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(B, S, d))
+
+
+@pytest.mark.skipif(not has("executorch"), reason="executorch not installed: pip install 'edge[executorch]'")
+def test_constant_true_masks_are_dropped_and_others_kept():
+    """A boolean SDPA mask that folds to all True is dropped (the program's numbers unchanged); one that masks a
+    key is kept for ExecuTorch's own decomposition, and so is a mask computed from an input."""
+    from edge.passes.sdpa_masks import bool_mask_calls, drop_true_masks
+
+    class FromInput(nn.Module):
+        def forward(self, x):
+            return F.scaled_dot_product_attention(x, x, x, attn_mask=(x.sum(-1, keepdim=True) > -1e9).expand(
+                *x.shape[:-1], x.shape[-2]))
+    x = torch.randn(1, 5, 16)
+    for model, want in ((PaddedAttention(), 1), (PaddedAttention(pad=True), 0), (FromInput(), 0)):
+        # functional, as the program to_xnnpack_forms folds (its decomposition removes the in-place fill_)
+        ep = torch.export.export(model.eval(), (x,)).run_decompositions({})
+        ref = ep.module()(x)
+        G.fold_constants(ep)
+        assert len(bool_mask_calls(ep)) == 1
+        assert drop_true_masks(ep) == want
+        assert len(bool_mask_calls(ep)) == 1 - want
+        assert close(ep.module()(x), ref)
+
+
 CASES = {   # name: (model, input shape, the rewrites the manifest records)
     "grn": (GRNNet, (1, 3, 8, 8), {"linalg_vector_norm"}),
     "linear-attention": (LinearAttention, (1, 8, 4, 16),
@@ -362,6 +402,8 @@ CASES = {   # name: (model, input shape, the rewrites the manifest records)
     "powers": (Powers, (2, 6), {"pow.Tensor_Scalar", "sum.dim_IntList"}),
     "statistics": (Statistics, (1, 3, 6, 8), {"var.dim", "std.dim", "amax", "sum.dim_IntList"}),
     "nearest-upsample": (Decoder, (1, 3, 4, 8), {"upsample_nearest2d.vec"}),
+    "padding-mask-attention": (PaddedAttention, (1, 5, 16),
+                               {"scaled_dot_product_attention (a constant all-True boolean mask dropped)"}),
 }
 
 

@@ -695,6 +695,15 @@ def to_xnnpack_forms(program: Any, details: dict[str, Any] | None = None) -> Any
     scalars = float_scalars(out)
     if scalars:
         rec["float_scalars"] = scalars
+    if not quant:
+        from edge.passes.sdpa_masks import bool_mask_calls, drop_true_masks
+        if bool_mask_calls(out):   # masks built from constants (DETR's all-True padding mask): fold, read, drop
+            fold_constants(out)
+            dropped = drop_true_masks(out)
+            if dropped:
+                sdpa = aten.scaled_dot_product_attention.default
+                out = out.run_decompositions({sdpa: table[sdpa]})
+                rec["decomposed"]["scaled_dot_product_attention (a constant all-True boolean mask dropped)"] = dropped
     kept = counts(out, {aten.scaled_dot_product_attention.default})
     if kept:
         rec["kept"] = {k: f"{v} call(s) left to ExecuTorch's decomposition: a boolean mask, is_causal, grouped-query "

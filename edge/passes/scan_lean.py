@@ -29,7 +29,7 @@ The ``stripe_loop`` form (:class:`LoopStripedBlock2DGRU`) puts the stripes thems
 block's forward minGRU is one ``torch.scan`` over its stripes (the state is the carry), its reverse minGRU,
 residual sum and MLP a second one from the last stripe to the first; blocks of one stripe run the loop
 form. The graph holds one stripe's nodes, and the runtime keeps one stripe's intermediates alive
-(ONNX Runtime, VisionGRU-Ti at 512 px: 47 MiB of activations over the loaded session, against 176 MiB for
+(ONNX Runtime, VisionGRU-Ti at 512 px: 41 MiB of activations over the loaded session, against 176 MiB for
 the loop form). ONNX ``Scan``, OpenVINO ``TensorIterator`` (through ONNX; OpenVINO takes no loop inside
 another, so a stripe's own scan stays unrolled), ExecuTorch's loop with one XNNPACK delegate per stripe
 (its reverse loops flip their inputs and outputs on portable kernels; ``striped`` stays fully delegated).
@@ -304,8 +304,8 @@ class LoopStripedBlock2DGRU(StripedBlock2DGRU):
     The same numbers as the unrolled stripes, but the graph holds one stripe's nodes instead of one copy per
     stripe, and a runtime keeps one stripe's intermediates alive, not one set per stripe of an unrolled
     graph that its memory planner may overlap. The ``N % stripe`` tokens left over run unrolled after the
-    forward loop and before the reverse loop (scan order). A sequence of at most one whole stripe runs the
-    unrolled form (one stripe: nothing to loop over).
+    forward loop and before the reverse loop (scan order). A sequence of less than two whole stripes has
+    nothing to loop over: its scans run the ``loop`` form (each level a loop over chunks).
     """
 
     def _zero(self, y: torch.Tensor, layer: StripedMinGRU) -> torch.Tensor:
