@@ -402,6 +402,14 @@ def _entering(ends: torch.Tensor, h0: torch.Tensor | None, reverse: bool) -> tor
     return torch.cat([ends[:, 1:], first] if reverse else [first, ends[:, :C - 1]], dim=1)
 
 
+def end_state(h: torch.Tensor, reverse: bool) -> torch.Tensor:
+    """The state a scan ends in: [B, N, D] -> [B, D], its first token when ``reverse``, else its last.
+
+    A slice and a view, not a select: XNNPACK takes those inside a loop body too (with a select there,
+    ExecuTorch's lowering fails with "Invalid partition, found dependency cycles")."""
+    return (h[:, :1] if reverse else h[:, -1:]).view(h.shape[0], h.shape[2])
+
+
 def position_major_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None, chunk: int = CHUNK,
                         reverse: bool = False) -> torch.Tensor:
     """:func:`chunked_linear_scan` on gates laid out position-major: [B, L, C, D] holds token c * L + j at
@@ -467,10 +475,7 @@ def chunked_linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | Non
     if not r:
         return h
     rest = slice(0, r) if reverse else slice(M, N)
-    # the state entering the tail as a slice and a view, not a select: XNNPACK takes those in a loop body too
-    last = (h[:, :1] if reverse else h[:, M - 1:M]).view(B, D)
-    tail = chunked_linear_scan(a[:, rest], b[:, rest], last, chunk, reverse,
-                               keep_products)
+    tail = chunked_linear_scan(a[:, rest], b[:, rest], end_state(h, reverse), chunk, reverse, keep_products)
     return torch.cat([tail, h] if reverse else [h, tail], dim=1)
 
 
@@ -541,8 +546,7 @@ class ChunkedMinGRU(nn.Module):
         out = self.to_out(h)
         if not return_state:
             return out
-        # the state as a slice and a view, not a select: XNNPACK takes those inside a loop body too
-        return out, (h[:, :1] if self.reverse else h[:, N - 1:]).view(B, -1)
+        return out, end_state(h, self.reverse)
 
     def step(self, x_t: torch.Tensor, h: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One token: ``x_t`` [B, dim], ``h`` [B, inner] (None at the start) -> (output [B, dim], new state)."""

@@ -43,7 +43,7 @@ from torch import nn
 
 from edge.errors import UsageError
 from edge.passes import OptimizeContext, declare_form, register_pass
-from edge.passes.recurrent import CHUNK, ChunkedMinGRU, _entering, chunked_linear_scan
+from edge.passes.recurrent import CHUNK, ChunkedMinGRU, _entering, chunked_linear_scan, end_state
 
 # Tokens per stripe. The live intermediates of a stripe are a few [stripe, 2 * dim] tensors (stage 1 of
 # VisionGRU-Ti: 2.4 MB each at 4096 tokens); every stripe adds one copy of the scan's nodes to the graph.
@@ -238,7 +238,7 @@ def loop_linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None =
     if not r:
         return h
     rest = slice(0, r) if reverse else slice(M, N)
-    tail = chunked_linear_scan(a[:, rest], b[:, rest], h[:, 0] if reverse else h[:, M - 1], chunk, reverse)
+    tail = chunked_linear_scan(a[:, rest], b[:, rest], end_state(h, reverse), chunk, reverse)
     return torch.cat([tail, h] if reverse else [h, tail], dim=1)
 
 
@@ -247,7 +247,7 @@ def loop_forward(m: ChunkedMinGRU, x: torch.Tensor, h0: torch.Tensor | None = No
     a, b = m._gates(x)
     h = loop_linear_scan(a, b, h0, m.chunk, m.reverse)
     out = m.to_out(h)
-    return (out, h[:, 0] if m.reverse else h[:, -1]) if return_state else out
+    return (out, end_state(h, m.reverse)) if return_state else out
 
 
 class LoopMinGRU(ChunkedMinGRU):
@@ -315,11 +315,10 @@ class LoopStripedBlock2DGRU(StripedBlock2DGRU):
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         B, N, C = x.shape
         k, S = N // self.stripe, self.stripe
+        y = self._mixed(x, hw)
         if k < 2:       # one stripe, nothing to loop over: each scan level as a loop, as in the loop form
-            y = self._mixed(x, hw)
             return self._mlp(x + loop_forward(self.min_gru_1.inner, y) + loop_forward(self.min_gru_2.inner, y))
         M, g1, g2 = k * S, self.min_gru_1, self.min_gru_2
-        y = self._mixed(x, hw)
 
         def forward_stripe(h, y_s):
             out, h = g1.stripe_forward(y_s, h.view(B, -1))
