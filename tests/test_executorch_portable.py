@@ -350,6 +350,20 @@ def test_program_forms_record_each_rewrite():
 
 # ------------------------------------------------------------------------------------------ through ExecuTorch
 
+class Subsample(nn.Module):
+    """LeViT's subsampling at 224 px: every other token of a 7 x 7 map (the step does not divide 7), and a
+    GroupNorm of the map (PoolFormer's normalisation, as XNNPACK means)."""
+
+    def __init__(self, c: int = 8):
+        super().__init__()
+        self.fc, self.norm = nn.Linear(c, c), nn.GroupNorm(1, c)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        y = self.fc(x).view(B, 7, 7, C)[:, ::2, ::2].reshape(B, -1, C)
+        return self.norm(y.transpose(1, 2).reshape(B, C, 4, 4))
+
+
 class PaddedAttention(nn.Module):
     """DETR's key-padding mask: boolean, built from ones of the input's shape (no pixel mask given);
     ``pad`` masks the last key of every query (a constant mask that masks something)."""
@@ -368,26 +382,49 @@ class PaddedAttention(nn.Module):
         return self.out(F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(B, S, d))
 
 
+class RowMasked(nn.Module):
+    """Attention under a constant [S, S] boolean mask built in the forward: causal (``tril``: every query keeps
+    itself), or with the first query's row all False (PyTorch gives that row zeros)."""
+
+    def __init__(self, d: int = 16, empty_row: bool = False):
+        super().__init__()
+        self.qkv, self.empty_row = nn.Linear(d, 3 * d), empty_row
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        S = x.shape[1]
+        keep = torch.ones(S, S, dtype=torch.bool).tril()
+        if self.empty_row:
+            keep[0] = False
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+
+
 @pytest.mark.skipif(not has("executorch"), reason="executorch not installed: pip install 'edge[executorch]'")
-def test_constant_true_masks_are_dropped_and_others_kept():
-    """A boolean SDPA mask that folds to all True is dropped (the program's numbers unchanged); one that masks a
-    key is kept for ExecuTorch's own decomposition, and so is a mask computed from an input."""
-    from edge.passes.sdpa_masks import bool_mask_calls, drop_true_masks
+def test_constant_boolean_masks_are_resolved_where_exact():
+    """A boolean SDPA mask that folds to all True is dropped; one that masks keys but leaves every query a key
+    becomes PyTorch's additive 0 / -inf mask; the program's numbers are unchanged. A constant mask with a fully
+    masked row (PyTorch gives it zeros, an additive mask NaN) is kept for ExecuTorch's own decomposition, and
+    so is a mask computed from an input."""
+    from edge.passes.sdpa_masks import bool_mask_calls, resolve_constant_masks
 
     class FromInput(nn.Module):
         def forward(self, x):
             return F.scaled_dot_product_attention(x, x, x, attn_mask=(x.sum(-1, keepdim=True) > -1e9).expand(
                 *x.shape[:-1], x.shape[-2]))
     x = torch.randn(1, 5, 16)
-    for model, want in ((PaddedAttention(), 1), (PaddedAttention(pad=True), 0), (FromInput(), 0)):
+    for model, want in ((PaddedAttention(), (1, 0)), (PaddedAttention(pad=True), (0, 1)), (RowMasked(), (0, 1)),
+                        (RowMasked(empty_row=True), (0, 0)), (FromInput(), (0, 0))):
         # functional, as the program to_xnnpack_forms folds (its decomposition removes the in-place fill_)
         ep = torch.export.export(model.eval(), (x,)).run_decompositions({})
         ref = ep.module()(x)
         G.fold_constants(ep)
         assert len(bool_mask_calls(ep)) == 1
-        assert drop_true_masks(ep) == want
-        assert len(bool_mask_calls(ep)) == 1 - want
-        assert close(ep.module()(x), ref)
+        assert resolve_constant_masks(ep) == want, model
+        assert len(bool_mask_calls(ep)) == 1 - sum(want)
+        got = ep.module()(x)
+        assert close(got, ref) and torch.isfinite(got).all(), model
+        if model.__class__ is RowMasked and model.empty_row:
+            assert torch.equal(ref[:, 0], torch.zeros_like(ref[:, 0]))   # the row the mask is left for
 
 
 CASES = {   # name: (model, input shape, the rewrites the manifest records)
@@ -404,6 +441,9 @@ CASES = {   # name: (model, input shape, the rewrites the manifest records)
     "nearest-upsample": (Decoder, (1, 3, 4, 8), {"upsample_nearest2d.vec"}),
     "padding-mask-attention": (PaddedAttention, (1, 5, 16),
                                {"scaled_dot_product_attention (a constant all-True boolean mask dropped)"}),
+    "odd-subsample": (Subsample, (1, 49, 8), {"group_norm"}),   # the slices: one call, no portable op
+    "causal-mask-attention": (RowMasked, (1, 6, 16),
+                              {"scaled_dot_product_attention (a constant boolean mask as an additive -inf mask)"}),
 }
 
 

@@ -66,7 +66,13 @@ def test_index_and_layout_forms():
     assert torch.equal(G._roll(x, (1, -2), (2, 3)), torch.roll(x, (1, -2), (2, 3)))
     for start in (0, 1):
         assert torch.equal(G._strided_slice(x, 2, start, None, 2), x[:, :, start::2])
-    assert G._strided_slice(x, 3, 0, 4, 2) is NotImplemented   # not the whole dim
+    y = torch.randn(2, 7, 7, 5)   # LeViT's subsampling of a 7 x 7 map: the step does not divide the dim
+    for dim, start, end, step in ((1, None, None, 2), (2, 1, None, 3), (1, 0, 4, 2), (2, -5, -1, 2), (1, 2, 3, 4),
+                                  (2, None, 100, 3), (3, 1, None, 2)):
+        sl = [slice(None)] * 4
+        sl[dim] = slice(start, end, step)
+        assert torch.equal(G._strided_slice(y, dim, start, end, step), y[tuple(sl)]), (dim, start, end, step)
+    assert G._strided_slice(y, 1, 5, 2, 2) is NotImplemented   # empty: left to ATen
     for k in (2, (2, 3)):
         cols = F.unfold(x, k, stride=k)
         assert torch.equal(G._im2col(x, k, 1, 0, k), cols)
@@ -114,14 +120,25 @@ def test_program_forms_keep_the_numbers(fused):
 
 
 def test_program_forms_leave_boolean_mask_attention_to_executorch():
+    """A boolean mask computed from the input stays with ExecuTorch's SDPA decomposition (PyTorch gives a fully
+    masked row zeros), with the reason recorded; a constant causal mask becomes the additive -inf mask."""
     pytest.importorskip("executorch")
 
     class BoolMask(nn.Module):
+        def __init__(self, from_input: bool):
+            super().__init__()
+            self.from_input = from_input
+
         def forward(self, q):
-            return F.scaled_dot_product_attention(q, q, q, attn_mask=torch.ones(4, 4, dtype=torch.bool).tril())
-    details: dict = {}
-    G.to_xnnpack_forms(torch.export.export(BoolMask(), (torch.randn(1, 2, 4, 8),)), details)
-    assert "scaled_dot_product_attention" in details["program_rewrites"]["kept"]
+            mask = (q.sum(-1, keepdim=True) > 0) if self.from_input else torch.ones(4, 4, dtype=torch.bool).tril()
+            return F.scaled_dot_product_attention(q, q, q, attn_mask=mask)
+    for from_input in (True, False):
+        details: dict = {}
+        G.to_xnnpack_forms(torch.export.export(BoolMask(from_input), (torch.randn(1, 2, 4, 8),)), details)
+        rec = details["program_rewrites"]
+        assert ("scaled_dot_product_attention" in rec.get("kept", {})) == from_input, rec
+        assert ("scaled_dot_product_attention (a constant boolean mask as an additive -inf mask)"
+                in rec["decomposed"]) != from_input, rec
 
 
 # --------------------------------------------------------------------------------------- capture fallbacks

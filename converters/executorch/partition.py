@@ -93,11 +93,8 @@ def _scan_constants_pass(program):
     """
     from torch.fx.passes.infra.pass_base import PassResult
 
-    sig = program.graph_signature
-    names = {**sig.inputs_to_parameters, **sig.inputs_to_buffers, **sig.inputs_to_lifted_tensor_constants}
-    # non-persistent buffers and lifted constants (a LayerNorm's averaging matrix) live in program.constants
-    known = {**program.constants, **program.state_dict}
-    values = {ph: known[t] for ph, t in names.items() if t in known}
+    from edge.passes.graph import constant_values
+    values = constant_values(program, parameters=True)
 
     def inline(graph_module):
         changed = False

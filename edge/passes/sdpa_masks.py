@@ -7,14 +7,17 @@ row zeros (its "safe" softmax), so ExecuTorch keeps SDPA with a boolean mask in 
 calls). Once its constants are folded, such a mask is a constant, and a constant can be read:
 
 * every element True: the mask masks nothing and is dropped (exact);
-* otherwise it is left as it is, with its reason in the delegation summary (a float mask would differ from
-  PyTorch on fully masked rows, and a partial constant mask was not seen in a model yet).
+* every query row keeps a key: the additive float mask PyTorch's SDPA adds for it (0 / -inf; exact);
+* otherwise (a fully masked row: PyTorch gives it zeros, an additive mask NaN) it is left as it is, and the
+  delegation summary says why.
 """
 from __future__ import annotations
 
 from typing import Any
 
 import torch
+
+from edge.passes.graph import constant_values
 
 aten = torch.ops.aten
 
@@ -24,17 +27,6 @@ def _mask_arg(node) -> tuple[Any, str | int | None]:
     if len(node.args) > 3:
         return node.args[3], 3
     return node.kwargs.get("attn_mask"), "attn_mask" if "attn_mask" in node.kwargs else None
-
-
-def _constant(program: Any, node) -> torch.Tensor | None:
-    """The value of ``node`` when it is a lifted constant or buffer of ``program``, else None."""
-    if getattr(node, "op", None) != "placeholder":
-        return None
-    sig = program.graph_signature
-    name = {**sig.inputs_to_buffers, **sig.inputs_to_lifted_tensor_constants}.get(node.name)
-    known = {**program.constants, **program.state_dict}
-    value = known.get(name) if name is not None else None
-    return value if isinstance(value, torch.Tensor) else None
 
 
 def bool_mask_calls(program: Any) -> list:
@@ -49,24 +41,45 @@ def bool_mask_calls(program: Any) -> list:
     return out
 
 
-def drop_true_masks(program: Any) -> int:
-    """Drop the boolean SDPA masks of ``program`` (in place) that are constants with every element True;
-    returns how many. Call after folding the constants of a functional program (the masks are then
-    placeholders of lifted constants): ExecuTorch's constant propagation does not see the in-place ops of
-    the training IR (``keep[:, -1] = False`` is a ``fill_`` nothing reads), and would fold such a mask to
-    all True."""
-    dropped = 0
-    for n in bool_mask_calls(program):
+def resolve_constant_masks(program: Any) -> tuple[int, int]:
+    """Resolve the boolean SDPA masks of ``program`` (in place) that are constants; returns (dropped, made
+    additive).
+
+    * every element True: the mask masks nothing and is dropped;
+    * every query row keeps at least one key: the mask becomes the additive float mask PyTorch's own SDPA
+      adds for it (0 where True, -inf where False), which ExecuTorch lowers like any float mask. The same
+      numbers: PyTorch's boolean path differs from the additive one only on a fully masked row (zeros instead
+      of NaN), and there is none;
+    * otherwise (a fully masked row, a mask another op reads too) it is left as it is.
+
+    Call after folding the constants of a functional program (the masks are then placeholders of lifted
+    constants): ExecuTorch's constant propagation does not see the in-place ops of the training IR
+    (``keep[:, -1] = False`` is a ``fill_`` nothing reads), and would fold such a mask to all True."""
+    sig = program.graph_signature
+    names = {**sig.inputs_to_buffers, **sig.inputs_to_lifted_tensor_constants}
+    values, dropped, additive = constant_values(program), 0, 0
+    calls = bool_mask_calls(program)
+    for n in calls:
         mask, where = _mask_arg(n)
-        value = _constant(program, mask)
-        if value is None or not bool(value.all()):
+        value = values.get(mask.name) if getattr(mask, "op", None) == "placeholder" else None
+        if value is None:
             continue
-        if where == 3:
-            n.args = (*n.args[:3], None, *n.args[4:])
-        else:
-            n.kwargs = {**n.kwargs, "attn_mask": None}
-        dropped += 1
+        if bool(value.all()):
+            if where == 3:
+                n.args = (*n.args[:3], None, *n.args[4:])
+            else:
+                n.kwargs = {**n.kwargs, "attn_mask": None}
+            dropped += 1
+            continue
+        readers = [u for u in mask.users if u in calls and _mask_arg(u)[0] is mask]
+        dtypes = {u.args[0].meta["val"].dtype for u in readers}
+        if len(readers) != len(mask.users) or len(dtypes) != 1 or not bool(value.any(dim=-1).all()):
+            continue
+        table = program.constants if names[mask.name] in program.constants else program.state_dict
+        table[names[mask.name]] = torch.zeros(value.shape, dtype=dtypes.pop()).masked_fill_(~value, float("-inf"))
+        mask.meta["val"] = mask.meta["val"].to(table[names[mask.name]].dtype)
+        additive += len(readers)
     if dropped:
         program.graph.eliminate_dead_code()
         program.graph_module.recompile()
-    return dropped
+    return dropped, additive
