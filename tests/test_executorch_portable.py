@@ -386,17 +386,20 @@ class RowMasked(nn.Module):
     """Attention under a constant [S, S] boolean mask built in the forward: causal (``tril``: every query keeps
     itself), or with the first query's row all False (PyTorch gives that row zeros)."""
 
-    def __init__(self, d: int = 16, empty_row: bool = False):
+    def __init__(self, d: int = 16, empty_row: bool = False, layers: int = 1):
         super().__init__()
-        self.qkv, self.empty_row = nn.Linear(d, 3 * d), empty_row
+        self.qkv = nn.ModuleList(nn.Linear(d, 3 * d) for _ in range(layers))
+        self.empty_row = empty_row
 
     def forward(self, x):
-        q, k, v = self.qkv(x).chunk(3, dim=-1)
         S = x.shape[1]
         keep = torch.ones(S, S, dtype=torch.bool).tril()
         if self.empty_row:
             keep[0] = False
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+        for qkv in self.qkv:   # one mask, read by every layer
+            q, k, v = qkv(x).chunk(3, dim=-1)
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+        return x
 
 
 @pytest.mark.skipif(not has("executorch"), reason="executorch not installed: pip install 'edge[executorch]'")
@@ -413,14 +416,15 @@ def test_constant_boolean_masks_are_resolved_where_exact():
                 *x.shape[:-1], x.shape[-2]))
     x = torch.randn(1, 5, 16)
     for model, want in ((PaddedAttention(), (1, 0)), (PaddedAttention(pad=True), (0, 1)), (RowMasked(), (0, 1)),
-                        (RowMasked(empty_row=True), (0, 0)), (FromInput(), (0, 0))):
+                        (RowMasked(layers=3), (0, 3)), (RowMasked(empty_row=True), (0, 0)), (FromInput(), (0, 0))):
         # functional, as the program to_xnnpack_forms folds (its decomposition removes the in-place fill_)
         ep = torch.export.export(model.eval(), (x,)).run_decompositions({})
         ref = ep.module()(x)
         G.fold_constants(ep)
-        assert len(bool_mask_calls(ep)) == 1
+        calls = len(bool_mask_calls(ep))
+        assert calls == (len(model.qkv) if isinstance(model, RowMasked) else 1)
         assert resolve_constant_masks(ep) == want, model
-        assert len(bool_mask_calls(ep)) == 1 - sum(want)
+        assert len(bool_mask_calls(ep)) == calls - sum(want)
         got = ep.module()(x)
         assert close(got, ref) and torch.isfinite(got).all(), model
         if model.__class__ is RowMasked and model.empty_row:

@@ -57,12 +57,12 @@ def resolve_constant_masks(program: Any) -> tuple[int, int]:
     (``keep[:, -1] = False`` is a ``fill_`` nothing reads), and would fold such a mask to all True."""
     sig = program.graph_signature
     names = {**sig.inputs_to_buffers, **sig.inputs_to_lifted_tensor_constants}
-    values, dropped, additive = constant_values(program), 0, 0
+    values, dropped, additive, made = constant_values(program), 0, 0, set()
     calls = bool_mask_calls(program)
     for n in calls:
         mask, where = _mask_arg(n)
         value = values.get(mask.name) if getattr(mask, "op", None) == "placeholder" else None
-        if value is None:
+        if value is None or mask in made:   # made: one mask every layer reads, converted once for all of them
             continue
         if bool(value.all()):
             if where == 3:
@@ -78,6 +78,7 @@ def resolve_constant_masks(program: Any) -> tuple[int, int]:
         table = program.constants if names[mask.name] in program.constants else program.state_dict
         table[names[mask.name]] = torch.zeros(value.shape, dtype=dtypes.pop()).masked_fill_(~value, float("-inf"))
         mask.meta["val"] = mask.meta["val"].to(table[names[mask.name]].dtype)
+        made.add(mask)
         additive += len(readers)
     if dropped:
         program.graph.eliminate_dead_code()
