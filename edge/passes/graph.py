@@ -329,9 +329,11 @@ def _roll(x, shifts, dims=()):
 
 
 def _strided_slice(x, dim=0, start=None, end=None, step=1):
-    """``x[start:end:step]`` as step-1 slices, a reshape and (when ``step`` does not divide the range) a
-    concatenation with the last element (XNNPACK's slice has no step: Swin's patch merging takes
-    ``x[:, 0::2, 0::2]``, LeViT's subsampling ``x[:, ::2, ::2]`` of a 7 x 7 map). Data movement only: exact."""
+    """``x[start:end:step]`` as step-1 slices and reshapes (XNNPACK's slice has no step: Swin's patch merging
+    takes ``x[:, 0::2, 0::2]``, LeViT's subsampling ``x[:, ::2, ::2]`` of a 7 x 7 map). Data movement only:
+    exact. The selected elements are the first column of the range reshaped to [count, step] when the
+    dim holds that many, else a column of the whole dim reshaped to [n / step, step] when ``step`` divides it,
+    else that with the last element concatenated."""
     if step == 1 or not _static(x.shape):
         return NotImplemented
     d = dim % x.dim()
@@ -340,16 +342,19 @@ def _strided_slice(x, dim=0, start=None, end=None, step=1):
     end = n if end is None else min(max(end + n if end < 0 else end, 0), n)
     if end <= start:
         return NotImplemented
-    w = x if (start, end) == (0, n) else x.narrow(d, start, end - start)
-    full, rem = divmod(end - start, step)
-    parts = []
-    if full:
-        split = w.narrow(d, 0, full * step) if rem else w
-        split = split.reshape(*x.shape[:d], full, step, *x.shape[d + 1:])
-        parts.append(split.narrow(d + 1, 0, 1).reshape(*x.shape[:d], full, *x.shape[d + 1:]))
-    if rem:   # the range's last selected element, past the last whole group of ``step``
-        parts.append(w.narrow(d, full * step, 1))
-    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=d)
+    count = -(-(end - start) // step)
+    before, after = x.shape[:d], x.shape[d + 1:]
+
+    def column(t: torch.Tensor, rows: int, col: int) -> torch.Tensor:   # [.., rows * step, ..] -> column col
+        return t.reshape(*before, rows, step, *after).narrow(d + 1, col, 1).reshape(*before, rows, *after)
+    if start + count * step <= n:
+        return column(x if (start, count * step) == (0, n) else x.narrow(d, start, count * step), count, 0)
+    if n % step == 0:
+        out = column(x, n // step, start % step)
+        return out if count == n // step else out.narrow(d, start // step, count)
+    head = column(x.narrow(d, start, (count - 1) * step), count - 1, 0) if count > 1 else None
+    last = x.narrow(d, start + (count - 1) * step, 1)
+    return last if head is None else torch.cat([head, last], dim=d)
 
 
 def _split(x, split_size, dim=0):
