@@ -16,11 +16,14 @@ like every artifact, the lowered program is then verified against PyTorch.
       grouped-query calls keep ExecuTorch's decomposition.
     - ``layer_norm`` / ``group_norm``: both means as a linear layer with one output row of ``1/C``
       (``native_layer_norm`` stays on portable kernels; the same form as ``EdgeLayerNorm``). A group norm of a
-      map takes each channel's spatial mean first (XNNPACK's global average pooling: no layout change around
-      the norm), then its group's mean on that small tensor. Measured on ExecuTorch (ratios within one run):
+      map takes each channel's spatial mean first (XNNPACK's global average pooling), then its group's mean by a
+      1 x 1 convolution of that [N, C, 1, 1] map (eps as its bias), and its affine as a depthwise 1 x 1
+      convolution: all channels-last, so XNNPACK transposes no map around the norm (with a linear layer and
+      reshapes there, it put 8 transposes around each). Measured on ExecuTorch (ratios within one run):
       GroupNorm(1, 64) on 56 x 56 in 0.33x the time of a mean over [N, G, C / G, H * W], which took 0.60x the
       linear means' time; GroupNorm(32, 512) on 7 x 7 0.92x and 0.98x; PoolFormer at 224 px 1.13x raw
-      ExecuTorch's speed (was 0.83x).
+      ExecuTorch's speed (was 0.83x); the small PoolFormer (32 px) 1.30x faster with the convolutions than
+      with the linear group mean (see ``channels_last.py`` for the layer scales).
     - ``mean.dim`` over dims XNNPACK cannot reduce (anything but the last two of a 4-D tensor, kept): the reduced
       dims moved last (a delegated transpose) and averaged by the same linear layer; a global average
       pooling without ``keepdim`` as the pooling with it and a reshape; ``adaptive_avg_pool1d(x, 1)`` as that mean;
@@ -110,24 +113,44 @@ def _layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, cudnn_ena
     return y
 
 
-def _group_mean(t: torch.Tensor, groups: int) -> torch.Tensor:
-    """[N, C, H, W] -> [N, C, 1, 1], each channel holding the mean of its group: the spatial mean first (XNNPACK's
-    global average pooling, which runs channels-last with no layout change), then the group's channels
-    averaged by a linear layer on the small [N * G, C / G] tensor."""
-    n, c = t.shape[:2]
+def _group_mean(t: torch.Tensor, groups: int, plus: float | None = None) -> torch.Tensor:
+    """[N, C, H, W] -> each channel's group mean (``+ plus``), broadcastable against ``t``: the spatial mean
+    first (XNNPACK's global average pooling), then the group's channels averaged by a 1 x 1 convolution of that
+    [N, C, 1, 1] map ([N, 1, 1, 1] for one group), ``plus`` as its bias. Both run channels-last, as the
+    convolutions around a norm do, so XNNPACK moves no map between layouts around the norm (a linear layer or a
+    reshape there put 8 transposes around each of PoolFormer's norms)."""
+    c = t.shape[1]
     k = c // groups
-    m = t.mean(dim=(2, 3), keepdim=True).reshape(n * groups, k)
-    return (F.linear(m, _average(k, m)) * torch.ones(1, k, dtype=t.dtype, device=t.device)).reshape(n, c, 1, 1)
+    m = t.mean(dim=(2, 3), keepdim=True)
+    if k == 1 and plus is None:
+        return m
+    out = 1 if groups == 1 else c
+    w = torch.full((out, k, 1, 1), 1.0 / k, dtype=t.dtype, device=t.device)
+    b = None if plus is None else torch.full((out,), plus, dtype=t.dtype, device=t.device)
+    return F.conv2d(m, w, b, groups=groups if out == c else 1)
+
+
+def _channel_affine(y: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
+    """``y * weight + bias`` per channel of an [N, C, H, W] map as a depthwise 1 x 1 convolution (XNNPACK's
+    multiply-add per channel, channels-last): as products with [1, C, 1, 1] tensors, each parameter would be
+    moved to channels-last by a transpose at every run."""
+    c = y.shape[1]
+    w = torch.ones(c, dtype=y.dtype, device=y.device) if weight is None else weight
+    return F.conv2d(y, w.reshape(c, 1, 1, 1), bias, groups=c)
 
 
 def _group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, cudnn_enabled=True):
     if not _static(x.shape) or x.dim() < 2:
         return NotImplemented
     n, c = x.shape[:2]
-    if x.dim() > 2:   # a map: means per channel over space, then per group (see _group_mean)
-        v = x if x.dim() == 4 else x.reshape(n, c, -1, 1)
+    if x.dim() == 4:   # a map: means per channel over space, then per group (see _group_mean)
+        d = x - _group_mean(x, num_groups)
+        y = d * torch.rsqrt(_group_mean(d * d, num_groups, plus=eps))
+        return y if weight is None and bias is None else _channel_affine(y, weight, bias)
+    if x.dim() > 2:
+        v = x.reshape(n, c, -1, 1)
         d = v - _group_mean(v, num_groups)
-        y = (d * torch.rsqrt(_group_mean(d * d, num_groups) + eps)).reshape(x.shape)
+        y = (d * torch.rsqrt(_group_mean(d * d, num_groups, plus=eps))).reshape(x.shape)
     else:
         y = _normalize_rows(x.reshape(n * num_groups, -1), eps).reshape(x.shape)
     affine = [1, c] + [1] * (x.dim() - 2)
@@ -724,6 +747,12 @@ def to_xnnpack_forms(program: Any, details: dict[str, Any] | None = None) -> Any
     ``details["program_rewrites"]`` records what was rewritten and how many nodes were folded.
     """
     quant = quantized(program)
+    regions = 0
+    if not quant:
+        from edge.passes.channels_last import channels_last_regions
+        if channels_last_regions(program, count_only=True):   # rewritten on a copy: the caller's is not changed
+            program = program.run_decompositions({})
+            regions = channels_last_regions(program)
     table = xnnpack_decompositions(with_constants=not quant)
     if not quant and not _indices_read(program):
         table[aten.max.dim] = _max_dim
@@ -732,6 +761,8 @@ def to_xnnpack_forms(program: Any, details: dict[str, Any] | None = None) -> Any
     after = counts(out, table)
     # calls gone from the program (a form that emits the same op, a mean or a slice, is not counted)
     rec: dict[str, Any] = {"decomposed": {k: v - after.get(k, 0) for k, v in before.items() if v > after.get(k, 0)}}
+    if regions:
+        rec["decomposed"]["permute to channels-last and back around per-channel ops (written on the map)"] = regions
     expands = broadcast_expands(out)
     if expands:
         rec["decomposed"]["expand/repeat (into a broadcasting op)"] = expands
@@ -755,6 +786,11 @@ def to_xnnpack_forms(program: Any, details: dict[str, Any] | None = None) -> Any
                          ("a constant boolean mask as an additive -inf mask", additive)):
                 if v:
                     rec["decomposed"][f"scaled_dot_product_attention ({k})"] = v
+    if not quant:
+        from edge.passes.channels_last import channel_affines
+        affines = channel_affines(out)
+        if affines:
+            rec["decomposed"]["per-channel product / sum of a map (a depthwise 1 x 1 convolution)"] = affines
     kept = counts(out, {aten.scaled_dot_product_attention.default})
     if kept:
         rec["kept"] = {k: f"{v} call(s) left to ExecuTorch's decomposition: a boolean mask, is_causal, grouped-query "
