@@ -19,8 +19,8 @@ The numbers are the same sums and products, in another order or fused into one m
 roundings of PyTorch's, and verified like every artifact.
 
 Example:
-    >>> program = channels_last_regions(program)   # on the captured program, before decompositions
-    >>> made = channel_affines(program)            # after them, before constants are folded
+    >>> regions = channels_last_regions(program)   # in place, on the captured program, before decompositions
+    >>> made = channel_affines(program)             # in place, after them, before constants are folded
 """
 from __future__ import annotations
 
