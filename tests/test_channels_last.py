@@ -152,5 +152,5 @@ def test_no_map_changes_layout_inside_the_delegate(make, tmp_path):
     m = art.manifest
     assert m.status == "verified" and m.parity["passed"], m.parity
     assert m.details["delegation"]["delegate_calls"] == 1 and not m.details["delegation"]["portable_ops"]
-    # the input to channels-last and the output back: nothing in between (without these forms: 8 and 32)
+    # the input to channels-last and the output back: nothing in between (without these forms: 16 for each block)
     assert _transposes(glob.glob(str(tmp_path / "a" / "*.pte"))[0], x, tmp_path) == 2
