@@ -237,10 +237,11 @@ class EdgeLayerNorm(nn.Module):
     as a global average pooling wrapped in layout transposes: 25 such LayerNorms cost 8.5 ms where the
     fully-connected form (one small FC op per mean, no transposes) costs 5.4 ms (measured with
     ExecuTorch 1.5.1, 197 x 192 tokens). PT2E int8 leaves it in fp32 (the module is one of the
-    ExecuTorch converter's fp32 modules). The input is flattened to 2-D first: a 4-D matmul (VisionGRU's
-    NHWC LayerNorms) lowered with an ``expand`` of the column that ran on a portable kernel. ``linear``,
-    not ``matmul``: XNNPACK keeps linear from decomposition, while an ``mm`` makes its ConvertToLinearPass
-    re-trace the whole delegated graph.
+    ExecuTorch converter's fp32 modules). ``linear``, not ``matmul``: XNNPACK keeps linear from decomposition
+    (a 4-D matmul, VisionGRU's NHWC LayerNorms, lowered with an ``expand`` of the column that ran on a portable
+    kernel), while an ``mm`` makes its ConvertToLinearPass re-trace the whole delegated graph. The linear layer
+    reads the tensor as it is: XNNPACK's fully-connected op takes any leading dims, and flattening them first
+    cost two reshapes per mean (20 of the transformers ViT-Ti's 129 delegated ops).
     """
 
     def __init__(self, src: nn.LayerNorm):
@@ -256,7 +257,7 @@ class EdgeLayerNorm(nn.Module):
         self.register_buffer("eps_tensor", torch.tensor(self.eps), persistent=False)
 
     def _mean(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x.reshape(-1, x.shape[-1]), self.average).view(*x.shape[:-1], 1)
+        return F.linear(x, self.average)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         d = x - self._mean(x)

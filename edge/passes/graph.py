@@ -78,7 +78,8 @@ def _average(c: int, like: torch.Tensor) -> torch.Tensor:
 
 
 def _normalize_rows(x2: torch.Tensor, eps: float) -> torch.Tensor:
-    """Rows of a 2-D tensor normalized to zero mean and unit variance (biased), means as linear layers."""
+    """A tensor normalized over its last dim to zero mean and unit variance (biased), means as linear layers
+    (XNNPACK's fully-connected op takes any leading dims: no reshape to rows around it)."""
     avg = _average(x2.shape[-1], x2)
     d = x2 - F.linear(x2, avg)
     return d * torch.rsqrt(F.linear(d * d, avg) + eps)
@@ -105,7 +106,8 @@ def _layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, cudnn_ena
     c = math.prod(normalized_shape)
     if not _static(x.shape):
         return NotImplemented
-    y = _normalize_rows(x.reshape(-1, c), eps).reshape(x.shape)
+    k = len(normalized_shape)
+    y = _normalize_rows(x, eps) if k == 1 else _normalize_rows(x.reshape(*x.shape[:-k], c), eps).reshape(x.shape)
     if weight is not None:
         y = y * weight
     if bias is not None:
