@@ -369,6 +369,11 @@ def make_server(artifact: str | Path, *, host: str = "127.0.0.1", port: int = 80
     """
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise UsageError(f"--port {port!r} is not a TCP port; pick one from 1 to 65535 (0: any free port)")
+    try:   # the options first: a host that does not resolve is named before the artifacts and the app are read
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as e:
+        raise UsageError(f"cannot listen on {host}:{port}: {getattr(e, 'strerror', None) or e}; "
+                         f"pick another --host/--port") from None
     offered, skipped = discover(artifact)
     app = Path(app_dir) if app_dir else default_app_dir()
     dist = check_app(app)
