@@ -8,7 +8,9 @@ the unfused graph before they replace it.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import warnings
 from typing import Any
 
@@ -74,7 +76,7 @@ def export_to(path, job: ConversionJob, details: dict[str, Any]) -> None:
         if job.program is None:   # no capture route worked: the TorchScript exporter traces the module itself
             raise ValueError("no torch.export program: " + "; ".join(job.capture.get("failed", [])))
         try:
-            _dynamo_export(job.program, path, in_names, out_names, opset)
+            skipped = _dynamo_export(job.program, path, in_names, out_names, opset)
         except Exception as e:
             if "Cannot view a tensor" not in str(e):
                 raise
@@ -82,9 +84,12 @@ def export_to(path, job: ConversionJob, details: dict[str, Any]) -> None:
             # from the ones torch.export recorded (a transformers BEiT: SDPA's decomposition, then permute and
             # a view that was valid on SDPA's own strides). A contiguous copy in front of such views keeps them
             # valid whatever the strides. The program is copied: the pipeline caches it for other targets.
-            _dynamo_export(contiguous_before_views(job.program), path, in_names, out_names, opset)
+            skipped = _dynamo_export(contiguous_before_views(job.program), path, in_names, out_names, opset)
             details["contiguous_before_views"] = "the exporter's decompositions changed strides under aten.view"
         details["exporter"] = "dynamo"
+        if skipped:
+            details["exporter_rules_skipped"] = {name: "its matching is quadratic in the graph's Slice count"
+                                                 for name in skipped}
         return
     except Exception as e:  # the exporter raises many types; keep the reason and fall back
         details["dynamo_export_error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:500]
@@ -157,13 +162,45 @@ def _run_cpu(path, feeds: list) -> list:
     return [np.asarray(o, np.float64) for o in sess.run(None, dict(zip(names, feeds)))]
 
 
-def _dynamo_export(program, path, in_names: list[str], out_names: list[str], opset: int) -> None:
+# The exporter's optimizer (onnxscript's, run by ``torch.onnx.export(optimize=True)``) matches its SlicesSplit rule
+# (two Slices of one tensor -> one Split), a pattern with two output nodes, by trying every pair of Slice nodes in
+# the graph: its cost grows with the square of the Slice count. VisionGRU's scans slice their sequences into
+# chunks: in visiongru_digits' striped form (384 Slices) the rule took 29 of the optimizer's 35 s, and it grows
+# 80-fold at 512 px (VisionGRU-Ti, 3,476 Slices). Without it, edge runs the same optimizer; two Slices where the
+# rule would have made one Split compute the same numbers. (It rewrote nothing in the small zoo models and in 21
+# of the corpus' 23 transformers families, the ones that export without edge's capture.)
+QUADRATIC_RULES = frozenset({"SlicesSplit"})
+_RULES_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def _optimizer_without_quadratic_rules():
+    """onnxscript's default rewrite rules without :data:`QUADRATIC_RULES` while the block runs (the exporter's
+    optimizer reads them when it runs; an onnxscript without that tuple is left as it is). Yields the names of
+    the rules left out."""
+    from onnxscript import rewriter
+    with _RULES_LOCK:
+        rules = getattr(rewriter, "_DEFAULT_REWRITE_RULES", None)
+        if not isinstance(rules, tuple):
+            yield []
+            return
+        kept = tuple(r for r in rules if getattr(r, "name", None) not in QUADRATIC_RULES)
+        rewriter._DEFAULT_REWRITE_RULES = kept
+        try:
+            yield sorted(getattr(r, "name", "") for r in rules if r not in kept)
+        finally:
+            rewriter._DEFAULT_REWRITE_RULES = rules
+
+
+def _dynamo_export(program, path, in_names: list[str], out_names: list[str], opset: int) -> list[str]:
+    """Export ``program`` to ``path``; returns the optimizer rules left out (:data:`QUADRATIC_RULES`)."""
     import torch
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _optimizer_without_quadratic_rules() as skipped:
         warnings.simplefilter("ignore")
         onnx_program = torch.onnx.export(program, (), input_names=in_names, output_names=out_names, dynamo=True,
                                          opset_version=opset, verbose=False, optimize=True)
     onnx_program.save(str(path), external_data=False)
+    return skipped
 
 
 def contiguous_before_views(program):
