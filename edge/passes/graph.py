@@ -58,6 +58,7 @@ Example:
 """
 from __future__ import annotations
 
+import copy
 import functools
 import math
 from typing import Any
@@ -753,7 +754,7 @@ def to_xnnpack_forms(program: Any, details: dict[str, Any] | None = None) -> Any
     if not quant:
         from edge.passes.channels_last import channels_last_regions
         if channels_last_regions(program, count_only=True):   # rewritten on a copy: the caller's is not changed
-            program = program.run_decompositions({})
+            program = copy.deepcopy(program)
             regions = channels_last_regions(program)
     table = xnnpack_decompositions(with_constants=not quant)
     if not quant and not _indices_read(program):
