@@ -754,7 +754,8 @@ def to_xnnpack_forms(program: Any, details: dict[str, Any] | None = None) -> Any
     if not quant:
         from edge.passes.channels_last import channels_last_regions
         if channels_last_regions(program, count_only=True):   # rewritten on a copy: the caller's is not changed
-            program = copy.deepcopy(program)
+            tensors = (*program.state_dict.values(), *program.constants.values())   # shared, not copied
+            program = copy.deepcopy(program, {id(t): t for t in tensors})
             regions = channels_last_regions(program)
     table = xnnpack_decompositions(with_constants=not quant)
     if not quant and not _indices_read(program):
