@@ -207,10 +207,10 @@ def contiguous_before_views(program):
     """A copy of ``program`` where every ``aten.view`` of a permuted tensor reads a contiguous clone of it: the
     same values whatever strides a re-trace gives the permute's input (ONNX has no strides: the clone is an
     Identity there)."""
-    import copy
-
     import torch
-    program = copy.deepcopy(program)
+
+    from edge.passes.graph import graph_copy
+    program = graph_copy(program)
     graph = program.graph_module.graph
     layouts = (torch.ops.aten.permute.default, torch.ops.aten.transpose.int)
     for node in list(graph.nodes):

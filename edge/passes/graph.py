@@ -78,11 +78,11 @@ def _average(c: int, like: torch.Tensor) -> torch.Tensor:
     return torch.full((1, c), 1.0 / c, dtype=like.dtype, device=like.device)
 
 
-def _normalize_rows(x2: torch.Tensor, eps: float) -> torch.Tensor:
+def _normalize_rows(x: torch.Tensor, eps: float) -> torch.Tensor:
     """A tensor normalized over its last dim to zero mean and unit variance (biased), means as linear layers
     (XNNPACK's fully-connected op takes any leading dims: no reshape to rows around it)."""
-    avg = _average(x2.shape[-1], x2)
-    d = x2 - F.linear(x2, avg)
+    avg = _average(x.shape[-1], x)
+    d = x - F.linear(x, avg)
     return d * torch.rsqrt(F.linear(d * d, avg) + eps)
 
 
@@ -628,6 +628,13 @@ def _own_storage(program: Any) -> None:
                     else owned
 
 
+def graph_copy(program: Any) -> Any:
+    """A copy of ``program`` whose graph can be rewritten without changing the caller's; its weights and
+    constants are the caller's tensors (shared, not copied: a rewrite adds constants, it does not change them)."""
+    tensors = (*program.state_dict.values(), *program.constants.values())
+    return copy.deepcopy(program, {id(t): t for t in tensors})
+
+
 def counts(program: Any, ops: dict) -> dict[str, int]:
     """How many calls of each op in ``ops`` the program makes, by op name."""
     out: dict[str, int] = {}
@@ -754,8 +761,7 @@ def to_xnnpack_forms(program: Any, details: dict[str, Any] | None = None) -> Any
     if not quant:
         from edge.passes.channels_last import channels_last_regions
         if channels_last_regions(program, count_only=True):   # rewritten on a copy: the caller's is not changed
-            tensors = (*program.state_dict.values(), *program.constants.values())   # shared, not copied
-            program = copy.deepcopy(program, {id(t): t for t in tensors})
+            program = graph_copy(program)
             regions = channels_last_regions(program)
     table = xnnpack_decompositions(with_constants=not quant)
     if not quant and not _indices_read(program):
