@@ -1,6 +1,8 @@
 """The memory-lean VisionGRU forms (edge/passes/scan_lean.py) compute the reference's numbers."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -82,11 +84,11 @@ def _loop_levels(n: int, chunk: int) -> int:
 
 @pytest.mark.slow
 def test_stripe_loop_block_equals_the_block():
-    """The stripe_loop form of a 2DGRU block (6 x 7 = 42 tokens), eager, for stripes that divide the length
-    (7, 21), that leave a tail (5: 8 stripes + 2), one stripe (42) and a stripe longer than the sequence, at
-    batch 1 and 2. Captured (torch.export) with and without a tail and with one stripe: the program holds the
-    two stripe loops (torch.scan), or with one stripe each scan's levels as loops, and computes the original
-    block's numbers."""
+    """The stripe_loop form of a 2DGRU block (6 x 7 = 42 tokens), eager, for stripes of whole rows (7: one
+    row, 16: two rows of 7, 21: three rows), stripes shorter than a row that leave a tail (5: 8 stripes + 2),
+    one stripe (42) and a stripe longer than the sequence, at batch 1 and 2. Captured (torch.export) with and
+    without a tail, in whole rows and with one stripe: the program holds the two stripe loops (torch.scan),
+    or with one stripe each scan's levels as loops, and computes the original block's numbers."""
     torch.manual_seed(0)
     hw, block = (6, 7), Block2DGRU(8).eval()
     xs = {1: torch.randn(1, 42, 8), 2: torch.randn(2, 42, 8)}   # batch 1 stacks the stripes by a reshape
@@ -96,15 +98,42 @@ def test_stripe_loop_block_equals_the_block():
         chunked.load_state_dict(block.state_dict())
         chunked.min_gru_1 = ChunkedMinGRU(block.min_gru_1, chunk=4)
         chunked.min_gru_2 = ChunkedMinGRU(block.min_gru_2, chunk=4, reverse=True)
-        for stripe in (5, 7, 21, 42, 100):
+        for stripe, rows in ((5, None), (7, 1), (16, 2), (21, 3), (42, None), (100, None)):
             lean = _OneBlock(LoopStripedBlock2DGRU(chunked, stripe), hw).eval()
+            assert lean.block._rows(hw) == rows, (stripe, lean.block._rows(hw))
             for b, x in xs.items():
                 _close(lean(x), want[b], 1e-4)
-            for b in {5: (1, 2), 7: (1,), 42: (2,)}.get(stripe, ()):
+            for b in {5: (1, 2), 7: (1,), 21: (2,), 42: (2,)}.get(stripe, ()):
                 ep = torch.export.export(lean, (xs[b],))
                 loops = sum(n.target is torch.ops.higher_order.scan for n in ep.graph.nodes)
                 assert loops == (2 if stripe < 42 else 2 * _loop_levels(42, 4)), (stripe, loops)
+                # whole rows: the convolution runs per stripe inside the loops, none on the whole map
+                convs = sum(n.target is torch.ops.aten.conv2d.default for n in ep.graph.nodes)
+                assert convs == (0 if rows else 1), (stripe, convs)
                 _close(ep.module()(xs[b]), want[b], 1e-4)
+
+
+def test_whole_row_stripes_read_the_halo_of_their_convolution():
+    """Stripes of whole rows make y = DWConv(LN(x)) per stripe from the rows above and below it: a 5 x 5
+    convolution (two rows of halo) gives the block's numbers with stripes of 2 and 4 rows, at the image's
+    edges and between stripes; stripes of one row (less than the halo) and a strided convolution keep
+    y whole."""
+    torch.manual_seed(1)
+    hw = (8, 6)
+    block = Block2DGRU(8).eval()
+    block.dw_conv = torch.nn.Conv2d(8, 8, 5, 1, 2, groups=8)
+    x = torch.randn(2, 48, 8)
+    with torch.no_grad():
+        want = block(x, hw)
+        chunked = copy.deepcopy(block)
+        chunked.min_gru_1 = ChunkedMinGRU(block.min_gru_1, chunk=4)
+        chunked.min_gru_2 = ChunkedMinGRU(block.min_gru_2, chunk=4, reverse=True)
+        for stripe, rows in ((12, 2), (24, 4), (6, None)):
+            lean = LoopStripedBlock2DGRU(chunked, stripe)
+            assert lean._rows(hw) == rows, (stripe, lean._rows(hw))
+            _close(lean(x, hw), want, 1e-4)
+        chunked.dw_conv = torch.nn.Conv2d(8, 8, 3, 2, 1, groups=8)
+        assert LoopStripedBlock2DGRU(chunked, 12)._rows(hw) is None
 
 
 @pytest.mark.parametrize("hw", [(32, 32), (37, 23), (8, 9), (5, 5)])
@@ -273,28 +302,36 @@ def test_visiongru_digits_striped_converts_on_every_target(target, tmp_path):
 @pytest.mark.parametrize("target", ["onnx", "openvino",
                                     pytest.param("executorch", marks=needs("executorch", "executorch"))])
 def test_visiongru_digits_stripe_loop_form(target, tmp_path):
-    """The stripe_loop form, stage 1 (8 x 8 tokens) in stripes of 24: two whole stripes run in each block's two
-    loops (ONNX Scan; OpenVINO TensorIterator; ExecuTorch's loop calling one XNNPACK delegate per stripe), the
-    16 tokens left over unrolled. Each artifact is run by its runtime and checked against PyTorch by convert,
-    and the form's accuracy equals the original's."""
-    opts = {"mingru_form": "stripe_loop", "mingru_stripe": 24}
+    """The stripe_loop form in stripes of 6 tokens takes both of its paths: stage 1 (8 x 8 tokens; a row is
+    longer than a stripe) in 10 stripes of 6 tokens with the 4 left over unrolled, stage 2 (4 x 4) in 4
+    stripes of one whole row, each making its convolution inside the loop. Each path is two loops (ONNX
+    Scan; OpenVINO TensorIterator; ExecuTorch's loop calling one XNNPACK delegate per stripe). Each artifact
+    is run by its runtime and checked against PyTorch by convert, and the form's accuracy equals the
+    original's."""
+    opts = {"mingru_form": "stripe_loop", "mingru_stripe": 6}
     art = edge.convert("visiongru_digits", target=target, out=tmp_path / target, pass_options=opts)
     assert art.manifest.parity["passed"], art.manifest.parity
     out = art.manifest.parity["outputs"]["output"]
     assert out["accuracy"] == out["reference_accuracy"], out
     rec = {r["pass"]: r for r in art.manifest.details["optimize_passes"]}["visiongru_stripes"]
-    assert rec["form"] == "stripe_loop" and rec["stripe"] == 24, rec
+    assert rec["form"] == "stripe_loop" and rec["stripe"] == 6, rec
     if target == "onnx":
         import onnx
-        loops = [n.op_type for n in onnx.load(str(art.main_path), load_external_data=False).graph.node].count("Scan")
-    elif target == "executorch":   # the stripe loops (2 iterations), beside the short stages' loops over chunks
-        stripe_loops = [lp for lp in art.manifest.details["delegation"]["loops"] if lp["iterations"] == 2]
+        graph = onnx.load(str(art.main_path), load_external_data=False).graph
+        scans = [n for n in graph.node if n.op_type == "Scan"]
+        loops = len(scans)
+        bodies = [[m.op_type for m in a.g.node] for n in scans for a in n.attribute if a.name == "body"]
+        assert sorted(b.count("Conv") for b in bodies) == [0, 0, 1, 1], bodies   # stage 2's two loops
+        folded = art.manifest.details["scan_flips_folded"]     # the reverse loops read x and fwd in place
+        assert folded["inputs"] >= 2 and folded["outputs"] >= 2, folded
+    elif target == "executorch":   # the stripe loops (10 and 4 iterations)
+        stripe_loops = [lp for lp in art.manifest.details["delegation"]["loops"] if lp["iterations"] in (10, 4)]
         assert all(lp["delegate_calls_per_iteration"] == 1 and not lp["portable_ops_per_iteration"]
                    for lp in stripe_loops), stripe_loops
         loops = len(stripe_loops)
     else:
         loops = open(art.main_path).read().count('type="TensorIterator"')
-    assert loops == 2, loops
+    assert loops == 4, loops
 
 
 @needs("coremltools", "coreml")

@@ -30,7 +30,12 @@ block's forward minGRU is one ``torch.scan`` over its stripes (the state is the 
 residual sum and MLP a second one from the last stripe to the first; blocks of one stripe run the loop
 form. The graph holds one stripe's nodes, and the runtime keeps one stripe's intermediates alive
 (ONNX Runtime, VisionGRU-Ti at 512 px: 41 MiB of activations over the loaded session, against 176 MiB for
-the loop form). ONNX ``Scan``, OpenVINO ``TensorIterator`` (through ONNX; OpenVINO takes no loop inside
+the loop form). Where whole rows of the token grid make stripes of more than half ``mingru_stripe`` tokens
+(the row count dividing H), the stripes are whole rows and each loop makes its stripe's
+y = DWConv(LN(x)) itself from the stripe and the rows around it, so neither y nor the convolution's
+full-size temporaries exist and no stripe is cut short (a short last stripe is sliced off full-length
+tensors: copies). ONNX Runtime, stage 1 of VisionGRU-Ti alone at 1248 px (97,344 tokens): 369 MiB peak
+with 4096-token stripes and a tail, 270 with whole stripes of 4056, 179 with whole rows. ONNX ``Scan``, OpenVINO ``TensorIterator`` (through ONNX; OpenVINO takes no loop inside
 another, so a stripe's own scan stays unrolled), ExecuTorch's loop with one XNNPACK delegate per stripe
 (its reverse loops flip their inputs and outputs on portable kernels; ``striped`` stays fully delegated).
 Core ML has no loop: its converter refuses ``loop`` and ``stripe_loop`` and names ``striped``.
@@ -303,9 +308,11 @@ class LoopStripedBlock2DGRU(StripedBlock2DGRU):
 
     The same numbers as the unrolled stripes, but the graph holds one stripe's nodes instead of one copy per
     stripe, and a runtime keeps one stripe's intermediates alive, not one set per stripe of an unrolled
-    graph that its memory planner may overlap. The ``N % stripe`` tokens left over run unrolled after the
-    forward loop and before the reverse loop (scan order). A sequence of less than two whole stripes has
-    nothing to loop over: its scans run the ``loop`` form (each level a loop over chunks).
+    graph that its memory planner may overlap. Stripes are whole rows where :meth:`_rows` finds a row count
+    (:meth:`_row_stripes`: y made inside the loops). Otherwise they are ``stripe`` tokens with y made whole,
+    and the ``N % stripe`` tokens left over run unrolled after the forward loop and before the reverse loop
+    (scan order). A sequence of less than two stripes has nothing to loop over: its scans run the ``loop``
+    form (each level a loop over chunks).
     """
 
     def _zero(self, y: torch.Tensor, layer: StripedMinGRU) -> torch.Tensor:
@@ -314,6 +321,9 @@ class LoopStripedBlock2DGRU(StripedBlock2DGRU):
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         B, N, C = x.shape
+        rows = self._rows(hw)
+        if rows:
+            return self._row_stripes(x, hw, rows)
         k, S = N // self.stripe, self.stripe
         y = self._mixed(x, hw)
         if k < 2:       # one stripe, nothing to loop over: each scan level as a loop, as in the loop form
@@ -342,6 +352,69 @@ class LoopStripedBlock2DGRU(StripedBlock2DGRU):
         _, outs = _loop(reverse_stripe, h, tuple(_stacked(t, k, M) for t in (y, x, fwd)), reverse=True)
         out = _unstacked(outs)
         return out if tail is None else torch.cat([out, tail], dim=1)
+
+
+    def _halo(self) -> int | None:
+        """Rows of y a stripe of whole rows reads above and below it (the depthwise convolution's padding),
+        or None when the convolution is not a same-size odd square one of stride 1 (the whole-row path does
+        not apply)."""
+        conv = self.dw_conv
+        (kh, kw), (ph, pw) = conv.kernel_size, conv.padding if not isinstance(conv.padding, str) else (-1, -1)
+        if (conv.stride != (1, 1) or conv.dilation != (1, 1) or conv.padding_mode != "zeros"
+                or kh != 2 * ph + 1 or kw != 2 * pw + 1):
+            return None
+        return ph
+
+    def _rows(self, hw: tuple[int, int]) -> int | None:
+        """Rows per stripe when the stripes can be whole rows of the token grid: the most rows ``r`` that
+        divide H with ``r * W <= stripe`` tokens, if that is more than half a stripe, covers the convolution's
+        halo and leaves at least two stripes; else None (the stripes of exactly ``stripe`` tokens)."""
+        (H, W), p = hw, self._halo()
+        if p is None:
+            return None
+        r = next((r for r in range(min(H, self.stripe // max(W, 1)), 0, -1) if H % r == 0), 0)
+        return r if r * W * 2 > self.stripe and r >= max(p, 1) and H // r >= 2 else None
+
+    def _y_rows(self, x_s: torch.Tensor, above: torch.Tensor, below: torch.Tensor, W: int) -> torch.Tensor:
+        """y = DWConv(LN(x)) of one stripe of whole rows [B, r * W, C], from its tokens and the LayerNorm'd
+        rows the convolution reads above and below it ([B, p * W, C], zeros past the image's edge)."""
+        B, S, C = x_s.shape
+        rows = torch.cat([above, self.norm(x_s), below], dim=1).view(B, -1, W, C).permute(0, 3, 1, 2)
+        conv = self.dw_conv
+        y = F.conv2d(rows, conv.weight, conv.bias, 1, (0, conv.padding[1]), 1, conv.groups)
+        return y.permute(0, 2, 3, 1).reshape(B, S, C)
+
+    def _row_stripes(self, x: torch.Tensor, hw: tuple[int, int], r: int) -> torch.Tensor:
+        """The loops over stripes of ``r`` whole rows, with y = DWConv(LN(x)) made per stripe inside each loop
+        (from the stripe's tokens and the LayerNorm'd rows of its halo) instead of whole: no full-length y, and
+        no full-length LayerNorm, transposes and convolution in front of the loops (ONNX Runtime, stage 1 of
+        VisionGRU-Ti at 1248 px: those held about four [97344, 72] tensors at once). The forward loop's
+        outputs stay stacked for the reverse loop. Costs the LayerNorm and convolution twice (once per
+        direction): about 1% of the block's MACs."""
+        B, N, C = x.shape
+        H, W = hw
+        k, S, p, g1, g2 = H // r, r * W, self._halo(), self.min_gru_1, self.min_gru_2
+        xk = x.view(B, k, S, C)
+        edge_rows = xk[:, :1, :p * W]
+        zero = edge_rows - edge_rows       # exact zeros (x is finite); ExecuTorch delegates a sub, not a full
+        above = torch.cat([zero, self.norm(xk[:, :-1, S - p * W:])], dim=1)   # stripe i reads stripe i-1's last p rows
+        below = torch.cat([self.norm(xk[:, 1:, :p * W]), zero], dim=1)        # and stripe i+1's first p rows
+        xs, ups, downs = _stacked(x, k, N), *(_stacked(t.reshape(B, k * p * W, C), k, k * p * W) for t in (above, below))
+
+        def forward_stripe(h, parts):
+            x_s, up, down = parts
+            out, h = g1.stripe_forward(self._y_rows(x_s, up, down, W), h.view(B, -1))
+            return _carried(h), out
+
+        _, fwd = _loop(forward_stripe, self._zero(x, g1), (xs, ups, downs))
+
+        def reverse_stripe(h, parts):
+            x_s, up, down, f_s = parts
+            b_s, h = g2.stripe_forward(self._y_rows(x_s, up, down, W), h.view(B, -1))
+            return _carried(h), self._mlp(x_s + f_s + b_s)
+
+        _, outs = _loop(reverse_stripe, self._zero(x, g2), (xs, ups, downs, fwd), reverse=True)
+        return _unstacked(outs)
 
 
 def _as_loop(m: ChunkedMinGRU) -> LoopMinGRU:
