@@ -15,6 +15,7 @@ import warnings
 from typing import Any
 
 from edge.converters.base import KEEP_FLOAT, ConversionJob, ConversionResult, Converter, Option, in_kept, kept_float
+from edge.converters.onnx.scans import fold_scan_flips
 from edge.errors import ConversionError
 
 
@@ -46,6 +47,10 @@ class OnnxConverter(Converter):
         details: dict[str, Any] = {}
         export_to(path, job, details)
         model = onnx.load(str(path))
+        folded = fold_scan_flips(model)     # reverse loops read and write in place of flipped copies
+        if any(folded.values()):
+            onnx.save(model, str(path))
+            details["scan_flips_folded"] = folded
         if job.precision == "fp16":
             from onnxruntime.transformers.float16 import convert_float_to_float16
             model = convert_float_to_float16(model, keep_io_types=True)
