@@ -454,7 +454,8 @@ def form_of(options: dict, forms: dict | None = None) -> str:
                "torch.scan loops", order=23, variant=lambda forms: forms.get("mingru_form", "chunked"))
 def striped_pass(module: nn.Module, ctx: OptimizeContext) -> tuple[int, dict]:
     """Blocks with more than ``mingru_stripe`` tokens become :class:`StripedBlock2DGRU`, every VisionGRU
-    stem a :class:`StripedTokenizer`; shorter blocks keep the chunked form. Whether a block is long is
+    stem a :class:`StripedTokenizer`; shorter blocks keep the chunked form. ``mingru_stripe`` counts tokens
+    of the narrowest blocks (VisionGRU's stage 1); a block of k times their width takes 1/k of that. Whether a block is long is
     known only from its input, so every Block2DGRU is wrapped and a short one runs as a single stripe."""
     form = form_of(ctx.options, ctx.forms)
     if form == "loop":
@@ -468,12 +469,17 @@ def striped_pass(module: nn.Module, ctx: OptimizeContext) -> tuple[int, dict]:
         raise UsageError(f"mingru_stripe must be >= 1 token, got {stripe}")
     block_form = LoopStripedBlock2DGRU if form == "stripe_loop" else StripedBlock2DGRU
     n = 0
+    # The stripe is in tokens of the narrowest blocks; a block k times wider takes stripes of 1/k the tokens,
+    # so that a stripe's intermediates take the same bytes in every stage (ONNX Runtime, VisionGRU-Ti at 1248
+    # px, stage 3 alone: 453 MiB peak in 4096-token stripes, which is the loop form there, 228 in 1024).
+    widths = [m.dw_conv.in_channels for m in module.modules() if isinstance(m, Block2DGRU)]
+    narrowest = min(widths, default=1)
 
     def swap(parent: nn.Module) -> None:
         nonlocal n
         for name, child in list(parent.named_children()):
             if isinstance(child, Block2DGRU) and isinstance(child.min_gru_1, ChunkedMinGRU):
-                setattr(parent, name, block_form(child, stripe))
+                setattr(parent, name, block_form(child, max(1, stripe * narrowest // child.dw_conv.in_channels)))
                 n += 1
             elif isinstance(child, Tokenizer):
                 setattr(parent, name, StripedTokenizer(child, stripe))
@@ -484,4 +490,5 @@ def striped_pass(module: nn.Module, ctx: OptimizeContext) -> tuple[int, dict]:
     swap(module)
     if form == "stripe_loop":   # other minGRUs loop over chunks (a stripe's scan stays unrolled: OpenVINO
         n += _loop_scans(module)  # takes no TensorIterator inside another)
-    return n, {"form": form, "stripe": stripe}
+    return n, {"form": form, "stripe": stripe,
+               "stripes_by_width": {str(w): max(1, stripe * narrowest // w) for w in sorted(set(widths))}}
