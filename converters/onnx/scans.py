@@ -13,9 +13,6 @@ from __future__ import annotations
 
 from typing import Any
 
-_INT64_MIN = -(2 ** 63)
-
-
 def _constant_ints(graph) -> dict[str, list[int]]:
     """1-D integer constants of ``graph`` by name (initializers and ``Constant`` nodes)."""
     from onnx import numpy_helper

@@ -35,8 +35,8 @@ the loop form). Where whole rows of the token grid make stripes of more than hal
 y = DWConv(LN(x)) itself from the stripe and the rows around it, so neither y nor the convolution's
 full-size temporaries exist and no stripe is cut short (a short last stripe is sliced off full-length
 tensors: copies). ONNX Runtime, stage 1 of VisionGRU-Ti alone at 1248 px (97,344 tokens): 369 MiB peak
-with 4096-token stripes and a tail, 270 with whole stripes of 4056, 179 with whole rows. ONNX ``Scan``, OpenVINO ``TensorIterator`` (through ONNX; OpenVINO takes no loop inside
-another, so a stripe's own scan stays unrolled), ExecuTorch's loop with one XNNPACK delegate per stripe
+with 4096-token stripes and a tail, 270 with whole stripes of 4056, 179 with whole rows.
+ONNX ``Scan``, OpenVINO ``TensorIterator`` (through ONNX; OpenVINO takes no loop inside another, so a stripe's own scan stays unrolled), ExecuTorch's loop with one XNNPACK delegate per stripe
 (its reverse loops flip their inputs and outputs on portable kernels; ``striped`` stays fully delegated).
 Core ML has no loop: its converter refuses ``loop`` and ``stripe_loop`` and names ``striped``.
 """
@@ -353,7 +353,6 @@ class LoopStripedBlock2DGRU(StripedBlock2DGRU):
         out = _unstacked(outs)
         return out if tail is None else torch.cat([out, tail], dim=1)
 
-
     def _halo(self) -> int | None:
         """Rows of y a stripe of whole rows reads above and below it (the depthwise convolution's padding),
         or None when the convolution is not a same-size odd square one of stride 1 (the whole-row path does
@@ -403,7 +402,8 @@ class LoopStripedBlock2DGRU(StripedBlock2DGRU):
         zero = edge_rows - edge_rows       # exact zeros (x is finite); ExecuTorch delegates a sub, not a full
         above = torch.cat([zero, self.norm(xk[:, :-1, S - p * W:])], dim=1)   # stripe i reads stripe i-1's last p rows
         below = torch.cat([self.norm(xk[:, 1:, :p * W]), zero], dim=1)        # and stripe i+1's first p rows
-        xs, ups, downs = _stacked(x, k, N), *(_stacked(t.reshape(B, k * p * W, C), k, k * p * W) for t in (above, below))
+        halo = k * p * W
+        xs, ups, downs = _stacked(x, k, N), *(_stacked(t.reshape(B, halo, C), k, halo) for t in (above, below))
 
         def forward_stripe(h, parts):
             x_s, up, down = parts
@@ -455,8 +455,9 @@ def form_of(options: dict, forms: dict | None = None) -> str:
 def striped_pass(module: nn.Module, ctx: OptimizeContext) -> tuple[int, dict]:
     """Blocks with more than ``mingru_stripe`` tokens become :class:`StripedBlock2DGRU`, every VisionGRU
     stem a :class:`StripedTokenizer`; shorter blocks keep the chunked form. ``mingru_stripe`` counts tokens
-    of the narrowest blocks (VisionGRU's stage 1); a block of k times their width takes 1/k of that. Whether a block is long is
-    known only from its input, so every Block2DGRU is wrapped and a short one runs as a single stripe."""
+    of the narrowest blocks (VisionGRU's stage 1); a block of k times their width takes 1/k of that. Whether
+    a block is long is known only from its input, so every Block2DGRU is wrapped and a short one runs as a
+    single stripe."""
     form = form_of(ctx.options, ctx.forms)
     if form == "loop":
         return _loop_scans(module), {"form": "loop"}
@@ -472,14 +473,14 @@ def striped_pass(module: nn.Module, ctx: OptimizeContext) -> tuple[int, dict]:
     # The stripe is in tokens of the narrowest blocks; a block k times wider takes stripes of 1/k the tokens,
     # so that a stripe's intermediates take the same bytes in every stage (ONNX Runtime, VisionGRU-Ti at 1248
     # px, stage 3 alone: 453 MiB peak in 4096-token stripes, which is the loop form there, 228 in 1024).
-    widths = [m.dw_conv.in_channels for m in module.modules() if isinstance(m, Block2DGRU)]
-    narrowest = min(widths, default=1)
+    widths = sorted({m.dw_conv.in_channels for m in module.modules() if isinstance(m, Block2DGRU)})
+    by_width = {w: max(1, stripe * widths[0] // w) for w in widths}
 
     def swap(parent: nn.Module) -> None:
         nonlocal n
         for name, child in list(parent.named_children()):
             if isinstance(child, Block2DGRU) and isinstance(child.min_gru_1, ChunkedMinGRU):
-                setattr(parent, name, block_form(child, max(1, stripe * narrowest // child.dw_conv.in_channels)))
+                setattr(parent, name, block_form(child, by_width[child.dw_conv.in_channels]))
                 n += 1
             elif isinstance(child, Tokenizer):
                 setattr(parent, name, StripedTokenizer(child, stripe))
@@ -490,5 +491,4 @@ def striped_pass(module: nn.Module, ctx: OptimizeContext) -> tuple[int, dict]:
     swap(module)
     if form == "stripe_loop":   # other minGRUs loop over chunks (a stripe's scan stays unrolled: OpenVINO
         n += _loop_scans(module)  # takes no TensorIterator inside another)
-    return n, {"form": form, "stripe": stripe,
-               "stripes_by_width": {str(w): max(1, stripe * narrowest // w) for w in sorted(set(widths))}}
+    return n, {"form": form, "stripe": stripe, "stripes_by_width": {str(w): s for w, s in by_width.items()}}
